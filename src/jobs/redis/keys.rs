@@ -1,0 +1,65 @@
+//! Every Redis key the queue uses, built in one place.
+//!
+//! Per queue, under the base `<prefix>:{<queue>}:` (one hash tag, one cluster slot):
+//! `ready` LIST of envelopes · `scheduled` ZSET envelope→run_at · `running` ZSET
+//! "id|attempt"→lease deadline · `inflight` HASH id→envelope · `dead` ZSET id→died_at ·
+//! `dead:data`/`dead:error` HASH id→envelope/error · `stats` HASH · `limit` STRING ·
+//! `dedup:<key>` STRING→holder id · `rerun:<id>` STRING · `cron:<schedule>` STRING→last tick.
+//! Global: `<prefix>:queues` SET of queue names.
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn base(&self, queue: &str) -> String {
+        format!("{}:{{{}}}:", self.prefix, queue)
+    }
+
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    pub fn ready(&self, queue: &str) -> String {
+        self.base(queue) + "ready"
+    }
+
+    pub fn scheduled(&self, queue: &str) -> String {
+        self.base(queue) + "scheduled"
+    }
+
+    pub fn running(&self, queue: &str) -> String {
+        self.base(queue) + "running"
+    }
+
+    pub fn dead(&self, queue: &str) -> String {
+        self.base(queue) + "dead"
+    }
+
+    pub fn dead_data(&self, queue: &str) -> String {
+        self.base(queue) + "dead:data"
+    }
+
+    pub fn dead_error(&self, queue: &str) -> String {
+        self.base(queue) + "dead:error"
+    }
+
+    pub fn stats(&self, queue: &str) -> String {
+        self.base(queue) + "stats"
+    }
+
+    pub fn limit(&self, queue: &str) -> String {
+        self.base(queue) + "limit"
+    }
+
+    pub fn cron(&self, queue: &str, schedule: &str) -> String {
+        format!("{}cron:{}", self.base(queue), schedule)
+    }
+}

@@ -1,0 +1,305 @@
+//! Runs one queue in one process (Sidekiq's fetch + processor).
+//!
+//! Duties:
+//! 1. Never claim more jobs than free local slots: wait for a slot, then fetch as many jobs as
+//!    slots are free (the broker may give fewer: global limit, empty queue).
+//! 2. Run each job under its timeout, map the result to an ack (complete, retry with backoff,
+//!    snooze, dead), record metrics, hand the ack to the [`acker`](super::acker).
+//! 3. Heartbeat: renew the leases of running jobs every third of the lease.
+//! 4. Shutdown: stop fetching, wait up to `shutdown_timeout` for running jobs, then abort the
+//!    rest and release them back to the queue without burning an attempt.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::acker;
+use crate::jobs::broker::{Ack, Broker, Delivery};
+use crate::jobs::clock::Clock;
+use crate::jobs::job::{JobContext, JobError};
+use crate::jobs::metrics;
+use crate::jobs::registry::RegisteredJob;
+
+/// Pause after a failed fetch (broker down) before trying again.
+const FETCH_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+type InFlight = Arc<Mutex<HashMap<String, (u32, AbortHandle)>>>;
+
+pub struct Processor {
+    job: RegisteredJob,
+    broker: Arc<dyn Broker>,
+    clock: Arc<dyn Clock>,
+    concurrency: usize,
+    poll_interval: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Processor {
+    pub fn new(
+        job: RegisteredJob,
+        broker: Arc<dyn Broker>,
+        clock: Arc<dyn Clock>,
+        concurrency: usize,
+        poll_interval: Duration,
+        shutdown_timeout: Duration,
+    ) -> Self {
+        Self {
+            job,
+            broker,
+            clock,
+            concurrency,
+            poll_interval,
+            shutdown_timeout,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let queue = self.job.name.to_owned();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let in_flight: InFlight = Arc::default();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let acker = tokio::spawn(acker::run(
+            queue.clone(),
+            self.broker.clone(),
+            self.clock.clone(),
+            ack_rx,
+        ));
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            queue.clone(),
+            self.broker.clone(),
+            self.clock.clone(),
+            self.job.options.lease,
+            in_flight.clone(),
+            heartbeat_stop.clone(),
+        ));
+
+        self.fetch_loop(&slots, &in_flight, &ack_tx, &shutdown)
+            .await;
+
+        // Shutdown: give running jobs their grace period, then hand back what is left.
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(self.shutdown_timeout, slots.acquire_many(all))
+            .await
+            .is_ok();
+        if !drained {
+            let leftovers: Vec<(String, u32, AbortHandle)> = match in_flight.lock() {
+                Ok(mut map) => map
+                    .drain()
+                    .map(|(id, (attempt, handle))| (id, attempt, handle))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            tracing::warn!(
+                queue,
+                count = leftovers.len(),
+                "shutdown timeout: handing unfinished jobs back"
+            );
+            for (id, attempt, handle) in leftovers {
+                handle.abort();
+                let _ = ack_tx.send(Ack::Release { id, attempt });
+            }
+        }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+        drop(ack_tx);
+        let _ = acker.await;
+        tracing::info!(queue, "queue stopped");
+    }
+
+    async fn fetch_loop(
+        &self,
+        slots: &Arc<Semaphore>,
+        in_flight: &InFlight,
+        ack_tx: &mpsc::UnboundedSender<Ack>,
+        shutdown: &CancellationToken,
+    ) {
+        let queue = self.job.name;
+        loop {
+            // Wait for one free slot, then take every other free one too.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            };
+            let mut permits = first;
+            let extra = slots.available_permits().min(u32::MAX as usize) as u32;
+            if extra > 0
+                && let Ok(more) = slots.clone().try_acquire_many_owned(extra)
+            {
+                permits.merge(more);
+            }
+            let wanted = permits.num_permits();
+            let fetched = self
+                .broker
+                .fetch(queue, wanted, self.job.options.lease, self.clock.now_ms())
+                .await;
+            let deliveries = match fetched {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "fetch failed; retrying");
+                    drop(permits);
+                    if sleep_or_shutdown(FETCH_ERROR_BACKOFF, shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let got = deliveries.len();
+            for delivery in deliveries {
+                let Some(permit) = permits.split(1) else {
+                    break;
+                };
+                self.start(delivery, permit, in_flight, ack_tx);
+            }
+            drop(permits);
+            if got == 0 {
+                let jitter = rand::rng().random_range(0.8..1.2);
+                if sleep_or_shutdown(self.poll_interval.mul_f64(jitter), shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        delivery: Delivery,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        in_flight: &InFlight,
+        ack_tx: &mpsc::UnboundedSender<Ack>,
+    ) {
+        let env = delivery.envelope;
+        let ctx = JobContext {
+            id: env.id.clone(),
+            queue: env.queue.clone(),
+            attempt: env.attempt,
+            max_attempts: env.max_attempts,
+            enqueued_at_ms: env.enqueued_at_ms,
+        };
+        let job = self.job.clone();
+        let clock = self.clock.clone();
+        let ack_tx = ack_tx.clone();
+        let map = in_flight.clone();
+        let id = env.id.clone();
+        let attempt = env.attempt;
+        // The map entry is inserted before the task can remove it: hold the lock across spawn.
+        let mut guard = match in_flight.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let handle = tokio::spawn(async move {
+            let ack = execute(&job, env.payload, ctx, clock.as_ref()).await;
+            if let Ok(mut m) = map.lock() {
+                m.remove(ack.id());
+            }
+            let _ = ack_tx.send(ack);
+            drop(permit);
+        });
+        guard.insert(id, (attempt, handle.abort_handle()));
+    }
+}
+
+/// Runs one delivery and decides its fate.
+async fn execute(job: &RegisteredJob, payload: String, ctx: JobContext, clock: &dyn Clock) -> Ack {
+    let (id, attempt, max) = (ctx.id.clone(), ctx.attempt, ctx.max_attempts);
+    let started = Instant::now();
+    let run = AssertUnwindSafe((job.call)(payload, ctx)).catch_unwind();
+    let result = match tokio::time::timeout(job.options.timeout, run).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_panic)) => Err(JobError::retryable("handler panicked")),
+        Err(_) => Err(JobError::retryable(format!(
+            "timed out after {:?}",
+            job.options.timeout
+        ))),
+    };
+    metrics::record_run(job.name, started.elapsed());
+    let now = clock.now_ms();
+    match result {
+        Ok(()) => {
+            metrics::record_outcome(job.name, metrics::Outcome::Processed);
+            Ack::Complete { id, attempt }
+        }
+        Err(JobError::Snooze(d)) => {
+            metrics::record_outcome(job.name, metrics::Outcome::Snoozed);
+            Ack::Snooze {
+                id,
+                attempt,
+                run_at_ms: now + d.as_millis() as i64,
+            }
+        }
+        Err(JobError::Fatal(e)) => {
+            tracing::error!(queue = job.name, job_id = %id, attempt, error = %e, "job failed fatally; moved to the dead set");
+            metrics::record_outcome(job.name, metrics::Outcome::Dead);
+            Ack::Dead {
+                id,
+                attempt,
+                error: e.to_string(),
+            }
+        }
+        Err(JobError::Retryable(e)) if attempt >= max => {
+            tracing::error!(queue = job.name, job_id = %id, attempt, error = %e, "job failed its last attempt; moved to the dead set");
+            metrics::record_outcome(job.name, metrics::Outcome::Dead);
+            Ack::Dead {
+                id,
+                attempt,
+                error: e.to_string(),
+            }
+        }
+        Err(JobError::Retryable(e)) => {
+            let delay = job.options.retry.delay_after(attempt);
+            tracing::warn!(queue = job.name, job_id = %id, attempt, max, retry_in_s = delay.as_secs_f64(), error = %e, "job failed; retry scheduled");
+            metrics::record_outcome(job.name, metrics::Outcome::Retried);
+            Ack::Retry {
+                id,
+                attempt,
+                run_at_ms: now + delay.as_millis() as i64,
+                error: e.to_string(),
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    queue: String,
+    broker: Arc<dyn Broker>,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    in_flight: InFlight,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live: Vec<(String, u32)> = match in_flight.lock() {
+            Ok(map) => map
+                .iter()
+                .map(|(id, (attempt, _))| (id.clone(), *attempt))
+                .collect(),
+            Err(_) => continue,
+        };
+        if let Err(e) = broker
+            .extend_leases(&queue, &live, lease, clock.now_ms())
+            .await
+        {
+            tracing::warn!(queue, error = %e, "renewing leases failed; will retry");
+        }
+    }
+}
+
+/// Sleeps; true if shutdown came first.
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

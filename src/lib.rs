@@ -1,0 +1,9 @@
+//! buildlogs: CI job logs carried the way GitLab's cloud-native build logs are, on a
+//! Sidekiq-style job system of its own.
+//!
+//! - [`config`]: settings and opening the stores they name.
+//! - [`jobs`]: the job system (queue brokers, retries, dedup, capacity, cron, runtime). It knows
+//!   nothing of build logs.
+
+pub mod config;
+pub mod jobs;

@@ -1,0 +1,819 @@
+//! One conformance suite for every queue broker: each test runs against real Redis (own key
+//! prefix) and a real SQLite file. Time is passed explicitly, so schedules need no sleeping.
+
+mod support;
+
+use std::time::Duration;
+
+use buildlogs::jobs::broker::{Ack, DeadSetBounds, EnqueueOutcome, NewJob};
+use buildlogs::jobs::{DedupMode, Envelope};
+use support::TestBroker;
+
+const Q: &str = "conformance";
+const T0: i64 = 1_800_000_000_000;
+const LEASE: Duration = Duration::from_secs(30);
+
+fn job(payload: &str) -> NewJob {
+    NewJob {
+        envelope: Envelope::new(Q, payload.into(), 3, T0),
+        run_at_ms: None,
+        dedup_ttl: Duration::from_secs(3600),
+    }
+}
+
+fn deduped(payload: &str, mode: DedupMode, key: &str) -> NewJob {
+    let mut j = job(payload);
+    j.envelope = j.envelope.with_dedup(mode, key.into());
+    j
+}
+
+fn at(mut j: NewJob, run_at_ms: i64) -> NewJob {
+    j.run_at_ms = Some(run_at_ms);
+    j
+}
+
+fn payloads(d: &[buildlogs::jobs::Delivery]) -> Vec<String> {
+    d.iter().map(|d| d.envelope.payload.clone()).collect()
+}
+
+async fn enqueue_then_fetch_delivers_in_order_as_attempt_one(b: &TestBroker) {
+    let out = b
+        .broker
+        .enqueue(vec![job("a"), job("b|with bar"), job("c")], T0)
+        .await
+        .unwrap();
+    assert_eq!(out, vec![EnqueueOutcome::Enqueued; 3]);
+    let got = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap();
+    assert_eq!(payloads(&got), vec!["a", "b|with bar", "c"]);
+    assert!(
+        got.iter()
+            .all(|d| d.envelope.attempt == 1 && d.lease_until_ms == T0 + 30_000)
+    );
+    assert!(
+        b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().is_empty(),
+        "a leased job is not delivered twice"
+    );
+}
+
+async fn fetch_takes_at_most_max(b: &TestBroker) {
+    b.broker
+        .enqueue((0..5).map(|i| job(&i.to_string())).collect(), T0)
+        .await
+        .unwrap();
+    assert_eq!(b.broker.fetch(Q, 2, LEASE, T0).await.unwrap().len(), 2);
+    assert_eq!(b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().len(), 3);
+}
+
+async fn scheduled_job_waits_for_its_time(b: &TestBroker) {
+    b.broker
+        .enqueue(vec![at(job("later"), T0 + 5_000)], T0)
+        .await
+        .unwrap();
+    assert!(
+        b.broker
+            .fetch(Q, 10, LEASE, T0 + 4_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let s = b.broker.stats(Q, T0).await.unwrap();
+    assert_eq!((s.ready, s.scheduled), (0, 1));
+    assert_eq!(
+        payloads(&b.broker.fetch(Q, 10, LEASE, T0 + 5_000).await.unwrap()),
+        vec!["later"]
+    );
+}
+
+async fn global_limit_caps_leased_jobs_and_changes_at_runtime(b: &TestBroker) {
+    b.broker
+        .enqueue((0..10).map(|i| job(&i.to_string())).collect(), T0)
+        .await
+        .unwrap();
+    b.broker.set_limit(Q, Some(3)).await.unwrap();
+    let first = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(
+        b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().is_empty(),
+        "limit reached"
+    );
+    let d = &first[0].envelope;
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: d.id.clone(),
+                attempt: d.attempt,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().len(),
+        1,
+        "one slot freed"
+    );
+    b.broker.set_limit(Q, Some(5)).await.unwrap();
+    assert_eq!(
+        b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().len(),
+        2,
+        "raised limit applies on the next fetch"
+    );
+    b.broker.set_limit(Q, None).await.unwrap();
+    assert_eq!(
+        b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().len(),
+        4,
+        "no limit: the other 4"
+    );
+    assert_eq!(b.broker.stats(Q, T0).await.unwrap().limit, None);
+}
+
+async fn complete_removes_the_job_and_counts_it(b: &TestBroker) {
+    b.broker.enqueue(vec![job("x")], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!(b.broker.stats(Q, T0).await.unwrap().running, 1);
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: d.id,
+                attempt: 1,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    let s = b.broker.stats(Q, T0).await.unwrap();
+    assert_eq!(
+        (s.ready, s.scheduled, s.running, s.dead, s.processed),
+        (0, 0, 0, 0, 1)
+    );
+    assert!(
+        b.broker
+            .fetch(Q, 1, LEASE, T0 + 1_000_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn retry_is_scheduled_and_the_next_delivery_is_the_next_attempt(b: &TestBroker) {
+    b.broker.enqueue(vec![job("x")], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    let retry = Ack::Retry {
+        id: d.id.clone(),
+        attempt: 1,
+        run_at_ms: T0 + 1_000,
+        error: "boom".into(),
+    };
+    b.broker.ack(Q, vec![retry], T0).await.unwrap();
+    let s = b.broker.stats(Q, T0).await.unwrap();
+    assert_eq!(
+        (s.scheduled, s.running, s.failed),
+        (1, 0, 1),
+        "a waiting retry holds no slot"
+    );
+    assert!(
+        b.broker
+            .fetch(Q, 1, LEASE, T0 + 999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = b
+        .broker
+        .fetch(Q, 1, LEASE, T0 + 1_000)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!((again.id, again.attempt), (d.id, 2));
+}
+
+async fn snooze_does_not_burn_an_attempt(b: &TestBroker) {
+    b.broker.enqueue(vec![job("x")], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Snooze {
+                id: d.id.clone(),
+                attempt: 1,
+                run_at_ms: T0 + 10,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        b.broker
+            .fetch(Q, 1, LEASE, T0 + 9)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = b
+        .broker
+        .fetch(Q, 1, LEASE, T0 + 10)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!(again.attempt, 1);
+}
+
+async fn release_hands_the_job_back_first_without_burning_an_attempt(b: &TestBroker) {
+    b.broker
+        .enqueue(vec![job("first"), job("second")], T0)
+        .await
+        .unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Release {
+                id: d.id,
+                attempt: 1,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    let got = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!((got.payload.as_str(), got.attempt), ("first", 1));
+}
+
+async fn dead_jobs_can_be_listed_retried_and_discarded(b: &TestBroker) {
+    b.broker
+        .enqueue(vec![job("p1"), job("p2")], T0)
+        .await
+        .unwrap();
+    let got = b.broker.fetch(Q, 2, LEASE, T0).await.unwrap();
+    let acks = got
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Ack::Dead {
+            id: d.envelope.id.clone(),
+            attempt: 1,
+            error: format!("fatal {i}"),
+        })
+        .collect();
+    b.broker.ack(Q, acks, T0 + 5).await.unwrap();
+    let dead = b.broker.dead_list(Q, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].died_at_ms, T0 + 5);
+    assert!(
+        dead.iter()
+            .any(|d| d.error == "fatal 0" && d.envelope.payload == "p1")
+    );
+    let s = b.broker.stats(Q, T0).await.unwrap();
+    assert_eq!((s.dead, s.running, s.failed), (2, 0, 2));
+
+    let p1 = dead
+        .iter()
+        .find(|d| d.envelope.payload == "p1")
+        .unwrap()
+        .envelope
+        .id
+        .clone();
+    let p2 = dead
+        .iter()
+        .find(|d| d.envelope.payload == "p2")
+        .unwrap()
+        .envelope
+        .id
+        .clone();
+    assert!(b.broker.dead_retry(Q, &p1, T0).await.unwrap());
+    assert!(
+        !b.broker.dead_retry(Q, &p1, T0).await.unwrap(),
+        "already retried"
+    );
+    let rerun = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!(
+        (rerun.id, rerun.attempt),
+        (p1, 1),
+        "a re-run dead job starts its attempts afresh"
+    );
+    assert!(b.broker.dead_discard(Q, &p2).await.unwrap());
+    assert!(!b.broker.dead_discard(Q, &p2).await.unwrap());
+    assert!(b.broker.dead_list(Q, 10).await.unwrap().is_empty());
+}
+
+async fn dead_set_is_trimmed_by_count_and_age(b: &TestBroker) {
+    b.broker
+        .enqueue((0..6).map(|i| job(&i.to_string())).collect(), T0)
+        .await
+        .unwrap();
+    for (i, d) in b
+        .broker
+        .fetch(Q, 6, LEASE, T0)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        let ack = Ack::Dead {
+            id: d.envelope.id,
+            attempt: 1,
+            error: "x".into(),
+        };
+        b.broker
+            .ack(Q, vec![ack], T0 + i as i64 * 1_000)
+            .await
+            .unwrap();
+    }
+    // Older than 2.5 s at T0 + 5 s: the jobs that died at T0, T0+1s, T0+2s.
+    let bounds = DeadSetBounds {
+        max_jobs: 100,
+        max_age: Duration::from_millis(2_500),
+    };
+    assert_eq!(b.broker.dead_trim(Q, bounds, T0 + 5_000).await.unwrap(), 3);
+    let bounds = DeadSetBounds {
+        max_jobs: 1,
+        max_age: Duration::from_secs(3600),
+    };
+    assert_eq!(b.broker.dead_trim(Q, bounds, T0 + 5_000).await.unwrap(), 2);
+    let left = b.broker.dead_list(Q, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].envelope.payload, "5", "the newest is kept");
+}
+
+async fn expired_lease_is_redelivered_and_the_lost_run_counts_as_an_attempt(b: &TestBroker) {
+    b.broker.enqueue(vec![job("x")], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!(
+        b.broker
+            .reap_expired(Q, 100, T0 + 29_999)
+            .await
+            .unwrap()
+            .redelivered,
+        0,
+        "lease still valid"
+    );
+    let r = b.broker.reap_expired(Q, 100, T0 + 30_001).await.unwrap();
+    assert_eq!((r.redelivered, r.dead), (1, 0));
+    let again = b
+        .broker
+        .fetch(Q, 1, LEASE, T0 + 30_001)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!((again.id.as_str(), again.attempt), (d.id.as_str(), 2));
+}
+
+async fn stale_ack_from_a_lost_worker_is_ignored(b: &TestBroker) {
+    b.broker.enqueue(vec![job("x")], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    b.broker.reap_expired(Q, 100, T0 + 60_000).await.unwrap();
+    let again = b
+        .broker
+        .fetch(Q, 1, LEASE, T0 + 60_000)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    // The first worker comes back and acks its old delivery: the new one must stay leased.
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: d.id.clone(),
+                attempt: 1,
+            }],
+            T0 + 60_001,
+        )
+        .await
+        .unwrap();
+    let s = b.broker.stats(Q, T0 + 60_001).await.unwrap();
+    assert_eq!((s.running, s.processed), (1, 0));
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: again.id,
+                attempt: 2,
+            }],
+            T0 + 60_002,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.broker.stats(Q, T0).await.unwrap().processed, 1);
+}
+
+async fn job_that_kills_its_worker_every_time_ends_in_the_dead_set(b: &TestBroker) {
+    b.broker.enqueue(vec![job("poison")], T0).await.unwrap(); // max_attempts = 3
+    let mut now = T0;
+    for attempt in 1..=3 {
+        let got = b.broker.fetch(Q, 1, LEASE, now).await.unwrap();
+        assert_eq!(got.len(), 1, "attempt {attempt} delivered");
+        assert_eq!(got[0].envelope.attempt, attempt);
+        now += 31_000;
+        b.broker.reap_expired(Q, 100, now).await.unwrap();
+    }
+    assert!(
+        b.broker.fetch(Q, 1, LEASE, now).await.unwrap().is_empty(),
+        "no fourth run"
+    );
+    let dead = b.broker.dead_list(Q, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("lease expired"), "{}", dead[0].error);
+}
+
+async fn heartbeat_extends_a_lease(b: &TestBroker) {
+    b.broker.enqueue(vec![job("long")], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 1, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    b.broker
+        .extend_leases(Q, &[(d.id.clone(), 1)], LEASE, T0 + 20_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.broker
+            .reap_expired(Q, 100, T0 + 40_000)
+            .await
+            .unwrap()
+            .redelivered,
+        0
+    );
+    assert_eq!(
+        b.broker
+            .reap_expired(Q, 100, T0 + 50_001)
+            .await
+            .unwrap()
+            .redelivered,
+        1
+    );
+    // Renewing a lease that was reaped does not resurrect it.
+    b.broker
+        .extend_leases(Q, &[(d.id, 1)], LEASE, T0 + 50_002)
+        .await
+        .unwrap();
+    assert_eq!(b.broker.stats(Q, T0).await.unwrap().running, 0);
+}
+
+async fn until_executing_drops_duplicates_only_while_waiting(b: &TestBroker) {
+    let j = || deduped("x", DedupMode::UntilExecuting, "k");
+    assert_eq!(
+        b.broker.enqueue(vec![j(), j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued, EnqueueOutcome::Duplicate]
+    );
+    b.broker.fetch(Q, 10, LEASE, T0).await.unwrap();
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued],
+        "running: key released"
+    );
+}
+
+async fn until_executed_drops_duplicates_until_the_job_finishes(b: &TestBroker) {
+    let j = || deduped("x", DedupMode::UntilExecuted, "k");
+    b.broker.enqueue(vec![j()], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 10, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Duplicate]
+    );
+    // A retry keeps the key.
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Retry {
+                id: d.id.clone(),
+                attempt: 1,
+                run_at_ms: T0,
+                error: "e".into(),
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Duplicate]
+    );
+    let d = b
+        .broker
+        .fetch(Q, 10, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: d.id,
+                attempt: 2,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued]
+    );
+}
+
+async fn dead_job_releases_its_until_executed_key(b: &TestBroker) {
+    let j = || deduped("x", DedupMode::UntilExecuted, "k");
+    b.broker.enqueue(vec![j()], T0).await.unwrap();
+    let d = b
+        .broker
+        .fetch(Q, 10, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Dead {
+                id: d.id,
+                attempt: 1,
+                error: "e".into(),
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued]
+    );
+}
+
+async fn no_dedup_keeps_every_copy(b: &TestBroker) {
+    assert_eq!(
+        b.broker
+            .enqueue(vec![job("x"), job("x")], T0)
+            .await
+            .unwrap(),
+        vec![EnqueueOutcome::Enqueued; 2]
+    );
+}
+
+async fn dedup_key_expires_after_its_ttl(b: &TestBroker) {
+    // Key TTLs run on the store's own clock, so this one test waits for real time.
+    let mut j = deduped("x", DedupMode::UntilExecuted, "ttl");
+    j.dedup_ttl = Duration::from_millis(200);
+    b.broker.enqueue(vec![j.clone()], T0).await.unwrap();
+    let mut dup = deduped("x", DedupMode::UntilExecuted, "ttl");
+    dup.dedup_ttl = j.dedup_ttl;
+    assert_eq!(
+        b.broker.enqueue(vec![dup.clone()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Duplicate]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        b.broker.enqueue(vec![dup], T0 + 400).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued]
+    );
+}
+
+async fn reschedule_once_runs_the_job_exactly_once_more(b: &TestBroker) {
+    let j = || deduped("flush", DedupMode::UntilExecutedRescheduleOnce, "chunk-1");
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued]
+    );
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::Duplicate],
+        "waiting: plain duplicate"
+    );
+    let d = b
+        .broker
+        .fetch(Q, 10, LEASE, T0)
+        .await
+        .unwrap()
+        .remove(0)
+        .envelope;
+    for _ in 0..3 {
+        assert_eq!(
+            b.broker.enqueue(vec![j()], T0).await.unwrap(),
+            vec![EnqueueOutcome::RescheduledOnce]
+        );
+    }
+    assert!(
+        b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().is_empty(),
+        "the rerun waits for the running job"
+    );
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: d.id.clone(),
+                attempt: 1,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    let rerun = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap();
+    assert_eq!(rerun.len(), 1, "exactly one rerun");
+    assert_ne!(rerun[0].envelope.id, d.id);
+    // The rerun holds the key again: a duplicate now asks for one more run after it.
+    assert_eq!(
+        b.broker.enqueue(vec![j()], T0).await.unwrap(),
+        vec![EnqueueOutcome::RescheduledOnce]
+    );
+    b.broker
+        .ack(
+            Q,
+            vec![Ack::Complete {
+                id: rerun[0].envelope.id.clone(),
+                attempt: 1,
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().len(), 1);
+}
+
+async fn cron_tick_fires_once_and_never_goes_back(b: &TestBroker) {
+    let tick = T0 + 60_000;
+    assert_eq!(b.broker.cron_last("sweep", Q).await.unwrap(), None);
+    assert!(
+        b.broker
+            .cron_fire("sweep", tick, job("t1"), tick)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.broker
+            .cron_fire("sweep", tick, job("t1 again"), tick)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.broker
+            .cron_fire("sweep", T0, job("older"), tick)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.broker
+            .cron_fire("sweep", tick + 60_000, job("t2"), tick)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.broker.cron_last("sweep", Q).await.unwrap(),
+        Some(tick + 60_000)
+    );
+    assert_eq!(
+        payloads(&b.broker.fetch(Q, 10, LEASE, tick).await.unwrap()),
+        vec!["t1", "t2"]
+    );
+}
+
+async fn stats_report_depths_latency_and_queues(b: &TestBroker) {
+    b.broker
+        .enqueue(vec![job("a"), job("b"), at(job("c"), T0 + 1_000_000)], T0)
+        .await
+        .unwrap();
+    b.broker.fetch(Q, 1, LEASE, T0).await.unwrap();
+    let s = b.broker.stats(Q, T0 + 2_500).await.unwrap();
+    assert_eq!(
+        (s.ready, s.scheduled, s.running, s.latency_ms),
+        (1, 1, 1, 2_500)
+    );
+    b.broker.set_limit("other", Some(2)).await.unwrap();
+    assert_eq!(
+        b.broker.queues().await.unwrap(),
+        vec![Q.to_string(), "other".into()]
+    );
+}
+
+async fn invalid_envelope_is_refused_and_nothing_is_stored(b: &TestBroker) {
+    let bad = deduped("x", DedupMode::UntilExecuted, "has|bar");
+    let err = b
+        .broker
+        .enqueue(vec![job("ok"), bad], T0)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("dedup key"), "{err}");
+    assert_eq!(
+        b.broker.stats(Q, T0).await.unwrap().ready,
+        0,
+        "no partial write"
+    );
+}
+
+async fn twenty_thousand_retries_due_at_once_drain_without_errors(b: &TestBroker) {
+    // Past the ~8,000 values where Lua's unpack() fails (apalis-redis 1.0's fetch bug).
+    let jobs: Vec<NewJob> = (0..20_000)
+        .map(|i| at(job(&i.to_string()), T0 + 1_000))
+        .collect();
+    for chunk in jobs.chunks(1_000) {
+        b.broker.enqueue(chunk.to_vec(), T0).await.unwrap();
+    }
+    let mut seen = 0;
+    while seen < 20_000 {
+        let got = b.broker.fetch(Q, 500, LEASE, T0 + 1_000).await.unwrap();
+        assert!(!got.is_empty(), "stalled at {seen}");
+        seen += got.len();
+        let acks = got
+            .into_iter()
+            .map(|d| Ack::Complete {
+                id: d.envelope.id,
+                attempt: 1,
+            })
+            .collect();
+        b.broker.ack(Q, acks, T0 + 1_000).await.unwrap();
+    }
+    let s = b.broker.stats(Q, T0 + 1_000).await.unwrap();
+    assert_eq!(
+        (s.ready, s.scheduled, s.running, s.processed),
+        (0, 0, 0, 20_000)
+    );
+}
+
+on_both_brokers!(
+    enqueue_then_fetch_delivers_in_order_as_attempt_one,
+    fetch_takes_at_most_max,
+    scheduled_job_waits_for_its_time,
+    global_limit_caps_leased_jobs_and_changes_at_runtime,
+    complete_removes_the_job_and_counts_it,
+    retry_is_scheduled_and_the_next_delivery_is_the_next_attempt,
+    snooze_does_not_burn_an_attempt,
+    release_hands_the_job_back_first_without_burning_an_attempt,
+    dead_jobs_can_be_listed_retried_and_discarded,
+    dead_set_is_trimmed_by_count_and_age,
+    expired_lease_is_redelivered_and_the_lost_run_counts_as_an_attempt,
+    stale_ack_from_a_lost_worker_is_ignored,
+    job_that_kills_its_worker_every_time_ends_in_the_dead_set,
+    heartbeat_extends_a_lease,
+    until_executing_drops_duplicates_only_while_waiting,
+    until_executed_drops_duplicates_until_the_job_finishes,
+    dead_job_releases_its_until_executed_key,
+    no_dedup_keeps_every_copy,
+    dedup_key_expires_after_its_ttl,
+    reschedule_once_runs_the_job_exactly_once_more,
+    cron_tick_fires_once_and_never_goes_back,
+    stats_report_depths_latency_and_queues,
+    invalid_envelope_is_refused_and_nothing_is_stored,
+    twenty_thousand_retries_due_at_once_drain_without_errors,
+);

@@ -1,0 +1,119 @@
+//! Shared test fixtures: real Redis with a key prefix per test, a real SQLite file per test.
+//! Nothing here flushes or drops what another test may use.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use buildlogs::jobs::Broker;
+use buildlogs::jobs::redis::RedisBroker;
+use buildlogs::jobs::sqlite::SqliteBroker;
+
+pub fn redis_url() -> String {
+    std::env::var("BUILDLOGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A prefix no other test uses.
+pub fn unique_prefix(test: &str) -> String {
+    format!("blt:{test}:{}", ulid::Ulid::new())
+}
+
+/// A broker under test plus whatever must live as long as it (temp dir, key prefix).
+pub struct TestBroker {
+    pub broker: Arc<dyn Broker>,
+    pub kind: &'static str,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Redis { url: String, prefix: String },
+    Sqlite { _dir: tempfile::TempDir },
+}
+
+impl TestBroker {
+    pub async fn redis(test: &str) -> Self {
+        let prefix = unique_prefix(test);
+        let broker = RedisBroker::connect(&redis_url(), &prefix)
+            .await
+            .expect("redis at BUILDLOGS_TEST_REDIS_URL");
+        Self {
+            broker: Arc::new(broker),
+            kind: "redis",
+            cleanup: Cleanup::Redis {
+                url: redis_url(),
+                prefix,
+            },
+        }
+    }
+
+    pub async fn sqlite(_test: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let broker = SqliteBroker::connect(&url).await.expect("sqlite broker");
+        Self {
+            broker: Arc::new(broker),
+            kind: "sqlite",
+            cleanup: Cleanup::Sqlite { _dir: dir },
+        }
+    }
+
+    /// The prefix of a Redis broker (for processes that must share it).
+    pub fn redis_prefix(&self) -> Option<&str> {
+        match &self.cleanup {
+            Cleanup::Redis { prefix, .. } => Some(prefix),
+            Cleanup::Sqlite { .. } => None,
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Cleanup::Redis { url, prefix } = &self.cleanup {
+            delete_prefix(url, prefix);
+        }
+    }
+}
+
+/// Deletes this test's keys (SCAN + DEL on its own prefix only).
+pub fn delete_prefix(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = match redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+    {
+        Ok(k) => k,
+        Err(_) => return,
+    };
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+/// Runs the same async test body against each broker.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod redis_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let b = $crate::support::TestBroker::redis(stringify!($name)).await;
+                    super::$name(&b).await;
+                }
+            )*
+        }
+        mod sqlite_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let b = $crate::support::TestBroker::sqlite(stringify!($name)).await;
+                    super::$name(&b).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,8 @@
+//! Operator commands: readable tables over the configured stores.
+
+pub mod bench;
+pub mod cron;
+pub mod dead;
+pub mod limits;
+pub mod status;
+pub mod table;

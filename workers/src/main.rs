@@ -1,0 +1,105 @@
+//! `buildlogs`: one binary, one subcommand per role (Procfile) plus the operator CLI.
+
+mod cli;
+mod jobs;
+mod roles;
+mod schedules;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use buildlogs::config::Settings;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "buildlogs",
+    version,
+    about = "CI build logs: runner trace API, live chunks, archiving, on a job system of its own"
+)]
+struct Cli {
+    /// Metadata database: postgres://… or sqlite://… (default: SQLite in the data dir).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Redis for the job queue (and live chunks). Required with PostgreSQL; without it SQLite
+    /// holds the queue (single process).
+    #[arg(long, env = "REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// Folder for the embedded SQLite file and local object store.
+    #[arg(
+        long,
+        env = "BUILDLOGS_DATA_DIR",
+        default_value = "data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Prefix of every Redis key.
+    #[arg(
+        long,
+        env = "BUILDLOGS_REDIS_PREFIX",
+        default_value = "buildlogs",
+        global = true
+    )]
+    redis_prefix: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run jobs (Procfile role `worker`).
+    Worker(roles::WorkerArgs),
+    /// Fire cron ticks, exactly once per tick across replicas (Procfile role `scheduler`).
+    Scheduler,
+    /// Worker and scheduler in one process.
+    All(roles::WorkerArgs),
+    /// Queues: depth, latency, running, limit, dead, lifetime counts.
+    Status,
+    /// Global concurrency limits per job type (take effect within seconds, no restart).
+    Limits {
+        #[command(subcommand)]
+        action: cli::limits::LimitsAction,
+    },
+    /// The dead set: list, re-run or discard jobs that used up their attempts.
+    Dead {
+        #[command(subcommand)]
+        action: cli::dead::DeadAction,
+    },
+    /// Cron schedules, their last and next ticks.
+    Cron {
+        #[command(subcommand)]
+        action: cli::cron::CronAction,
+    },
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        which: cli::bench::Bench,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let settings = Settings {
+        database_url: cli.database_url,
+        redis_url: cli.redis_url,
+        data_dir: cli.data_dir,
+        redis_prefix: cli.redis_prefix,
+    };
+    match cli.command {
+        Command::Worker(args) => roles::worker(&settings, args, false).await,
+        Command::All(args) => roles::worker(&settings, args, true).await,
+        Command::Scheduler => roles::scheduler(&settings).await,
+        Command::Status => cli::status::run(&settings).await,
+        Command::Limits { action } => cli::limits::run(&settings, action).await,
+        Command::Dead { action } => cli::dead::run(&settings, action).await,
+        Command::Cron { action } => cli::cron::run(&settings, action).await,
+        Command::Bench { which } => cli::bench::run(which).await,
+    }
+}

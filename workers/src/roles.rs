@@ -1,0 +1,87 @@
+//! The long-running roles: worker and scheduler (and both in one process).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use buildlogs::config::Settings;
+use buildlogs::jobs::SystemClock;
+use buildlogs::jobs::cron::Scheduler;
+use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Jobs run at once per job type in this process.
+    #[arg(long, env = "BUILDLOGS_WORKER_CONCURRENCY", default_value_t = 10)]
+    pub concurrency: usize,
+    /// Seconds in-flight jobs get to finish on SIGTERM before they are handed back.
+    #[arg(long, env = "BUILDLOGS_SHUTDOWN_TIMEOUT", default_value_t = 25)]
+    pub shutdown_timeout: u64,
+}
+
+/// Cancels the token on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: no new jobs, finishing in-flight ones");
+        t.cancel();
+    });
+    token
+}
+
+pub async fn worker(
+    settings: &Settings,
+    args: WorkerArgs,
+    with_scheduler: bool,
+) -> anyhow::Result<()> {
+    let broker = settings
+        .open_broker()
+        .await
+        .context("opening the job queue")?;
+    let clock = Arc::new(SystemClock);
+    let shutdown = shutdown_on_signal();
+    let config = RuntimeConfig {
+        concurrency: args.concurrency,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(
+        broker.clone(),
+        clock.clone(),
+        crate::jobs::registry(),
+        config,
+    );
+    tracing::info!(concurrency = args.concurrency, "worker started");
+    if with_scheduler {
+        let scheduler = Scheduler::new(broker, clock, crate::schedules::entries()?);
+        tokio::join!(runtime.run(shutdown.clone()), scheduler.run(shutdown));
+    } else {
+        runtime.run(shutdown).await;
+    }
+    Ok(())
+}
+
+pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
+    let broker = settings
+        .open_broker()
+        .await
+        .context("opening the job queue")?;
+    let scheduler = Scheduler::new(broker, Arc::new(SystemClock), crate::schedules::entries()?);
+    tracing::info!("scheduler started");
+    scheduler.run(shutdown_on_signal()).await;
+    Ok(())
+}
