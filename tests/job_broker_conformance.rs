@@ -96,13 +96,12 @@ async fn global_limit_caps_leased_jobs_and_changes_at_runtime(b: &TestBroker) {
         b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().is_empty(),
         "limit reached"
     );
-    let d = &first[0].envelope;
+    let d = &first[0];
     b.broker
         .ack(
             Q,
             vec![Ack::Complete {
-                id: d.id.clone(),
-                attempt: d.attempt,
+                lease: d.lease.clone(),
             }],
             T0,
         )
@@ -130,20 +129,13 @@ async fn global_limit_caps_leased_jobs_and_changes_at_runtime(b: &TestBroker) {
 
 async fn complete_removes_the_job_and_counts_it(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     assert_eq!(b.broker.stats(Q, T0).await.unwrap().running, 1);
     b.broker
         .ack(
             Q,
             vec![Ack::Complete {
-                id: d.id,
-                attempt: 1,
+                lease: d.lease.clone(),
             }],
             T0,
         )
@@ -165,16 +157,9 @@ async fn complete_removes_the_job_and_counts_it(b: &TestBroker) {
 
 async fn retry_is_scheduled_and_the_next_delivery_is_the_next_attempt(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     let retry = Ack::Retry {
-        id: d.id.clone(),
-        attempt: 1,
+        lease: d.lease.clone(),
         run_at_ms: T0 + 1_000,
         error: "boom".into(),
     };
@@ -197,26 +182,21 @@ async fn retry_is_scheduled_and_the_next_delivery_is_the_next_attempt(b: &TestBr
         .fetch(Q, 1, LEASE, T0 + 1_000)
         .await
         .unwrap()
-        .remove(0)
-        .envelope;
-    assert_eq!((again.id, again.attempt), (d.id, 2));
+        .remove(0);
+    assert_eq!(
+        (again.envelope.id, again.envelope.attempt),
+        (d.envelope.id, 2)
+    );
 }
 
 async fn snooze_does_not_burn_an_attempt(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     b.broker
         .ack(
             Q,
             vec![Ack::Snooze {
-                id: d.id.clone(),
-                attempt: 1,
+                lease: d.lease.clone(),
                 run_at_ms: T0 + 10,
             }],
             T0,
@@ -235,9 +215,8 @@ async fn snooze_does_not_burn_an_attempt(b: &TestBroker) {
         .fetch(Q, 1, LEASE, T0 + 10)
         .await
         .unwrap()
-        .remove(0)
-        .envelope;
-    assert_eq!(again.attempt, 1);
+        .remove(0);
+    assert_eq!(again.envelope.attempt, 1);
 }
 
 async fn release_hands_the_job_back_first_without_burning_an_attempt(b: &TestBroker) {
@@ -245,32 +224,22 @@ async fn release_hands_the_job_back_first_without_burning_an_attempt(b: &TestBro
         .enqueue(vec![job("first"), job("second")], T0)
         .await
         .unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     b.broker
         .ack(
             Q,
             vec![Ack::Release {
-                id: d.id,
-                attempt: 1,
+                lease: d.lease.clone(),
             }],
             T0,
         )
         .await
         .unwrap();
-    let got = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
-    assert_eq!((got.payload.as_str(), got.attempt), ("first", 1));
+    let got = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
+    assert_eq!(
+        (got.envelope.payload.as_str(), got.envelope.attempt),
+        ("first", 1)
+    );
 }
 
 async fn dead_jobs_can_be_listed_retried_and_discarded(b: &TestBroker) {
@@ -283,8 +252,7 @@ async fn dead_jobs_can_be_listed_retried_and_discarded(b: &TestBroker) {
         .iter()
         .enumerate()
         .map(|(i, d)| Ack::Dead {
-            id: d.envelope.id.clone(),
-            attempt: 1,
+            lease: d.lease.clone(),
             error: format!("fatal {i}"),
         })
         .collect();
@@ -318,15 +286,9 @@ async fn dead_jobs_can_be_listed_retried_and_discarded(b: &TestBroker) {
         !b.broker.dead_retry(Q, &p1, T0).await.unwrap(),
         "already retried"
     );
-    let rerun = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let rerun = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     assert_eq!(
-        (rerun.id, rerun.attempt),
+        (rerun.envelope.id, rerun.envelope.attempt),
         (p1, 1),
         "a re-run dead job starts its attempts afresh"
     );
@@ -349,8 +311,7 @@ async fn dead_set_is_trimmed_by_count_and_age(b: &TestBroker) {
         .enumerate()
     {
         let ack = Ack::Dead {
-            id: d.envelope.id,
-            attempt: 1,
+            lease: d.lease.clone(),
             error: "x".into(),
         };
         b.broker
@@ -376,13 +337,7 @@ async fn dead_set_is_trimmed_by_count_and_age(b: &TestBroker) {
 
 async fn expired_lease_is_redelivered_and_the_lost_run_counts_as_an_attempt(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     assert_eq!(
         b.broker
             .reap_expired(Q, 100, T0 + 29_999)
@@ -399,35 +354,29 @@ async fn expired_lease_is_redelivered_and_the_lost_run_counts_as_an_attempt(b: &
         .fetch(Q, 1, LEASE, T0 + 30_001)
         .await
         .unwrap()
-        .remove(0)
-        .envelope;
-    assert_eq!((again.id.as_str(), again.attempt), (d.id.as_str(), 2));
+        .remove(0);
+    assert_eq!(
+        (again.envelope.id.as_str(), again.envelope.attempt),
+        (d.envelope.id.as_str(), 2)
+    );
 }
 
 async fn stale_ack_from_a_lost_worker_is_ignored(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     b.broker.reap_expired(Q, 100, T0 + 60_000).await.unwrap();
     let again = b
         .broker
         .fetch(Q, 1, LEASE, T0 + 60_000)
         .await
         .unwrap()
-        .remove(0)
-        .envelope;
+        .remove(0);
     // The first worker comes back and acks its old delivery: the new one must stay leased.
     b.broker
         .ack(
             Q,
             vec![Ack::Complete {
-                id: d.id.clone(),
-                attempt: 1,
+                lease: d.lease.clone(),
             }],
             T0 + 60_001,
         )
@@ -439,8 +388,7 @@ async fn stale_ack_from_a_lost_worker_is_ignored(b: &TestBroker) {
         .ack(
             Q,
             vec![Ack::Complete {
-                id: again.id,
-                attempt: 2,
+                lease: again.lease.clone(),
             }],
             T0 + 60_002,
         )
@@ -470,15 +418,9 @@ async fn job_that_kills_its_worker_every_time_ends_in_the_dead_set(b: &TestBroke
 
 async fn heartbeat_extends_a_lease(b: &TestBroker) {
     b.broker.enqueue(vec![job("long")], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 1, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
     b.broker
-        .extend_leases(Q, &[(d.id.clone(), 1)], LEASE, T0 + 20_000)
+        .extend_leases(Q, std::slice::from_ref(&d.lease), LEASE, T0 + 20_000)
         .await
         .unwrap();
     assert_eq!(
@@ -499,7 +441,7 @@ async fn heartbeat_extends_a_lease(b: &TestBroker) {
     );
     // Renewing a lease that was reaped does not resurrect it.
     b.broker
-        .extend_leases(Q, &[(d.id, 1)], LEASE, T0 + 50_002)
+        .extend_leases(Q, std::slice::from_ref(&d.lease), LEASE, T0 + 50_002)
         .await
         .unwrap();
     assert_eq!(b.broker.stats(Q, T0).await.unwrap().running, 0);
@@ -522,13 +464,7 @@ async fn until_executing_drops_duplicates_only_while_waiting(b: &TestBroker) {
 async fn until_executed_drops_duplicates_until_the_job_finishes(b: &TestBroker) {
     let j = || deduped("x", DedupMode::UntilExecuted, "k");
     b.broker.enqueue(vec![j()], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 10, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().remove(0);
     assert_eq!(
         b.broker.enqueue(vec![j()], T0).await.unwrap(),
         vec![EnqueueOutcome::Duplicate]
@@ -538,8 +474,7 @@ async fn until_executed_drops_duplicates_until_the_job_finishes(b: &TestBroker) 
         .ack(
             Q,
             vec![Ack::Retry {
-                id: d.id.clone(),
-                attempt: 1,
+                lease: d.lease.clone(),
                 run_at_ms: T0,
                 error: "e".into(),
             }],
@@ -551,19 +486,12 @@ async fn until_executed_drops_duplicates_until_the_job_finishes(b: &TestBroker) 
         b.broker.enqueue(vec![j()], T0).await.unwrap(),
         vec![EnqueueOutcome::Duplicate]
     );
-    let d = b
-        .broker
-        .fetch(Q, 10, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().remove(0);
     b.broker
         .ack(
             Q,
             vec![Ack::Complete {
-                id: d.id,
-                attempt: 2,
+                lease: d.lease.clone(),
             }],
             T0,
         )
@@ -578,19 +506,12 @@ async fn until_executed_drops_duplicates_until_the_job_finishes(b: &TestBroker) 
 async fn dead_job_releases_its_until_executed_key(b: &TestBroker) {
     let j = || deduped("x", DedupMode::UntilExecuted, "k");
     b.broker.enqueue(vec![j()], T0).await.unwrap();
-    let d = b
-        .broker
-        .fetch(Q, 10, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().remove(0);
     b.broker
         .ack(
             Q,
             vec![Ack::Dead {
-                id: d.id,
-                attempt: 1,
+                lease: d.lease.clone(),
                 error: "e".into(),
             }],
             T0,
@@ -642,13 +563,7 @@ async fn reschedule_once_runs_the_job_exactly_once_more(b: &TestBroker) {
         vec![EnqueueOutcome::Duplicate],
         "waiting: plain duplicate"
     );
-    let d = b
-        .broker
-        .fetch(Q, 10, LEASE, T0)
-        .await
-        .unwrap()
-        .remove(0)
-        .envelope;
+    let d = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap().remove(0);
     for _ in 0..3 {
         assert_eq!(
             b.broker.enqueue(vec![j()], T0).await.unwrap(),
@@ -663,8 +578,7 @@ async fn reschedule_once_runs_the_job_exactly_once_more(b: &TestBroker) {
         .ack(
             Q,
             vec![Ack::Complete {
-                id: d.id.clone(),
-                attempt: 1,
+                lease: d.lease.clone(),
             }],
             T0,
         )
@@ -672,7 +586,7 @@ async fn reschedule_once_runs_the_job_exactly_once_more(b: &TestBroker) {
         .unwrap();
     let rerun = b.broker.fetch(Q, 10, LEASE, T0).await.unwrap();
     assert_eq!(rerun.len(), 1, "exactly one rerun");
-    assert_ne!(rerun[0].envelope.id, d.id);
+    assert_ne!(rerun[0].envelope.id, d.envelope.id);
     // The rerun holds the key again: a duplicate now asks for one more run after it.
     assert_eq!(
         b.broker.enqueue(vec![j()], T0).await.unwrap(),
@@ -682,8 +596,7 @@ async fn reschedule_once_runs_the_job_exactly_once_more(b: &TestBroker) {
         .ack(
             Q,
             vec![Ack::Complete {
-                id: rerun[0].envelope.id.clone(),
-                attempt: 1,
+                lease: rerun[0].lease.clone(),
             }],
             T0,
         )
@@ -778,8 +691,7 @@ async fn twenty_thousand_retries_due_at_once_drain_without_errors(b: &TestBroker
         let acks = got
             .into_iter()
             .map(|d| Ack::Complete {
-                id: d.envelope.id,
-                attempt: 1,
+                lease: d.lease.clone(),
             })
             .collect();
         b.broker.ack(Q, acks, T0 + 1_000).await.unwrap();

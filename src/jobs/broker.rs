@@ -46,52 +46,62 @@ pub enum EnqueueOutcome {
 /// One leased job handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The job as this delivery runs it (`attempt` counts this run).
     pub envelope: Envelope,
+    /// Identifies this delivery when it is acked or its lease renewed.
+    pub lease: Lease,
     /// Lease deadline (ms since the epoch); heartbeats move it.
     pub lease_until_ms: i64,
 }
 
-/// How a delivery is settled. `attempt` identifies the delivery: a stale one is ignored.
+/// A delivery's identity. An ack or renewal for a delivery whose lease was reaped (and maybe
+/// re-delivered as a later attempt) is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    /// The attempt this delivery runs (1 on the first run).
+    pub attempt: u32,
+    /// The broker's own handle on the delivery (for Redis: the stored record, so an ack is one
+    /// `ZREM` with no lookup); opaque to the runtime.
+    pub token: String,
+}
+
+/// How a delivery is settled.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ack {
     Complete {
-        id: String,
-        attempt: u32,
+        lease: Lease,
     },
     /// Failed; run again at `run_at_ms` (the attempt stays counted).
     Retry {
-        id: String,
-        attempt: u32,
+        lease: Lease,
         run_at_ms: i64,
         error: String,
     },
     /// Not now; run again at `run_at_ms` without burning an attempt.
     Snooze {
-        id: String,
-        attempt: u32,
+        lease: Lease,
         run_at_ms: i64,
     },
     /// Failed for good: move to the dead set.
     Dead {
-        id: String,
-        attempt: u32,
+        lease: Lease,
         error: String,
     },
-    /// Hand back unfinished (shutdown): ready again at once, attempt not burnt.
+    /// Hand back unfinished (shutdown): ready again at once, first in line, attempt not burnt.
     Release {
-        id: String,
-        attempt: u32,
+        lease: Lease,
     },
 }
 
 impl Ack {
-    pub fn id(&self) -> &str {
+    pub fn lease(&self) -> &Lease {
         match self {
-            Ack::Complete { id, .. }
-            | Ack::Retry { id, .. }
-            | Ack::Snooze { id, .. }
-            | Ack::Dead { id, .. }
-            | Ack::Release { id, .. } => id,
+            Ack::Complete { lease }
+            | Ack::Retry { lease, .. }
+            | Ack::Snooze { lease, .. }
+            | Ack::Dead { lease, .. }
+            | Ack::Release { lease } => lease,
         }
     }
 }
@@ -184,11 +194,25 @@ pub trait Broker: Send + Sync + 'static {
     /// Settles deliveries (batched).
     async fn ack(&self, queue: &str, acks: Vec<Ack>, now_ms: i64) -> Result<(), BrokerError>;
 
-    /// Moves the lease deadline of live deliveries `(id, attempt)`.
+    /// Settles `acks`, then leases up to `max` jobs: the worker's steady state in one call.
+    /// The acks are applied even when no job is fetched.
+    async fn ack_and_fetch(
+        &self,
+        queue: &str,
+        acks: Vec<Ack>,
+        max: usize,
+        lease: Duration,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        self.ack(queue, acks, now_ms).await?;
+        self.fetch(queue, max, lease, now_ms).await
+    }
+
+    /// Moves the lease deadline of live deliveries.
     async fn extend_leases(
         &self,
         queue: &str,
-        deliveries: &[(String, u32)],
+        leases: &[Lease],
         lease: Duration,
         now_ms: i64,
     ) -> Result<(), BrokerError>;

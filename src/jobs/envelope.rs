@@ -2,8 +2,10 @@
 //!
 //! The wire form is one string with a fixed header the Redis scripts can read with one
 //! `string.match`, without decoding JSON:
-//! `id|attempt|max_attempts|dedup_mode|dedup_key|enqueued_at_ms|queue|payload`.
-//! Ids, dedup keys and queue names therefore may not contain `|`; the payload may.
+//! `dedup_mode|id|attempt|max_attempts|dedup_key|enqueued_at_ms|queue|payload`.
+//! The dedup mode comes first so the hot path reads one byte to know whether a job needs any
+//! dedup work. Ids, dedup keys and queue names therefore may not contain `|`; the payload may.
+//! Encoding is canonical: `decode` then `encode` gives back the same bytes.
 
 use super::broker::BrokerError;
 use super::dedup::DedupMode;
@@ -11,7 +13,8 @@ use super::dedup::DedupMode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub id: String,
-    /// Deliveries started so far (0 while it waits for its first run).
+    /// Runs started so far: in the store, 0 while a job waits for its first run; in a
+    /// [`Delivery`](super::broker::Delivery), the run being delivered (1 on the first).
     pub attempt: u32,
     pub max_attempts: u32,
     pub dedup_mode: DedupMode,
@@ -81,10 +84,10 @@ impl Envelope {
     pub fn encode(&self) -> String {
         format!(
             "{}|{}|{}|{}|{}|{}|{}|{}",
+            self.dedup_mode.code(),
             self.id,
             self.attempt,
             self.max_attempts,
-            self.dedup_mode.code(),
             self.dedup_key,
             self.enqueued_at_ms,
             self.queue,
@@ -103,6 +106,8 @@ impl Envelope {
                 .next()
                 .ok_or_else(|| corrupt(&format!("missing {name}")))
         };
+        let dedup_mode =
+            DedupMode::from_code(next("dedup mode")?).ok_or_else(|| corrupt("bad dedup mode"))?;
         let id = next("id")?.to_owned();
         let attempt = next("attempt")?
             .parse()
@@ -110,8 +115,6 @@ impl Envelope {
         let max_attempts = next("max_attempts")?
             .parse()
             .map_err(|_| corrupt("bad max_attempts"))?;
-        let dedup_mode =
-            DedupMode::from_code(next("dedup mode")?).ok_or_else(|| corrupt("bad dedup mode"))?;
         let dedup_key = next("dedup key")?.to_owned();
         let enqueued_at_ms = next("enqueued_at")?
             .parse()

@@ -117,3 +117,4 @@ macro_rules! on_both_brokers {
         }
     };
 }
+pub mod runtime;

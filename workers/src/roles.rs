@@ -18,6 +18,24 @@ pub struct WorkerArgs {
     /// Seconds in-flight jobs get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "BUILDLOGS_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
+    /// Where this process serves Prometheus metrics (`/metrics`); "off" to disable.
+    #[arg(long, env = "BUILDLOGS_METRICS_LISTEN", default_value = "127.0.0.1:9394")]
+    pub metrics_listen: String,
+}
+
+/// Serves this process's metrics (job counters, durations, queue gauges) for Prometheus.
+fn serve_metrics(listen: &str) -> anyhow::Result<()> {
+    if listen == "off" {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr =
+        listen.parse().with_context(|| format!("BUILDLOGS_METRICS_LISTEN: {listen:?} is not host:port"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .context("starting the metrics listener")?;
+    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    Ok(())
 }
 
 /// Cancels the token on SIGTERM or Ctrl-C.
@@ -48,6 +66,7 @@ pub async fn worker(
     args: WorkerArgs,
     with_scheduler: bool,
 ) -> anyhow::Result<()> {
+    serve_metrics(&args.metrics_listen)?;
     let broker = settings
         .open_broker()
         .await

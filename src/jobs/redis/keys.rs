@@ -2,9 +2,10 @@
 //!
 //! Per queue, under the base `<prefix>:{<queue>}:` (one hash tag, one cluster slot):
 //! `ready` LIST of envelopes · `scheduled` ZSET envelope→run_at · `running` ZSET
-//! "id|attempt"→lease deadline · `inflight` HASH id→envelope · `dead` ZSET id→died_at ·
-//! `dead:data`/`dead:error` HASH id→envelope/error · `stats` HASH · `limit` STRING ·
-//! `dedup:<key>` STRING→holder id · `rerun:<id>` STRING · `cron:<schedule>` STRING→last tick.
+//! leased envelope→lease deadline · `dead` ZSET id→died_at · `dead:data`/`dead:error` HASH
+//! id→envelope/error · `stats` HASH · `limit` STRING · `dedup:<key>` STRING→holder id ·
+//! `active:<id>` STRING (a reschedule_once job is running) · `rerun:<id>` STRING (its one
+//! pending rerun) · `cron:<schedule>` STRING→last fired tick.
 //! Global: `<prefix>:queues` SET of queue names.
 
 #[derive(Debug, Clone)]

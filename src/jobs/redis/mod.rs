@@ -17,8 +17,8 @@ use redis::{AsyncCommands, Script};
 pub use keys::Keys;
 
 use super::broker::{
-    Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, NewJob, QueueStats,
-    ReapReport,
+    Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob,
+    QueueStats, ReapReport,
 };
 use super::envelope::Envelope;
 
@@ -43,7 +43,9 @@ struct Scripts {
     enqueue: Script,
     fetch: Script,
     ack: Script,
+    ack_fetch: Script,
     reap: Script,
+    extend: Script,
     dead: Script,
     dead_trim: Script,
     cron_fire: Script,
@@ -73,7 +75,9 @@ impl RedisBroker {
                 enqueue: script!("enqueue.lua"),
                 fetch: script!("fetch.lua"),
                 ack: script!("ack.lua"),
+                ack_fetch: script!("ack_fetch.lua"),
                 reap: script!("reap.lua"),
+                extend: script!("extend.lua"),
                 dead: script!("dead.lua"),
                 dead_trim: script!("dead_trim.lua"),
                 cron_fire: script!("cron_fire.lua"),
@@ -105,6 +109,72 @@ impl RedisBroker {
 
 fn ttl_ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+/// Leased envelopes as stored → deliveries (the attempt counts the run being delivered).
+fn deliveries(
+    queue: &str,
+    stored: Vec<String>,
+    now_ms: i64,
+    lease: Duration,
+) -> Result<Vec<Delivery>, BrokerError> {
+    let lease_until_ms = now_ms + lease.as_millis() as i64;
+    stored
+        .into_iter()
+        .map(|raw| {
+            let mut envelope = decode(queue, &raw)?;
+            envelope.attempt += 1;
+            let lease = Lease {
+                id: envelope.id.clone(),
+                attempt: envelope.attempt,
+                token: raw,
+            };
+            Ok(Delivery {
+                envelope,
+                lease,
+                lease_until_ms,
+            })
+        })
+        .collect()
+}
+
+/// Appends the ack quads (op, leased envelope, a, b) the scripts' `ack_all` reads.
+fn push_acks(
+    inv: &mut redis::ScriptInvocation<'_>,
+    queue: &str,
+    acks: &[Ack],
+) -> Result<(), BrokerError> {
+    for ack in acks {
+        match ack {
+            Ack::Complete { lease } => inv.arg("C").arg(&lease.token).arg("").arg(""),
+            Ack::Retry {
+                lease,
+                run_at_ms,
+                error,
+            } => inv
+                .arg("R")
+                .arg(&lease.token)
+                .arg(spent(queue, lease)?)
+                .arg(format!("{run_at_ms}|{error}")),
+            Ack::Snooze { lease, run_at_ms } => {
+                inv.arg("S").arg(&lease.token).arg(run_at_ms).arg("")
+            }
+            Ack::Dead { lease, error } => inv
+                .arg("D")
+                .arg(&lease.token)
+                .arg(spent(queue, lease)?)
+                .arg(error),
+            Ack::Release { lease } => inv.arg("L").arg(&lease.token).arg("").arg(""),
+        };
+    }
+    Ok(())
+}
+
+/// The stored form of a delivery with its run counted (what a retry or the dead set keeps).
+fn spent(queue: &str, lease: &Lease) -> Result<String, BrokerError> {
+    let mut envelope = decode(queue, &lease.token)?;
+    envelope.attempt = lease.attempt;
+    Ok(envelope.encode())
 }
 
 fn decode(queue: &str, raw: &str) -> Result<Envelope, BrokerError> {
@@ -163,7 +233,7 @@ impl Broker for RedisBroker {
         lease: Duration,
         now_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let reply: Vec<String> = self
+        let stored: Vec<String> = self
             .scripts
             .fetch
             .key(self.keys.base(queue))
@@ -173,16 +243,7 @@ impl Broker for RedisBroker {
             .arg(PROMOTE_BATCH)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let mut reply = reply.into_iter();
-        let lease_until_ms = reply.next().and_then(|d| d.parse().ok()).unwrap_or(now_ms);
-        reply
-            .map(|raw| {
-                Ok(Delivery {
-                    envelope: decode(queue, &raw)?,
-                    lease_until_ms,
-                })
-            })
-            .collect()
+        Ok(deliveries(queue, stored, now_ms, lease)?)
     }
 
     async fn ack(&self, queue: &str, acks: Vec<Ack>, now_ms: i64) -> Result<(), BrokerError> {
@@ -191,50 +252,45 @@ impl Broker for RedisBroker {
         }
         let mut inv = self.scripts.ack.key(self.keys.base(queue));
         inv.arg(now_ms);
-        for ack in &acks {
-            match ack {
-                Ack::Complete { id, attempt } => inv.arg("C").arg(id).arg(attempt).arg(""),
-                Ack::Retry {
-                    id,
-                    attempt,
-                    run_at_ms,
-                    error,
-                } => inv
-                    .arg("R")
-                    .arg(id)
-                    .arg(attempt)
-                    .arg(format!("{run_at_ms}|{error}")),
-                Ack::Snooze {
-                    id,
-                    attempt,
-                    run_at_ms,
-                } => inv.arg("S").arg(id).arg(attempt).arg(run_at_ms),
-                Ack::Dead { id, attempt, error } => inv.arg("D").arg(id).arg(attempt).arg(error),
-                Ack::Release { id, attempt } => inv.arg("L").arg(id).arg(attempt).arg(""),
-            };
-        }
+        push_acks(&mut inv, queue, &acks)?;
         let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    async fn ack_and_fetch(
+        &self,
+        queue: &str,
+        acks: Vec<Ack>,
+        max: usize,
+        lease: Duration,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let mut inv = self.scripts.ack_fetch.key(self.keys.base(queue));
+        inv.arg(now_ms)
+            .arg(max)
+            .arg(lease.as_millis() as u64)
+            .arg(PROMOTE_BATCH);
+        push_acks(&mut inv, queue, &acks)?;
+        let stored: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+        deliveries(queue, stored, now_ms, lease)
     }
 
     async fn extend_leases(
         &self,
         queue: &str,
-        deliveries: &[(String, u32)],
+        leases: &[Lease],
         lease: Duration,
         now_ms: i64,
     ) -> Result<(), BrokerError> {
-        if deliveries.is_empty() {
+        if leases.is_empty() {
             return Ok(());
         }
-        let deadline = now_ms + lease.as_millis() as i64;
-        // XX: a lease that was already reaped stays gone.
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(self.keys.running(queue)).arg("XX");
-        for (id, attempt) in deliveries {
-            cmd.arg(deadline).arg(format!("{id}|{attempt}"));
+        let mut inv = self.scripts.extend.key(self.keys.base(queue));
+        inv.arg(now_ms + lease.as_millis() as i64);
+        for l in leases {
+            inv.arg(&l.token);
         }
-        let _: i64 = cmd.query_async(&mut self.conn.clone()).await?;
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 

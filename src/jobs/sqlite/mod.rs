@@ -41,8 +41,8 @@ use sqlx::{Sqlite, Transaction};
 
 use self::queries as q;
 use super::broker::{
-    Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, NewJob, QueueStats,
-    ReapReport,
+    Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob,
+    QueueStats, ReapReport,
 };
 use super::dedup::DedupMode;
 use super::envelope::Envelope;
@@ -325,7 +325,9 @@ async fn settle(
     tally: &mut Tally,
 ) -> Result<(), BrokerError> {
     match ack {
-        Ack::Complete { id, attempt } => {
+        Ack::Complete {
+            lease: Lease { id, attempt, .. },
+        } => {
             let row: Option<(String, String)> = sqlx::query_as(q::COMPLETE)
                 .bind(queue)
                 .bind(id)
@@ -338,8 +340,7 @@ async fn settle(
             }
         }
         Ack::Retry {
-            id,
-            attempt,
+            lease: Lease { id, attempt, .. },
             run_at_ms,
             error,
         } => {
@@ -354,8 +355,7 @@ async fn settle(
             tally.failed += i64::try_from(done.rows_affected()).unwrap_or(0);
         }
         Ack::Snooze {
-            id,
-            attempt,
+            lease: Lease { id, attempt, .. },
             run_at_ms,
         } => {
             sqlx::query(q::SNOOZE)
@@ -366,7 +366,9 @@ async fn settle(
                 .execute(&mut *conn)
                 .await?;
         }
-        Ack::Release { id, attempt } => {
+        Ack::Release {
+            lease: Lease { id, attempt, .. },
+        } => {
             sqlx::query(q::RELEASE)
                 .bind(queue)
                 .bind(id)
@@ -374,7 +376,10 @@ async fn settle(
                 .execute(&mut *conn)
                 .await?;
         }
-        Ack::Dead { id, attempt, error } => {
+        Ack::Dead {
+            lease: Lease { id, attempt, .. },
+            error,
+        } => {
             if bury(conn, queue, id, i64::from(*attempt), error, now_ms).await? {
                 tally.failed += 1;
                 tally.dead += 1;
@@ -494,8 +499,15 @@ impl Broker for SqliteBroker {
                     .execute(&mut *tx)
                     .await?;
             }
+            // SQLite identifies a delivery by (id, attempt); the token is unused.
+            let lease = Lease {
+                id: envelope.id.clone(),
+                attempt: envelope.attempt,
+                token: String::new(),
+            };
             out.push(Delivery {
                 envelope,
+                lease,
                 lease_until_ms,
             });
         }
@@ -520,16 +532,16 @@ impl Broker for SqliteBroker {
     async fn extend_leases(
         &self,
         queue: &str,
-        deliveries: &[(String, u32)],
+        leases: &[Lease],
         lease: Duration,
         now_ms: i64,
     ) -> Result<(), BrokerError> {
-        if deliveries.is_empty() {
+        if leases.is_empty() {
             return Ok(());
         }
         let deadline = now_ms.saturating_add(millis(lease));
         let mut tx = self.begin().await?;
-        for (id, attempt) in deliveries {
+        for Lease { id, attempt, .. } in leases {
             // Matches only a delivery not yet reaped: a lost lease stays lost.
             sqlx::query(q::EXTEND)
                 .bind(queue)

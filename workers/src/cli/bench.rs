@@ -228,6 +228,13 @@ async fn one_run(
     }
     let done_ms = SystemClock.now_ms();
     let cpu_after = redis_cpu_s(&mut conn).await?;
+    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await?;
+        eprintln!("{stats}");
+    }
     let first: Option<i64> = conn.get(FIRST_START_KEY).await?;
     let drain_s = ((done_ms - first.unwrap_or(done_ms)) as f64 / 1000.0).max(0.001);
     let (worker_cpu_s, peak_rss_mb) = proc_usage(worker.id())?;

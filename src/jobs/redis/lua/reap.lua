@@ -1,5 +1,6 @@
 -- reap.lua: re-deliver jobs whose lease expired (their worker died), or bury them when the
--- lost delivery was their last attempt. The lost delivery stays counted as an attempt.
+-- lost run was their last attempt. The lost run counts as an attempt, so a job that kills its
+-- worker every time ends in the dead set instead of looping forever.
 -- KEYS[1] queue key base
 -- ARGV[1] now (ms), ARGV[2] max leases to reap
 -- returns { redelivered, buried }
@@ -7,23 +8,18 @@ local base = KEYS[1]
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local expired = redis.call("ZRANGEBYSCORE", base .. "running", "-inf", "(" .. now, "LIMIT", 0, limit)
 local redelivered, buried = 0, 0
-for _, member in ipairs(expired) do
-  redis.call("ZREM", base .. "running", member)
-  local id, attempt = string.match(member, "^(.*)|(%d+)$")
-  local env = redis.call("HGET", base .. "inflight", id)
-  if env then
-    local _, a, max, mode, key = parse(env)
-    if a == tonumber(attempt) then
-      redis.call("HDEL", base .. "inflight", id)
-      if a >= max then
-        bury(base, now, env, id, "worker lost during attempt " .. a .. " of " .. max .. " (lease expired)")
-        finish(base, now, env, id, mode, key)
-        buried = buried + 1
-      else
-        redis.call("RPUSH", base .. "ready", env)
-        redelivered = redelivered + 1
-      end
-    end
+for _, env in ipairs(expired) do
+  redis.call("ZREM", base .. "running", env)
+  deactivate(base, env)
+  local _, _, attempt, max = parse(env)
+  local spent = with_attempt(env, attempt + 1)
+  if attempt + 1 >= max then
+    bury(base, now, spent, "worker lost during attempt " .. (attempt + 1) .. " of " .. max .. " (lease expired)")
+    finish(base, now, spent)
+    buried = buried + 1
+  else
+    redis.call("RPUSH", base .. "ready", spent)
+    redelivered = redelivered + 1
   end
 end
 if buried > 0 then

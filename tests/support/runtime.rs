@@ -1,0 +1,141 @@
+//! Helpers for runtime tests: a configurable probe handler that records what it saw, and
+//! bounded waiting on conditions (tests wait on state, never on fixed sleeps).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
+use buildlogs::jobs::{Broker, Job, JobContext, JobError, JobHandler, Registry, SystemClock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What the probe does on one run.
+pub enum Behaviour {
+    Succeed,
+    Fail(JobError),
+    SleepThenSucceed(Duration),
+    Panic,
+}
+
+type Decide<J> = dyn Fn(&J, &JobContext) -> Behaviour + Send + Sync;
+
+/// Records every run (payload debug string, attempt) and the peak of concurrent runs.
+#[derive(Default)]
+pub struct Observed {
+    pub runs: Mutex<Vec<(String, u32)>>,
+    running: AtomicUsize,
+    pub peak: AtomicUsize,
+    pub started: AtomicUsize,
+}
+
+impl Observed {
+    pub fn runs(&self) -> Vec<(String, u32)> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_peak(&self) {
+        self.peak
+            .store(self.running.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+pub struct Probe<J> {
+    pub observed: Arc<Observed>,
+    decide: Arc<Decide<J>>,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J: Job + std::fmt::Debug> Probe<J> {
+    pub fn new(
+        decide: impl Fn(&J, &JobContext) -> Behaviour + Send + Sync + 'static,
+    ) -> (Self, Arc<Observed>) {
+        let observed = Arc::new(Observed::default());
+        (
+            Self {
+                observed: observed.clone(),
+                decide: Arc::new(decide),
+                _job: PhantomData,
+            },
+            observed,
+        )
+    }
+}
+
+impl<J: Job + std::fmt::Debug> JobHandler for Probe<J> {
+    type Job = J;
+
+    async fn perform(&self, job: J, ctx: JobContext) -> Result<(), JobError> {
+        let o = &self.observed;
+        o.started.fetch_add(1, Ordering::SeqCst);
+        let now = o.running.fetch_add(1, Ordering::SeqCst) + 1;
+        o.peak.fetch_max(now, Ordering::SeqCst);
+        o.runs
+            .lock()
+            .unwrap()
+            .push((format!("{job:?}"), ctx.attempt));
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&o.running);
+        match (self.decide)(&job, &ctx) {
+            Behaviour::Succeed => Ok(()),
+            Behaviour::Fail(e) => Err(e),
+            Behaviour::SleepThenSucceed(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Behaviour::Panic => panic!("probe asked to panic"),
+        }
+    }
+}
+
+/// A runtime running in the background until the returned token is cancelled.
+pub fn start(
+    broker: Arc<dyn Broker>,
+    registry: Registry,
+    config: RuntimeConfig,
+) -> (CancellationToken, JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let runtime = Runtime::new(broker, Arc::new(SystemClock), registry, config);
+    let handle = tokio::spawn(runtime.run(token.clone()));
+    (token, handle)
+}
+
+/// Fast polling so tests are quick; everything else default.
+pub fn config(concurrency: usize) -> RuntimeConfig {
+    RuntimeConfig {
+        concurrency,
+        poll_interval: Duration::from_millis(10),
+        shutdown_timeout: Duration::from_secs(5),
+        reap_interval: Duration::from_millis(100),
+        ..RuntimeConfig::default()
+    }
+}
+
+/// Polls `cond` until it holds or `within` passes; panics with `what` on timeout.
+pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
