@@ -19,7 +19,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "BUILDLOGS_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
     /// Where this process serves Prometheus metrics (`/metrics`); "off" to disable.
-    #[arg(long, env = "BUILDLOGS_METRICS_LISTEN", default_value = "127.0.0.1:9394")]
+    #[arg(
+        long,
+        env = "BUILDLOGS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9394"
+    )]
     pub metrics_listen: String,
 }
 
@@ -28,8 +32,9 @@ fn serve_metrics(listen: &str) -> anyhow::Result<()> {
     if listen == "off" {
         return Ok(());
     }
-    let addr: std::net::SocketAddr =
-        listen.parse().with_context(|| format!("BUILDLOGS_METRICS_LISTEN: {listen:?} is not host:port"))?;
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("BUILDLOGS_METRICS_LISTEN: {listen:?} is not host:port"))?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 pub use keys::Keys;
@@ -26,6 +26,9 @@ use super::envelope::Envelope;
 /// 50k jobs/s at a few hundred fetches a second, small enough that one script stays well
 /// under a millisecond.
 const PROMOTE_BATCH: usize = 1000;
+
+/// Connection attempts at start before giving up.
+const CONNECT_RETRIES: usize = 2;
 
 /// At most this many dead jobs are trimmed per call, so trimming never blocks Redis.
 const TRIM_BUDGET: usize = 1000;
@@ -63,7 +66,14 @@ impl RedisBroker {
     /// Connects to `url`; every key starts with `prefix` (tests use one prefix each).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, BrokerError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        // Fail fast when Redis is unreachable at start (a CLI answers in about a second; a
+        // worker exits and its supervisor restarts it). Once connected, the manager reconnects
+        // by itself after a Redis restart.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self::new(conn, prefix))
     }
 

@@ -1,0 +1,145 @@
+//! The operator CLI against a real Redis (own key prefix): limits, status, dead set.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use buildlogs::jobs::broker::{Ack, NewJob};
+use buildlogs::jobs::redis::RedisBroker;
+use buildlogs::jobs::{Broker, Envelope};
+
+fn redis_url() -> String {
+    std::env::var("BUILDLOGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+struct Cli {
+    prefix: String,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Self {
+            prefix: format!("blt:cli:{}", ulid::Ulid::new()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+            .args(args)
+            .env("REDIS_URL", redis_url())
+            .env("BUILDLOGS_REDIS_PREFIX", &self.prefix)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run buildlogs")
+    }
+
+    async fn broker(&self) -> RedisBroker {
+        RedisBroker::connect(&redis_url(), &self.prefix)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        if let Ok(mut c) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query(&mut c)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut c);
+            }
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn limits_set_shows_in_status_and_bad_input_changes_nothing() {
+    let cli = Cli::new();
+    let out = cli.run(&["limits", "set", "archive", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "archive: at most 3 running at once");
+    let bad = cli.run(&["limits", "set", "archive", "0"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("limit: expected a whole number"),
+        "{}",
+        stderr(&bad)
+    );
+    let status = stdout(&cli.run(&["status"]));
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("archive"))
+        .expect("archive row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[4], "3", "limit column in {status}");
+    let none = cli.run(&["limits", "set", "archive", "none"]);
+    assert!(none.status.success());
+    assert!(stdout(&cli.run(&["limits", "list"])).contains("none"));
+}
+
+#[tokio::test]
+async fn dead_jobs_are_listed_retried_and_discarded_from_the_cli() {
+    let cli = Cli::new();
+    let broker = cli.broker().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let jobs = ["a", "b"].map(|p| NewJob {
+        envelope: Envelope::new("flush", format!("{{\"p\":\"{p}\"}}"), 1, now),
+        run_at_ms: None,
+        dedup_ttl: Duration::from_secs(60),
+    });
+    broker.enqueue(jobs.to_vec(), now).await.unwrap();
+    let leased = broker
+        .fetch("flush", 2, Duration::from_secs(30), now)
+        .await
+        .unwrap();
+    let acks = leased
+        .iter()
+        .map(|d| Ack::Dead {
+            lease: d.lease.clone(),
+            error: "bucket gone".into(),
+        })
+        .collect();
+    broker.ack("flush", acks, now).await.unwrap();
+
+    let list = stdout(&cli.run(&["dead", "list"]));
+    assert_eq!(
+        list.lines().filter(|l| l.contains("bucket gone")).count(),
+        2,
+        "{list}"
+    );
+    let (a, b) = (&leased[0].envelope.id, &leased[1].envelope.id);
+    let retried = cli.run(&["dead", "retry", "flush", a]);
+    assert!(retried.status.success(), "{}", stderr(&retried));
+    assert!(cli.run(&["dead", "discard", "flush", b]).status.success());
+    let missing = cli.run(&["dead", "retry", "flush", b]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains(&format!("no dead job {b} in queue flush")),
+        "{}",
+        stderr(&missing)
+    );
+    let s = broker.stats("flush", now).await.unwrap();
+    assert_eq!((s.ready, s.dead), (1, 0));
+}
+
+#[tokio::test]
+async fn status_with_unreachable_redis_fails_with_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+        .arg("status")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: opening the job queue"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
