@@ -143,3 +143,56 @@ async fn status_with_unreachable_redis_fails_with_one_clear_line() {
     assert!(err.starts_with("error: opening the job queue"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn worker_runs_jobs_and_exits_cleanly_on_sigterm() {
+    use buildlogs::jobs::{Clock, SystemClock};
+    let cli = Cli::new();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+        .args(["worker", "--concurrency", "2"])
+        .env("REDIS_URL", redis_url())
+        .env("BUILDLOGS_REDIS_PREFIX", &cli.prefix)
+        .env("BUILDLOGS_METRICS_LISTEN", "off")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let broker = cli.broker().await;
+    let now = SystemClock.now_ms();
+    let noop = NewJob {
+        envelope: Envelope::new("noop", "{\"n\":1}".into(), 3, now),
+        run_at_ms: None,
+        dedup_ttl: Duration::from_secs(60),
+    };
+    broker.enqueue(vec![noop], now).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker
+        .stats("noop", SystemClock.now_ms())
+        .await
+        .unwrap()
+        .processed
+        < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never ran the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}

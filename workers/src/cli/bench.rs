@@ -48,6 +48,9 @@ pub struct QueueArgs {
     /// Also drain a 1,000,000-job backlog and 100,000 retries due in the same second.
     #[arg(long)]
     scale: bool,
+    /// Async threads of the worker process (`BUILDLOGS_THREADS`).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
     /// The redis-server binary to start privately.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
@@ -132,9 +135,10 @@ async fn queue(args: QueueArgs) -> anyhow::Result<()> {
     let redis = PrivateRedis::start(&args.redis_server).await?;
     for &c in &args.concurrency {
         for _ in 0..args.repeat {
-            let row = one_run(&redis.url, args.jobs, c, None).await?;
+            let row = one_run(&redis.url, args.jobs, c, args.worker_threads, None).await?;
             println!(
-                "peer=buildlogs c={c} n={} enqueue_jobs_per_s={:.0} process_jobs_per_s={:.0} drain_s={:.3} redis_cpu_us_per_job={:.2} worker_cpu_us_per_job={:.2} peak_rss_mb={:.1} redis_mem_after_enqueue_mb={:.1} failed={}",
+                "peer=buildlogs c={c} worker_threads={} n={} enqueue_jobs_per_s={:.0} process_jobs_per_s={:.0} drain_s={:.3} redis_cpu_us_per_job={:.2} worker_cpu_us_per_job={:.2} peak_rss_mb={:.1} redis_mem_after_enqueue_mb={:.1} failed={}",
+                args.worker_threads,
                 args.jobs,
                 row.enqueue_per_s,
                 row.process_per_s,
@@ -148,7 +152,7 @@ async fn queue(args: QueueArgs) -> anyhow::Result<()> {
         }
     }
     if args.scale {
-        let row = one_run(&redis.url, 1_000_000, 50, None).await?;
+        let row = one_run(&redis.url, 1_000_000, 50, args.worker_threads, None).await?;
         println!(
             "scenario=backlog n=1000000 c=50 enqueue_jobs_per_s={:.0} drain_s={:.1} process_jobs_per_s={:.0} redis_mem_after_enqueue_mb={:.0} peak_rss_mb={:.1} errors={}",
             row.enqueue_per_s,
@@ -158,7 +162,14 @@ async fn queue(args: QueueArgs) -> anyhow::Result<()> {
             row.peak_rss_mb,
             row.failed
         );
-        let row = one_run(&redis.url, 100_000, 50, Some(Duration::from_secs(2))).await?;
+        let row = one_run(
+            &redis.url,
+            100_000,
+            50,
+            args.worker_threads,
+            Some(Duration::from_secs(2)),
+        )
+        .await?;
         println!(
             "scenario=retries_due_at_once n=100000 c=50 drain_s={:.2} process_jobs_per_s={:.0} peak_rss_mb={:.1} errors={}",
             row.drain_s, row.process_per_s, row.peak_rss_mb, row.failed
@@ -173,6 +184,7 @@ async fn one_run(
     url: &str,
     n: usize,
     concurrency: usize,
+    threads: usize,
     due_in: Option<Duration>,
 ) -> anyhow::Result<Row> {
     let client = redis::Client::open(url)?;
@@ -186,15 +198,15 @@ async fn one_run(
 
     let now = SystemClock.now_ms();
     let run_at = due_in.map(|d| now + d.as_millis() as i64);
-    let jobs: Vec<NewJob> = (0..n as u64)
-        .map(|i| new_job(&Noop { n: i }, run_at, now))
-        .collect::<Result<_, _>>()?;
     let started = Instant::now();
-    for chunk in jobs.chunks(BULK) {
-        broker.enqueue(chunk.to_vec(), now).await?;
+    for first in (0..n as u64).step_by(BULK) {
+        let last = (first + BULK as u64).min(n as u64);
+        let chunk: Vec<NewJob> = (first..last)
+            .map(|i| new_job(&Noop { n: i }, run_at, now))
+            .collect::<Result<_, _>>()?;
+        broker.enqueue(chunk, now).await?;
     }
     let enqueue_s = started.elapsed().as_secs_f64();
-    drop(jobs);
     let redis_mem_mb = info_field(&mut conn, "memory", "used_memory").await? / 1e6;
 
     let cpu_before = redis_cpu_s(&mut conn).await?;
@@ -209,6 +221,7 @@ async fn one_run(
             &concurrency.to_string(),
         ])
         .env("RUST_LOG", "warn")
+        .env("BUILDLOGS_THREADS", threads.to_string())
         .spawn()
         .context("starting the worker process")?;
     let stats_key = broker.keys().stats(<Noop as buildlogs::jobs::Job>::NAME);
