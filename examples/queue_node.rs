@@ -53,7 +53,10 @@ impl Job for Tick {
 
     fn options() -> JobOptions {
         // No dedup: only the scheduler's once-per-tick rule may prevent duplicates here.
-        JobOptions { dedup: Dedup::none(), ..JobOptions::default() }
+        JobOptions {
+            dedup: Dedup::none(),
+            ..JobOptions::default()
+        }
     }
 }
 
@@ -87,11 +90,18 @@ impl JobHandler for ProbeHandler {
         if job.crash {
             std::process::abort();
         }
-        let sleep = if ctx.attempt == 1 { job.first_attempt_sleep_ms.max(job.sleep_ms) } else { job.sleep_ms };
+        let sleep = if ctx.attempt == 1 {
+            job.first_attempt_sleep_ms.max(job.sleep_ms)
+        } else {
+            job.sleep_ms
+        };
         tokio::time::sleep(Duration::from_millis(sleep)).await;
         redis::pipe()
             .decr(format!("{p}:probe:running"), 1)
-            .rpush(format!("{p}:probe:done"), format!("{}:{}", job.n, ctx.attempt))
+            .rpush(
+                format!("{p}:probe:done"),
+                format!("{}:{}", job.n, ctx.attempt),
+            )
             .query_async::<()>(&mut conn)
             .await
             .map_err(JobError::retryable)?;
@@ -107,7 +117,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let t = shutdown.clone();
     tokio::spawn(async move {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             term.recv().await;
         }
         t.cancel();
@@ -115,10 +127,14 @@ async fn main() -> anyhow::Result<()> {
     match env("NODE_ROLE", "worker").as_str() {
         "scheduler" => {
             let every_second = CronEntry::new("every-second", "* * * * * *", Tick)?;
-            Scheduler::new(broker, Arc::new(SystemClock), vec![every_second]).run(shutdown).await;
+            Scheduler::new(broker, Arc::new(SystemClock), vec![every_second])
+                .run(shutdown)
+                .await;
         }
         _ => {
-            let conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+            let conn = redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
             let registry = Registry::new().register(ProbeHandler { conn, prefix });
             let config = RuntimeConfig {
                 concurrency: env("NODE_CONCURRENCY", "10").parse()?,
@@ -126,7 +142,9 @@ async fn main() -> anyhow::Result<()> {
                 reap_interval: Duration::from_millis(200),
                 ..RuntimeConfig::default()
             };
-            Runtime::new(broker, Arc::new(SystemClock), registry, config).run(shutdown).await;
+            Runtime::new(broker, Arc::new(SystemClock), registry, config)
+                .run(shutdown)
+                .await;
         }
     }
     Ok(())

@@ -63,19 +63,32 @@ impl Drop for Node {
 }
 
 fn conn() -> redis::Connection {
-    redis::Client::open(support::redis_url()).unwrap().get_connection().unwrap()
+    redis::Client::open(support::redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 fn list(b: &TestBroker, name: &str) -> Vec<String> {
-    conn().lrange(format!("{}:probe:{name}", b.redis_prefix().unwrap()), 0, -1).unwrap()
+    conn()
+        .lrange(format!("{}:probe:{name}", b.redis_prefix().unwrap()), 0, -1)
+        .unwrap()
 }
 
 fn peak(b: &TestBroker) -> i64 {
-    conn().get::<_, Option<i64>>(format!("{}:probe:peak", b.redis_prefix().unwrap())).unwrap().unwrap_or(0)
+    conn()
+        .get::<_, Option<i64>>(format!("{}:probe:peak", b.redis_prefix().unwrap()))
+        .unwrap()
+        .unwrap_or(0)
 }
 
 fn probe(n: u64, sleep_ms: u64) -> Probe {
-    Probe { n, sleep_ms, first_attempt_sleep_ms: 0, crash: false }
+    Probe {
+        n,
+        sleep_ms,
+        first_attempt_sleep_ms: 0,
+        crash: false,
+    }
 }
 
 fn client(b: &TestBroker) -> JobClient {
@@ -85,14 +98,29 @@ fn client(b: &TestBroker) -> JobClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_of_a_sigkilled_worker_is_redelivered_after_its_lease() {
     let b = TestBroker::redis("sigkill").await;
-    let job = Probe { n: 7, sleep_ms: 10, first_attempt_sleep_ms: 60_000, crash: false };
+    let job = Probe {
+        n: 7,
+        sleep_ms: 10,
+        first_attempt_sleep_ms: 60_000,
+        crash: false,
+    };
     client(&b).enqueue(&job).await.unwrap();
     let mut first = Node::start(&b, "worker", 4);
-    wait_for("the first worker to start the job", SECS, || async { list(&b, "started").len() == 1 }).await;
+    wait_for("the first worker to start the job", SECS, || async {
+        list(&b, "started").len() == 1
+    })
+    .await;
     first.sigkill();
     let _second = Node::start(&b, "worker", 4);
-    wait_for("the job to finish elsewhere", SECS, || async { !list(&b, "done").is_empty() }).await;
-    assert_eq!(list(&b, "done"), vec!["7:2"], "re-delivered once, the lost run counted as attempt 1");
+    wait_for("the job to finish elsewhere", SECS, || async {
+        !list(&b, "done").is_empty()
+    })
+    .await;
+    assert_eq!(
+        list(&b, "done"),
+        vec!["7:2"],
+        "re-delivered once, the lost run counted as attempt 1"
+    );
     let s = b.broker.stats("probe", SystemClock.now_ms()).await.unwrap();
     assert_eq!((s.processed, s.running, s.dead), (1, 0, 0));
 }
@@ -100,7 +128,15 @@ async fn job_of_a_sigkilled_worker_is_redelivered_after_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_that_crashes_every_worker_ends_in_the_dead_set() {
     let b = TestBroker::redis("crashloop").await;
-    client(&b).enqueue(&Probe { n: 1, sleep_ms: 0, first_attempt_sleep_ms: 0, crash: true }).await.unwrap();
+    client(&b)
+        .enqueue(&Probe {
+            n: 1,
+            sleep_ms: 0,
+            first_attempt_sleep_ms: 0,
+            crash: true,
+        })
+        .await
+        .unwrap();
     let deadline = Instant::now() + SECS;
     let dead = loop {
         let dead = b.broker.dead_list("probe", 10).await.unwrap();
@@ -115,7 +151,11 @@ async fn job_that_crashes_every_worker_ends_in_the_dead_set() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    assert_eq!(list(&b, "started").len(), 3, "max_attempts = 3 runs, then no more");
+    assert_eq!(
+        list(&b, "started").len(),
+        3,
+        "max_attempts = 3 runs, then no more"
+    );
     assert!(dead[0].error.contains("lease expired"), "{}", dead[0].error);
     assert_eq!(dead[0].envelope.attempt, 3);
 }
@@ -131,14 +171,21 @@ async fn concurrency_limit_holds_across_two_worker_processes_and_changes_at_runt
     wait_for("60 done", SECS, || async { list(&b, "done").len() == 60 }).await;
     assert!(peak(&b) <= 3, "peak {} over the limit of 3", peak(&b));
     assert!(peak(&b) >= 2, "the limit was used, peak {}", peak(&b));
-    let pids: std::collections::HashSet<String> =
-        list(&b, "started").iter().filter_map(|t| t.rsplit(':').next().map(str::to_owned)).collect();
+    let pids: std::collections::HashSet<String> = list(&b, "started")
+        .iter()
+        .filter_map(|t| t.rsplit(':').next().map(str::to_owned))
+        .collect();
     assert_eq!(pids.len(), 2, "both processes took jobs");
 
     // Lower it while both run: the next fetches obey it.
     b.broker.set_limit("probe", Some(1)).await.unwrap();
-    let _: () = conn().set(format!("{}:probe:peak", b.redis_prefix().unwrap()), 0).unwrap();
-    client(&b).enqueue_bulk(&(100..115).map(|n| probe(n, 20)).collect::<Vec<_>>()).await.unwrap();
+    let _: () = conn()
+        .set(format!("{}:probe:peak", b.redis_prefix().unwrap()), 0)
+        .unwrap();
+    client(&b)
+        .enqueue_bulk(&(100..115).map(|n| probe(n, 20)).collect::<Vec<_>>())
+        .await
+        .unwrap();
     wait_for("75 done", SECS, || async { list(&b, "done").len() == 75 }).await;
     assert_eq!(peak(&b), 1);
 }
@@ -150,13 +197,25 @@ async fn three_schedulers_enqueue_each_cron_tick_once() {
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&b, "scheduler", 1)).collect();
     // Wait until at least 4 ticks were fired.
     wait_for("4 ticks", SECS, || async {
-        b.broker.stats("tick", SystemClock.now_ms()).await.map(|s| s.ready >= 4).unwrap_or(false)
+        b.broker
+            .stats("tick", SystemClock.now_ms())
+            .await
+            .map(|s| s.ready >= 4)
+            .unwrap_or(false)
     })
     .await;
     drop(nodes);
     let elapsed = started.elapsed().as_secs_f64();
-    let ticks = b.broker.stats("tick", SystemClock.now_ms()).await.unwrap().ready as f64;
+    let ticks = b
+        .broker
+        .stats("tick", SystemClock.now_ms())
+        .await
+        .unwrap()
+        .ready as f64;
     // One job per elapsed second at most (plus the boundary); three per second if every
     // scheduler had enqueued its own.
-    assert!(ticks <= elapsed.ceil() + 1.0, "{ticks} jobs in {elapsed:.1}s: duplicates");
+    assert!(
+        ticks <= elapsed.ceil() + 1.0,
+        "{ticks} jobs in {elapsed:.1}s: duplicates"
+    );
 }
