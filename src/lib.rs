@@ -7,3 +7,5 @@
 
 pub mod config;
 pub mod jobs;
+pub mod stores;
+pub mod traces;

@@ -1,0 +1,47 @@
+-- append_trace.lua: append bytes to a build's live trace, atomically, at an exact offset.
+-- KEYS[1] the build's key base "<prefix>:trace:{<build>}:" (one hash tag, one cluster slot)
+-- ARGV[1] offset, ARGV[2] chunk size, ARGV[3] TTL (ms), ARGV[4] the bytes
+-- returns { 1, new length, {started chunk indexes}, {filled chunk indexes} } when appended,
+--         { 0, current length } when the offset is not the current length (nothing written),
+--         { -1, chunk index, its length } when a live chunk is not where the length says
+-- Keys: "len" the trace length; "chunk:<i>" chunk i's bytes. Each write renews the TTL, like
+-- GitLab's one-week chunk TTL: a log nobody flushes or archives for that long is abandoned.
+local base = KEYS[1]
+local offset, size, ttl, data = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local length = tonumber(redis.call("GET", base .. "len") or "0")
+if offset ~= length then
+  return { 0, length }
+end
+local started, filled = {}, {}
+-- Check every chunk first, so a refused append writes nothing.
+local at, pos = offset, 1
+while pos <= #data do
+  local index, within = math.floor(at / size), at % size
+  local take = math.min(size - within, #data - pos + 1)
+  if within > 0 then
+    local have = redis.call("STRLEN", base .. "chunk:" .. index)
+    if have ~= within then
+      return { -1, index, have }
+    end
+  end
+  at, pos = at + take, pos + take
+end
+at, pos = offset, 1
+while pos <= #data do
+  local index, within = math.floor(at / size), at % size
+  local take = math.min(size - within, #data - pos + 1)
+  local key = base .. "chunk:" .. index
+  if within == 0 then
+    started[#started + 1] = index
+    redis.call("SET", key, string.sub(data, pos, pos + take - 1), "PX", ttl)
+  else
+    redis.call("APPEND", key, string.sub(data, pos, pos + take - 1))
+    redis.call("PEXPIRE", key, ttl)
+  end
+  if within + take == size then
+    filled[#filled + 1] = index
+  end
+  at, pos = at + take, pos + take
+end
+redis.call("SET", base .. "len", at, "PX", ttl)
+return { 1, at, started, filled }

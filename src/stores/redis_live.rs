@@ -1,0 +1,134 @@
+//! Live chunks in Redis: one Lua script per append checks the offset against the trace length
+//! and writes every piece (see `lua/append_trace.lua` for the contract). Per PATCH: one round
+//! trip, whatever the number of chunks it touches.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+
+use crate::traces::chunk::CHUNK_SIZE;
+use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+
+/// GitLab's `CHUNK_REDIS_TTL`: a live trace untouched for a week is abandoned. Archiving
+/// retries are scheduled to finish well inside it.
+pub const LIVE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct RedisLiveChunks {
+    conn: ConnectionManager,
+    prefix: String,
+    append: Script,
+}
+
+impl RedisLiveChunks {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            append: Script::new(include_str!("lua/append_trace.lua")),
+        }
+    }
+
+    /// All of a build's keys share the `{<build>}` hash tag.
+    fn base(&self, build: i64) -> String {
+        format!("{}:trace:{{{build}}}:", self.prefix)
+    }
+
+    fn chunk_key(&self, build: i64, index: u64) -> String {
+        format!("{}chunk:{index}", self.base(build))
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn ints(v: &Value) -> Vec<u64> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(int).map(|i| i as u64).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[async_trait]
+impl LiveChunkStore for RedisLiveChunks {
+    async fn append(
+        &self,
+        build: i64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<AppendOutcome, LiveStoreError> {
+        let reply: Vec<Value> = self
+            .append
+            .key(self.base(build))
+            .arg(offset)
+            .arg(CHUNK_SIZE)
+            .arg(LIVE_TTL.as_millis() as u64)
+            .arg(data)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let bad = |detail: String| LiveStoreError::Inconsistent { build, detail };
+        match reply.first().and_then(int) {
+            Some(1) => Ok(AppendOutcome::Appended {
+                length: reply.get(1).and_then(int).unwrap_or(0) as u64,
+                started: reply.get(2).map(ints).unwrap_or_default(),
+                filled: reply.get(3).map(ints).unwrap_or_default(),
+            }),
+            Some(0) => Ok(AppendOutcome::Mismatch {
+                length: reply.get(1).and_then(int).unwrap_or(0) as u64,
+            }),
+            Some(-1) => Err(bad(format!(
+                "chunk {} holds {} bytes, not what the trace length implies",
+                reply.get(1).and_then(int).unwrap_or(-1),
+                reply.get(2).and_then(int).unwrap_or(-1)
+            ))),
+            _ => Err(bad(format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    async fn length(&self, build: i64) -> Result<u64, LiveStoreError> {
+        let len: Option<u64> = self
+            .conn
+            .clone()
+            .get(format!("{}len", self.base(build)))
+            .await?;
+        Ok(len.unwrap_or(0))
+    }
+
+    async fn read_chunk(
+        &self,
+        build: i64,
+        chunk_index: u64,
+    ) -> Result<Option<Vec<u8>>, LiveStoreError> {
+        Ok(self
+            .conn
+            .clone()
+            .get(self.chunk_key(build, chunk_index))
+            .await?)
+    }
+
+    async fn delete_chunk(&self, build: i64, chunk_index: u64) -> Result<(), LiveStoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .del(self.chunk_key(build, chunk_index))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError> {
+        let mut conn = self.conn.clone();
+        let len = self.length(build).await?;
+        let mut keys = vec![format!("{}len", self.base(build))];
+        let chunks = len.div_ceil(CHUNK_SIZE);
+        keys.extend((0..chunks).map(|i| self.chunk_key(build, i)));
+        for batch in keys.chunks(500) {
+            let _: () = conn.del(batch).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! The live chunk store: where a running job's log bytes land (GitLab's `redis` and `database`
+//! chunk stores). Production: Redis, one Lua script per append. Embedded: the SQL database.
+//!
+//! Guarantees every implementation gives (checked by `tests/live_chunks_conformance.rs`):
+//! 1. An append lands only if its offset equals the trace's current length; otherwise nothing
+//!    is written and the current length is returned (the API answers 416 with it). So of two
+//!    concurrent appends at one offset exactly one wins, and a retried append changes nothing.
+//! 2. An append is atomic: all of its bytes land, across chunk boundaries, or none do.
+//! 3. The length survives the deletion of flushed chunks (it is the trace's length, not the sum
+//!    of what is still live).
+//! 4. Bytes are kept exactly (any byte values, not only UTF-8).
+
+use async_trait::async_trait;
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended {
+        /// The trace length after the append.
+        length: u64,
+        /// Chunks this append wrote the first bytes of (their metadata rows must exist).
+        started: Vec<u64>,
+        /// Chunks this append filled (to be flushed).
+        filled: Vec<u64>,
+    },
+    /// The offset was not the current length; nothing written.
+    Mismatch { length: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveStoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("sql: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("live chunk store inconsistent for build {build}: {detail}")]
+    Inconsistent { build: i64, detail: String },
+}
+
+#[async_trait]
+pub trait LiveChunkStore: Send + Sync + 'static {
+    /// Appends `data` at trace offset `offset` if that is the current length.
+    async fn append(
+        &self,
+        build: i64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<AppendOutcome, LiveStoreError>;
+
+    /// The trace's current length (0 for a build never written).
+    async fn length(&self, build: i64) -> Result<u64, LiveStoreError>;
+
+    /// A live chunk's bytes, `None` if it is not (or no longer) live.
+    async fn read_chunk(
+        &self,
+        build: i64,
+        chunk_index: u64,
+    ) -> Result<Option<Vec<u8>>, LiveStoreError>;
+
+    /// Drops a chunk's live copy (after it was flushed elsewhere).
+    async fn delete_chunk(&self, build: i64, chunk_index: u64) -> Result<(), LiveStoreError>;
+
+    /// Drops everything live of a build, its length included (after archiving).
+    async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError>;
+}

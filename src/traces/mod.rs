@@ -1,0 +1,10 @@
+//! The build-log domain: a CI job's log ("trace") as 128 KiB chunks that live in a fast store
+//! while the job runs, are flushed to object storage when full, and are archived as one object
+//! when the job ends. It knows nothing of HTTP or Redis keys: stores sit behind traits.
+//!
+//! - [`chunk`]: chunk arithmetic (which chunk an offset falls in, splitting appends, CRC32
+//!   combination the way GitLab validates a runner's checksum).
+//! - [`live`]: the live chunk store seam (Redis in production, the SQL database embedded).
+
+pub mod chunk;
+pub mod live;
