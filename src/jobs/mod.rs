@@ -7,10 +7,12 @@
 //!   reaps lost ones, shuts down gracefully.
 //! - [`cron`]: fires schedules once per tick across any number of schedulers.
 //! - [`limited_capacity`]: the "keep N workers busy while work remains" pattern.
+//! - [`apalis_backend`]: runs a job type under an apalis-core worker, over one of our brokers.
 //!
 //! Guarantee: at-least-once. A job is acked only after its handler returned; a worker that dies
 //! loses its leases and the jobs run again. Handlers must be idempotent.
 
+pub mod apalis_backend;
 pub mod broker;
 pub mod clock;
 pub mod cron;
