@@ -389,6 +389,10 @@ async fn limited_capacity_worker_keeps_max_running_busy_until_work_runs_out(b: &
         0,
         "never more than max_running"
     );
+    // An operator widens the fan-out at runtime; the pattern follows the queue's limit.
+    b.broker.set_limit(Unit::NAME, Some(4)).await.unwrap();
+    assert_eq!(perform_with_capacity(&c, work.as_ref()).await.unwrap(), 1);
+    b.broker.set_limit(Unit::NAME, Some(3)).await.unwrap();
     let registry = Registry::new().register(LimitedCapacityHandler::new(work.clone(), c.clone()));
     let (stop, done) = start(b.broker.clone(), registry, config(10));
     let now = || SystemClock.now_ms();

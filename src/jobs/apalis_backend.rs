@@ -100,9 +100,6 @@ use super::clock::Clock;
 use super::job::{Job, JobContext, JobError, JobOptions};
 use super::metrics;
 
-/// Most expired leases one reap call handles; the loop goes on while a call fills its budget.
-const REAP_BATCH: usize = 1000;
-
 /// Tuning of one apalis worker over a broker queue.
 #[derive(Debug, Clone)]
 pub struct BrokerBackendConfig {
@@ -838,39 +835,14 @@ async fn renew_leases(shared: &Shared) {
 }
 
 async fn reap_queue(shared: &Shared, dead_set: DeadSetBounds) {
-    let (broker, queue) = (shared.broker.as_ref(), shared.queue);
-    loop {
-        match broker
-            .reap_expired(queue, REAP_BATCH, shared.clock.now_ms())
-            .await
-        {
-            Ok(report) => {
-                let reaped = report.redelivered + report.dead;
-                if reaped > 0 {
-                    tracing::warn!(
-                        queue,
-                        redelivered = report.redelivered,
-                        dead = report.dead,
-                        "reaped expired leases of lost workers"
-                    );
-                    metrics::record_reaped(queue, report);
-                }
-                if reaped < REAP_BATCH as u64 {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(queue, error = %e, "reaping expired leases failed; will retry");
-                break;
-            }
-        }
-    }
-    if let Err(e) = broker
-        .dead_trim(queue, dead_set, shared.clock.now_ms())
-        .await
-    {
-        tracing::warn!(queue, error = %e, "trimming the dead set failed; will retry");
-    }
+    // The same housekeeping a runtime worker does.
+    super::runtime::reap_queue(
+        shared.broker.as_ref(),
+        shared.clock.as_ref(),
+        shared.queue,
+        dead_set,
+    )
+    .await;
 }
 
 #[cfg(test)]

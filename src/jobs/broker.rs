@@ -171,6 +171,17 @@ pub enum BrokerError {
     Invalid { field: &'static str, detail: String },
 }
 
+/// Cron schedule names share the envelope header's rule: no `|`.
+pub fn validate_schedule_name(schedule: &str) -> Result<(), BrokerError> {
+    if schedule.is_empty() || schedule.contains('|') {
+        return Err(BrokerError::Invalid {
+            field: "cron schedule name",
+            detail: format!("{schedule:?} is empty or contains '|'"),
+        });
+    }
+    Ok(())
+}
+
 /// The queue store. One implementation per backend: Redis (production) and SQLite (embedded).
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {

@@ -5,10 +5,12 @@
 //!   unit of work, then tops the queue back up to `max_running` if work remains.
 //! - [`perform_with_capacity`] is what a cron calls to start (or restart) the fan-out.
 //!
-//! The queue's global concurrency limit is set to `max_running`, so however many copies are
-//! queued, no more than that run at once across all processes. Copies use no dedup (they are
-//! interchangeable); the top-up counts ready + scheduled + running copies, so the queue never
-//! holds more than `max_running` of them.
+//! The queue's global concurrency limit starts at `max_running` (set when the queue has none),
+//! so however many copies are queued, no more than that run at once across all processes; an
+//! operator who changes the limit (`buildlogs limits set`) changes the fan-out width with it. Copies use no dedup (they are
+//! interchangeable); the top-up counts ready + scheduled + running copies, so the queue holds
+//! about the limit's worth of them (two copies topping up at once may add a few more; the
+//! global limit still caps how many run).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,10 +58,15 @@ async fn top_up<W: LimitedCapacityWork>(
     );
     let queue = W::Job::NAME;
     let broker: &Arc<dyn Broker> = client.broker();
-    broker.set_limit(queue, Some(max_running)).await?;
-    let stats = broker.stats(queue, client.clock().now_ms()).await?;
+    let mut stats = broker.stats(queue, client.clock().now_ms()).await?;
+    if stats.limit.is_none() {
+        broker.set_limit(queue, Some(max_running)).await?;
+        stats.limit = Some(max_running);
+    }
+    // An operator's `buildlogs limits set` wins over the code's default width.
+    let width = stats.limit.unwrap_or(max_running);
     let busy = (stats.ready + stats.scheduled + stats.running).saturating_sub(running_self);
-    let free = u64::from(max_running).saturating_sub(busy).min(remaining);
+    let free = u64::from(width).saturating_sub(busy).min(remaining);
     if free == 0 {
         return Ok(0);
     }

@@ -456,12 +456,7 @@ impl Broker for RedisBroker {
         now_ms: i64,
     ) -> Result<bool, BrokerError> {
         job.envelope.validate()?;
-        if schedule.contains('|') {
-            return Err(BrokerError::Invalid {
-                field: "cron schedule name",
-                detail: format!("{schedule:?} contains '|'"),
-            });
-        }
+        super::broker::validate_schedule_name(schedule)?;
         let queue = job.envelope.queue.clone();
         self.register_queue(&queue).await?;
         let fired: i64 = self

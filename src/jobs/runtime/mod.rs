@@ -149,7 +149,13 @@ async fn housekeeping(
     }
 }
 
-async fn reap_queue(broker: &dyn Broker, clock: &dyn Clock, queue: &str, bounds: DeadSetBounds) {
+/// Re-delivers (or buries) a queue's expired leases in bounded batches, then trims its dead set.
+pub(crate) async fn reap_queue(
+    broker: &dyn Broker,
+    clock: &dyn Clock,
+    queue: &str,
+    bounds: DeadSetBounds,
+) {
     loop {
         match broker.reap_expired(queue, REAP_BATCH, clock.now_ms()).await {
             Ok(report) => {

@@ -711,12 +711,7 @@ impl Broker for SqliteBroker {
         now_ms: i64,
     ) -> Result<bool, BrokerError> {
         job.envelope.validate()?;
-        if schedule.contains('|') {
-            return Err(BrokerError::Invalid {
-                field: "cron schedule name",
-                detail: format!("{schedule:?} contains '|'"),
-            });
-        }
+        super::broker::validate_schedule_name(schedule)?;
         let queue = job.envelope.queue.as_str();
         let mut tx = self.begin().await?;
         sqlx::query(q::REGISTER_QUEUE)
