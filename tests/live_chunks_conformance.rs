@@ -1,20 +1,33 @@
 //! The live chunk store contract (`src/traces/live.rs`), run against each implementation:
-//! Redis now; the SQL database store joins with the embedded stack.
+//! Redis (a key prefix per test), and the SQL database store on SQLite (a file per test) and
+//! PostgreSQL (a schema per test). A second list checks what only the SQL store has: its rows.
 
 mod support;
 
 use std::sync::Arc;
 
 use buildlogs::stores::redis_live::RedisLiveChunks;
+use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+use support::sql::{TestPostgres, TestSql, TestSqlite};
 
 const B: i64 = 42;
 const C: usize = CHUNK_SIZE as usize;
 
+/// The SQL store writes only builds the API registered: the fixture registers `B` (42).
+const REGISTER_B: &str = "INSERT INTO builds (id, token_digest, status, trace_length, created_at) \
+     VALUES (42, 'test-digest', 'running', 0, 0)";
+
 struct Fixture {
     store: Arc<dyn LiveChunkStore>,
-    redis_prefix: String,
+    /// Dropped after the store: the Redis prefix's keys are deleted, the SQL database dropped.
+    backend: Backend,
+}
+
+enum Backend {
+    Redis { prefix: String },
+    Sql(TestSql),
 }
 
 impl Fixture {
@@ -24,14 +37,49 @@ impl Fixture {
         let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
         Self {
             store: Arc::new(RedisLiveChunks::new(conn, &prefix)),
-            redis_prefix: prefix,
+            backend: Backend::Redis { prefix },
+        }
+    }
+
+    async fn sqlite(_test: &str) -> Self {
+        let db = TestSqlite::new().await;
+        let store = SqlLiveChunks::sqlite(db.pool.clone());
+        Self::sql(store, TestSql::Sqlite(db)).await
+    }
+
+    async fn postgres(test: &str) -> Self {
+        let db = TestPostgres::new(test).await;
+        let store = SqlLiveChunks::postgres(db.pool.clone());
+        Self::sql(store, TestSql::Postgres(db)).await
+    }
+
+    async fn sql(store: SqlLiveChunks, db: TestSql) -> Self {
+        db.execute(REGISTER_B).await;
+        assert_eq!(
+            db.scalar_i64("SELECT id FROM builds").await,
+            Some(B),
+            "REGISTER_B registers B"
+        );
+        Self {
+            store: Arc::new(store),
+            backend: Backend::Sql(db),
+        }
+    }
+
+    /// The SQL store's database (SQL-only tests).
+    fn db(&self) -> &TestSql {
+        match &self.backend {
+            Backend::Sql(db) => db,
+            Backend::Redis { .. } => panic!("not a SQL store"),
         }
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        support::delete_prefix(&support::redis_url(), &self.redis_prefix);
+        if let Backend::Redis { prefix } = &self.backend {
+            support::delete_prefix(&support::redis_url(), prefix);
+        }
     }
 }
 
@@ -167,17 +215,203 @@ async fn deleting_a_build_drops_its_chunks_and_length(f: &Fixture) {
     }
 }
 
-macro_rules! on_every_live_store {
-    ($($name:ident),* $(,)?) => {
-        mod redis_store {
+async fn appends_continuing_a_chunk_keep_any_bytes(f: &Fixture) {
+    let parts: [&[u8]; 4] = [
+        b"\x00",
+        b"\xff\x00\xc3",
+        b"\x28\x00\x00",
+        b"\xfe\x80 text \x00",
+    ];
+    let mut all = Vec::new();
+    for part in parts {
+        appended(f, all.len() as u64, part).await;
+        all.extend_from_slice(part);
+    }
+    assert_eq!(f.store.read_chunk(B, 0).await.unwrap().unwrap(), all);
+    assert_eq!(f.store.length(B).await.unwrap(), all.len() as u64);
+}
+
+async fn an_append_filling_a_chunk_exactly_reports_it_and_the_next_starts_one(f: &Fixture) {
+    assert_eq!(
+        appended(f, 0, &bytes(C, 5)).await,
+        (C as u64, vec![0], vec![0])
+    );
+    assert_eq!(
+        appended(f, C as u64, b"x").await,
+        (C as u64 + 1, vec![1], vec![])
+    );
+    assert_eq!(
+        f.store.read_chunk(B, 0).await.unwrap().unwrap(),
+        bytes(C, 5)
+    );
+    assert_eq!(f.store.read_chunk(B, 1).await.unwrap().unwrap(), b"x");
+}
+
+async fn an_empty_append_at_the_end_is_accepted_and_writes_nothing(f: &Fixture) {
+    assert_eq!(appended(f, 0, b"").await, (0, vec![], vec![]));
+    assert_eq!(f.store.read_chunk(B, 0).await.unwrap(), None);
+    appended(f, 0, b"abc").await;
+    assert_eq!(appended(f, 3, b"").await, (3, vec![], vec![]));
+    assert_eq!(
+        f.store.append(B, 5, b"").await.unwrap(),
+        AppendOutcome::Mismatch { length: 3 }
+    );
+    assert_eq!(f.store.read_chunk(B, 0).await.unwrap().unwrap(), b"abc");
+}
+
+// --- The SQL store's rows -------------------------------------------------------------------
+
+async fn an_append_for_an_unregistered_build_is_refused(f: &Fixture) {
+    let err = f.store.append(7, 0, b"x").await.unwrap_err();
+    assert!(
+        matches!(err, LiveStoreError::Inconsistent { build: 7, .. }),
+        "{err}"
+    );
+    assert_eq!(f.store.length(7).await.unwrap(), 0);
+    assert_eq!(
+        f.db()
+            .scalar_i64("SELECT COUNT(*) FROM build_trace_chunks WHERE build_id = 7")
+            .await,
+        Some(0)
+    );
+}
+
+async fn chunk_rows_are_database_rows_sized_as_their_bytes(f: &Fixture) {
+    appended(f, 0, &bytes(C + 5, 6)).await;
+    let db = f.db();
+    for (sql, want) in [
+        (
+            "SELECT COUNT(*) FROM build_trace_chunks WHERE build_id = 42 AND data_store = 'database'",
+            2,
+        ),
+        (
+            "SELECT size FROM build_trace_chunks WHERE build_id = 42 AND chunk_index = 1",
+            5,
+        ),
+        (
+            "SELECT trace_length FROM builds WHERE id = 42",
+            C as i64 + 5,
+        ),
+    ] {
+        assert_eq!(db.scalar_i64(sql).await, Some(want), "{sql}");
+    }
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT crc32 FROM build_trace_chunks WHERE build_id = 42 AND chunk_index = 0"
+        )
+        .await,
+        None,
+        "the CRC32 is the flush's"
+    );
+}
+
+async fn every_write_of_a_live_chunk_bumps_its_lock_version(f: &Fixture) {
+    const VERSION: &str =
+        "SELECT lock_version FROM build_trace_chunks WHERE build_id = 42 AND chunk_index = 0";
+    appended(f, 0, b"ab").await;
+    let first = f.db().scalar_i64(VERSION).await.unwrap();
+    appended(f, 2, b"c").await;
+    assert_eq!(f.db().scalar_i64(VERSION).await, Some(first + 1), "append");
+    f.store.delete_chunk(B, 0).await.unwrap();
+    assert_eq!(f.db().scalar_i64(VERSION).await, Some(first + 2), "delete");
+    f.store.delete_chunk(B, 0).await.unwrap();
+    assert_eq!(
+        f.db().scalar_i64(VERSION).await,
+        Some(first + 2),
+        "a repeated delete writes nothing"
+    );
+    assert_eq!(
+        f.db()
+            .scalar_i64(
+                "SELECT size FROM build_trace_chunks WHERE build_id = 42 AND chunk_index = 0"
+            )
+            .await,
+        Some(3),
+        "the row and its size outlive the live bytes"
+    );
+}
+
+async fn a_chunk_flushed_elsewhere_is_not_live_and_outlives_deleting_the_build(f: &Fixture) {
+    appended(f, 0, &bytes(C + 5, 7)).await;
+    f.db()
+        .execute(
+            "UPDATE build_trace_chunks SET data_store = 'object', raw_data = NULL, crc32 = 1, \
+             lock_version = lock_version + 1 WHERE build_id = 42 AND chunk_index = 0",
+        )
+        .await;
+    assert_eq!(f.store.read_chunk(B, 0).await.unwrap(), None);
+    assert_eq!(
+        f.store.read_chunk(B, 1).await.unwrap().unwrap(),
+        bytes(C + 5, 7)[C..]
+    );
+    f.store.delete_build(B).await.unwrap();
+    assert_eq!(f.store.length(B).await.unwrap(), 0);
+    assert_eq!(
+        f.db()
+            .scalar_i64("SELECT chunk_index FROM build_trace_chunks WHERE build_id = 42")
+            .await,
+        Some(0),
+        "only the flushed chunk's row remains"
+    );
+}
+
+async fn a_chunk_to_start_that_exists_in_another_store_refuses_the_whole_append(f: &Fixture) {
+    appended(f, 0, &bytes(C - 2, 8)).await;
+    f.db()
+        .execute(
+            "INSERT INTO build_trace_chunks \
+             (build_id, chunk_index, data_store, size, created_at, updated_at) \
+             VALUES (42, 1, 'object', 0, 0, 0)",
+        )
+        .await;
+    let err = f
+        .store
+        .append(B, (C - 2) as u64, b"spans 0 and 1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LiveStoreError::Inconsistent { build: B, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        f.store.length(B).await.unwrap(),
+        (C - 2) as u64,
+        "rolled back"
+    );
+    assert_eq!(
+        f.store.read_chunk(B, 0).await.unwrap().unwrap(),
+        bytes(C - 2, 8),
+        "chunk 0 rolled back too"
+    );
+}
+
+/// One module of tests against one store, each test with a fixture of its own.
+macro_rules! tests_on {
+    ($module:ident, $fixture:ident, $($name:ident),* $(,)?) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let f = super::Fixture::redis(stringify!($name)).await;
+                    let f = super::Fixture::$fixture(stringify!($name)).await;
                     super::$name(&f).await;
                 }
             )*
         }
+    };
+}
+
+macro_rules! on_every_live_store {
+    ($($name:ident),* $(,)?) => {
+        tests_on!(redis_store, redis, $($name),*);
+        tests_on!(sqlite_store, sqlite, $($name),*);
+        tests_on!(postgres_store, postgres, $($name),*);
+    };
+}
+
+macro_rules! on_every_sql_store {
+    ($($name:ident),* $(,)?) => {
+        tests_on!(sqlite_sql, sqlite, $($name),*);
+        tests_on!(postgres_sql, postgres, $($name),*);
     };
 }
 
@@ -191,4 +425,15 @@ on_every_live_store!(
     the_length_survives_flushed_chunks_being_dropped,
     a_missing_partial_chunk_is_an_error_not_a_silent_hole,
     deleting_a_build_drops_its_chunks_and_length,
+    appends_continuing_a_chunk_keep_any_bytes,
+    an_append_filling_a_chunk_exactly_reports_it_and_the_next_starts_one,
+    an_empty_append_at_the_end_is_accepted_and_writes_nothing,
+);
+
+on_every_sql_store!(
+    an_append_for_an_unregistered_build_is_refused,
+    chunk_rows_are_database_rows_sized_as_their_bytes,
+    every_write_of_a_live_chunk_bumps_its_lock_version,
+    a_chunk_flushed_elsewhere_is_not_live_and_outlives_deleting_the_build,
+    a_chunk_to_start_that_exists_in_another_store_refuses_the_whole_append,
 );

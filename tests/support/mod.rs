@@ -1,4 +1,5 @@
-//! Shared test fixtures: real Redis with a key prefix per test, a real SQLite file per test.
+//! Shared test fixtures: real Redis with a key prefix per test, a real SQLite file per test, a
+//! PostgreSQL schema per test (`sql`).
 //! Nothing here flushes or drops what another test may use.
 #![allow(dead_code)]
 
@@ -118,3 +119,4 @@ macro_rules! on_both_brokers {
     };
 }
 pub mod runtime;
+pub mod sql;
