@@ -5,6 +5,10 @@
 //! - [`chunk`]: chunk arithmetic (which chunk an offset falls in, splitting appends, CRC32
 //!   combination the way GitLab validates a runner's checksum).
 //! - [`live`]: the live chunk store seam (Redis in production, the SQL database embedded).
+//! - [`model`]: the records (builds, chunk rows, pending states, trace metadata, artifacts).
+//! - [`metadata`]: the metadata repository seam (PostgreSQL in production, SQLite embedded).
 
 pub mod chunk;
 pub mod live;
+pub mod metadata;
+pub mod model;

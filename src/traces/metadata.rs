@@ -1,0 +1,125 @@
+//! The metadata repository: builds, chunk rows, pending states, trace metadata and artifacts in
+//! the SQL database (PostgreSQL in production, SQLite embedded). The database is the source of
+//! truth for where every chunk is; Redis only holds bytes.
+//!
+//! Guarantees every implementation gives (checked by `tests/metadata_conformance.rs`):
+//! 1. `finish_build` moves a build out of `running` once; later calls change nothing and return
+//!    the build as it is (a repeated PUT is idempotent).
+//! 2. `ensure_chunks` creates missing rows and leaves existing ones alone.
+//! 3. `flip_chunk` applies only if the row's `lock_version` is still the one read (optimistic
+//!    locking): two flushes of one chunk, or a flush racing an append, cannot both win.
+//! 4. `record_archive` writes the artifact and the trace metadata in one transaction, once per
+//!    build: a second call for an archived build returns the existing artifact.
+
+use async_trait::async_trait;
+
+use super::model::{
+    Artifact, Build, BuildStatus, ChunkRow, DataStore, NewArtifact, PendingState, TraceMetadata,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("sql: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no build {0}")]
+    NoBuild(i64),
+    #[error("corrupt row for build {build}: {detail}")]
+    Corrupt { build: i64, detail: String },
+}
+
+/// How a chunk's row changes when it is flushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkFlip {
+    pub build_id: i64,
+    pub chunk_index: u64,
+    /// The `lock_version` the flusher read; the flip applies only if it is still current.
+    pub expected_lock_version: i64,
+    pub to: DataStore,
+    pub size: u64,
+    pub crc32: u32,
+    /// The bytes, when flipping to [`DataStore::Database`] (the outage fallback); `None` clears
+    /// `raw_data`.
+    pub raw_data: Option<Vec<u8>>,
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Registers a job in `running` state.
+    async fn create_build(&self, token_digest: &str, now_ms: i64) -> Result<Build, MetadataError>;
+
+    async fn build(&self, id: i64) -> Result<Option<Build>, MetadataError>;
+
+    /// Commits a final state once (see guarantee 1).
+    async fn finish_build(
+        &self,
+        id: i64,
+        status: BuildStatus,
+        failure_reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Build, MetadataError>;
+
+    /// Creates the rows of chunks first written to `store` (Redis: size 0 until flushed).
+    async fn ensure_chunks(
+        &self,
+        build_id: i64,
+        indexes: &[u64],
+        store: DataStore,
+        now_ms: i64,
+    ) -> Result<(), MetadataError>;
+
+    /// A build's chunk rows in index order.
+    async fn chunks(&self, build_id: i64) -> Result<Vec<ChunkRow>, MetadataError>;
+
+    /// A flushed chunk's bytes held in the database (`data_store = database`).
+    async fn chunk_data(
+        &self,
+        build_id: i64,
+        chunk_index: u64,
+    ) -> Result<Option<Vec<u8>>, MetadataError>;
+
+    /// True if the flip applied (see guarantee 3).
+    async fn flip_chunk(&self, flip: &ChunkFlip, now_ms: i64) -> Result<bool, MetadataError>;
+
+    /// Deletes every chunk row of a build (after archiving); returns how many.
+    async fn delete_chunks(&self, build_id: i64) -> Result<u64, MetadataError>;
+
+    /// Stores the runner's final PUT if none is stored; returns the stored one (the first).
+    async fn upsert_pending_state(
+        &self,
+        state: &PendingState,
+    ) -> Result<PendingState, MetadataError>;
+
+    async fn pending_state(&self, build_id: i64) -> Result<Option<PendingState>, MetadataError>;
+
+    async fn delete_pending_state(&self, build_id: i64) -> Result<(), MetadataError>;
+
+    async fn trace_metadata(&self, build_id: i64) -> Result<Option<TraceMetadata>, MetadataError>;
+
+    /// Records the checksum validation of the final PUT (creates the metadata row if needed).
+    async fn record_checksums(
+        &self,
+        build_id: i64,
+        ours: u32,
+        remote: Option<u32>,
+        valid: Option<bool>,
+    ) -> Result<(), MetadataError>;
+
+    /// Counts an archival attempt; returns the new count.
+    async fn increment_archival_attempts(
+        &self,
+        build_id: i64,
+        now_ms: i64,
+    ) -> Result<u32, MetadataError>;
+
+    /// Artifact + trace metadata (artifact id, checksum, archived_at) in one transaction.
+    async fn record_archive(
+        &self,
+        artifact: &NewArtifact,
+        now_ms: i64,
+    ) -> Result<Artifact, MetadataError>;
+
+    /// A build's trace artifact, if archived.
+    async fn trace_artifact(&self, build_id: i64) -> Result<Option<Artifact>, MetadataError>;
+}
