@@ -85,14 +85,15 @@ CREATE TABLE build_trace_metadata (
 );
 
 -- The runner's final `PUT /jobs/:id` while its live chunks are being flushed: the state to
--- commit, the runner's checksum as sent (`crc32:%08x`) and byte count. `created_at` starts the
--- 5-minute window after which the state is committed anyway.
+-- commit, the runner's CRC32 (sent as `crc32:%08x`, stored parsed like the other CRC32 columns;
+-- NULL if it sent none or a malformed one) and byte count. `created_at` starts the 5-minute
+-- window after which the state is committed anyway. The first PUT's row wins.
 CREATE TABLE build_pending_states (
     build_id       BIGINT PRIMARY KEY REFERENCES builds (id) ON DELETE CASCADE,
     state          TEXT NOT NULL CHECK (state IN ('success', 'failed', 'canceled')),
     failure_reason TEXT,
     exit_code      INTEGER,
-    trace_checksum TEXT,
+    trace_checksum BIGINT CHECK (trace_checksum BETWEEN 0 AND 4294967295),
     trace_bytesize BIGINT CHECK (trace_bytesize >= 0),
     created_at     BIGINT NOT NULL
 );

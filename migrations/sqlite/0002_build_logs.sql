@@ -73,13 +73,14 @@ CREATE TABLE build_trace_metadata (
     invalid                  INTEGER NOT NULL DEFAULT 0 CHECK (invalid IN (0, 1))
 ) STRICT;
 
--- The runner's final `PUT /jobs/:id` while its live chunks are being flushed.
+-- The runner's final `PUT /jobs/:id` while its live chunks are being flushed; `trace_checksum`
+-- is the runner's CRC32, parsed. `exit_code` is held to PostgreSQL's 32-bit INTEGER range.
 CREATE TABLE build_pending_states (
     build_id       INTEGER PRIMARY KEY REFERENCES builds (id) ON DELETE CASCADE,
     state          TEXT NOT NULL CHECK (state IN ('success', 'failed', 'canceled')),
     failure_reason TEXT,
-    exit_code      INTEGER,
-    trace_checksum TEXT,
+    exit_code      INTEGER CHECK (exit_code BETWEEN -2147483648 AND 2147483647),
+    trace_checksum INTEGER CHECK (trace_checksum BETWEEN 0 AND 4294967295),
     trace_bytesize INTEGER CHECK (trace_bytesize >= 0),
     created_at     INTEGER NOT NULL
 ) STRICT;

@@ -1,0 +1,817 @@
+//! The metadata repository ([`MetadataStore`]) in the SQL database: PostgreSQL in production,
+//! SQLite embedded. The database is the source of truth for where every chunk is.
+//!
+//! Duties:
+//! 1. Builds: `create_build` registers a job (`running`); `finish_build` commits a final state
+//!    with one conditional UPDATE (`… WHERE id = $1 AND status = 'running'`), then reads the row
+//!    back as it is.
+//! 2. Chunk rows: `ensure_chunks` inserts the missing rows (size 0, `lock_version` 0,
+//!    `ON CONFLICT DO NOTHING`) in one transaction; `flip_chunk` is one UPDATE conditional on
+//!    `lock_version`, which it bumps; `chunk_data` reads a `database` row's bytes;
+//!    `delete_chunks` drops a build's rows once its log is archived.
+//! 3. Pending states: the runner's first final PUT is stored (`ON CONFLICT DO NOTHING`), every
+//!    later one gets the stored one back.
+//! 4. Trace metadata: `record_checksums` and `increment_archival_attempts` upsert the row;
+//!    `record_archive` inserts the `trace` artifact and points the metadata at it.
+//!
+//! Callers: the runner API (builds, pending states, checksums, `ensure_chunks` when an append
+//! starts a Redis chunk), the chunk flush (`chunks`, `flip_chunk`), readers (`chunks`,
+//! `chunk_data`, `trace_artifact`), the archiver (attempts, `record_archive`, `delete_chunks`).
+//!
+//! Guarantees (those of [`MetadataStore`]; `tests/metadata_conformance.rs` runs them on both
+//! databases):
+//! - A build leaves `running` once: a later `finish_build` matches no row and returns the build
+//!   as committed. `finish_build(…, Running, …)` writes nothing.
+//! - `ensure_chunks` never touches an existing row (its store, size and `lock_version` stay).
+//!   It inserts in ascending index order, so two calls cannot deadlock each other.
+//! - Of two flips read at one `lock_version` exactly one applies: the UPDATE re-checks the
+//!   version under the row lock (PostgreSQL re-evaluates it on the committed row; SQLite has one
+//!   writer). Every flip bumps the version, so a flush that lost the race, or read the row
+//!   before an append (`SqlLiveChunks` bumps it too), matches nothing. Only a flip to
+//!   `database` keeps bytes in `raw_data`; any other flip clears them.
+//! - `record_archive` runs in one transaction that first locks the build row (PostgreSQL
+//!   `FOR NO KEY UPDATE`, SQLite `BEGIN IMMEDIATE`): concurrent calls serialize, the first
+//!   inserts the artifact and the metadata, the others find the artifact and return it
+//!   unchanged. The build row before the others is the lock order of `SqlLiveChunks` too.
+//! - `record_checksums` overwrites the checksums and `checksum_valid`, but `invalid` only ever
+//!   goes from false to true: a log a check found wrong stays flagged.
+//! - A write that needs the build's row is [`MetadataError::NoBuild`] for an unknown build
+//!   (`finish_build` and `record_archive` find no row; inserts fail their foreign key, so
+//!   SQLite pools must keep sqlx's default `foreign_keys = ON`). Reads, deletes and flips of an
+//!   unknown build find nothing (`None`, no rows, `false`).
+//! - Integers are checked both ways: a `u64` beyond BIGINT, or a stored value outside its Rust
+//!   type (a negative size, a CRC32 past `u32`), is [`MetadataError::Corrupt`], never wrapped.
+//!
+//! The statements, one set per database, are the `SQLITE` and `POSTGRES` constants below; the
+//! code using them is written once and expanded per driver by `on_db!` (runtime-checked
+//! `sqlx::query`, no `DATABASE_URL` at build time), as in [`super::sql_live`]. Rows are read as
+//! tuples (the `*Tuple` types, in the order of the `*_columns!` lists) and converted once.
+
+use async_trait::async_trait;
+use sqlx::migrate::MigrateError;
+use sqlx::{PgPool, SqlitePool};
+
+use super::sql_live::{migrate_postgres, migrate_sqlite};
+use crate::traces::metadata::{ChunkFlip, MetadataError, MetadataStore};
+use crate::traces::model::{
+    Artifact, Build, BuildStatus, ChunkRow, DataStore, NewArtifact, PendingState, TraceMetadata,
+};
+
+/// `builds` columns, in [`BuildTuple`] order.
+macro_rules! build_columns {
+    () => {
+        "id, token_digest, status, failure_reason, finished_at, created_at"
+    };
+}
+
+/// `build_trace_chunks` columns, in [`ChunkTuple`] order.
+macro_rules! chunk_columns {
+    () => {
+        "build_id, chunk_index, data_store, size, crc32, lock_version"
+    };
+}
+
+/// `build_pending_states` columns, in [`PendingTuple`] order.
+macro_rules! pending_columns {
+    () => {
+        "build_id, state, failure_reason, exit_code, trace_checksum, trace_bytesize, created_at"
+    };
+}
+
+/// `build_trace_metadata` columns, in [`MetadataTuple`] order.
+macro_rules! metadata_columns {
+    () => {
+        "build_id, checksum, remote_checksum, checksum_valid, archival_attempts, \
+         last_archival_attempt_at, archived_at, trace_artifact_id, invalid"
+    };
+}
+
+/// `job_artifacts` columns, in [`ArtifactTuple`] order.
+macro_rules! artifact_columns {
+    () => {
+        "id, build_id, kind, object_path, size, crc32, sha256, expire_at, locked, created_at"
+    };
+}
+
+type BuildTuple = (i64, String, String, Option<String>, Option<i64>, i64);
+type ChunkTuple = (i64, i64, String, i64, Option<i64>, i64);
+type PendingTuple = (
+    i64,
+    String,
+    Option<String>,
+    Option<i32>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+);
+type MetadataTuple = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+    i32,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    bool,
+);
+type ArtifactTuple = (
+    i64,
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    Option<i64>,
+    bool,
+    i64,
+);
+
+/// One database's statements. Parameters are numbered (`$n`, which SQLite also reads), and
+/// numbered the same way on both databases.
+struct Statements {
+    /// Opens a write transaction.
+    begin: &'static str,
+    /// $1 build → its id, the row locked against other writers until commit (no row: no build).
+    lock_build: &'static str,
+    /// $1 token digest, $2 now → the new build.
+    create_build: &'static str,
+    /// $1 build → the build.
+    build: &'static str,
+    /// $1 build, $2 status, $3 failure reason, $4 now → 1 row if the build was running.
+    finish_build: &'static str,
+    /// $1 build, $2 index, $3 data store, $4 now → 1 row unless the chunk's row exists.
+    ensure_chunk: &'static str,
+    /// $1 build → its chunk rows, in index order.
+    chunks: &'static str,
+    /// $1 build, $2 index → raw_data of a `database` row holding bytes.
+    chunk_data: &'static str,
+    /// $1 build, $2 index, $3 expected lock_version, $4 data store, $5 size, $6 crc32,
+    /// $7 raw_data, $8 now → 1 row if the version was $3.
+    flip_chunk: &'static str,
+    /// $1 build.
+    delete_chunks: &'static str,
+    /// $1 build, $2 state, $3 failure reason, $4 exit code, $5 checksum, $6 bytesize, $7 created
+    /// at → 1 row unless a pending state is stored.
+    insert_pending_state: &'static str,
+    /// $1 build → its pending state.
+    pending_state: &'static str,
+    /// $1 build.
+    delete_pending_state: &'static str,
+    /// $1 build → its trace metadata.
+    trace_metadata: &'static str,
+    /// $1 build, $2 checksum, $3 remote checksum, $4 checksum valid, $5 invalid.
+    record_checksums: &'static str,
+    /// $1 build, $2 now → the new attempt count.
+    count_archival_attempt: &'static str,
+    /// $1 build → its `trace` artifact.
+    trace_artifact: &'static str,
+    /// $1 build, $2 object path, $3 size, $4 crc32, $5 sha256, $6 expire at, $7 now → the new
+    /// artifact.
+    insert_artifact: &'static str,
+    /// $1 build, $2 checksum, $3 artifact id, $4 now.
+    record_archived: &'static str,
+}
+
+/// SQLite: `BEGIN IMMEDIATE` takes the write lock at once (a deferred transaction that read
+/// first could fail to upgrade), so `lock_build` needs no locking clause. The other statements
+/// are PostgreSQL's too.
+const SQLITE: Statements = Statements {
+    begin: "BEGIN IMMEDIATE",
+    lock_build: "SELECT id FROM builds WHERE id = $1",
+    create_build: concat!(
+        "INSERT INTO builds (token_digest, status, created_at) VALUES ($1, 'running', $2) \
+         RETURNING ",
+        build_columns!()
+    ),
+    build: concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1"),
+    finish_build: "UPDATE builds SET status = $2, failure_reason = $3, finished_at = $4 \
+         WHERE id = $1 AND status = 'running'",
+    ensure_chunk: "INSERT INTO build_trace_chunks \
+         (build_id, chunk_index, data_store, size, lock_version, created_at, updated_at) \
+         VALUES ($1, $2, $3, 0, 0, $4, $4) \
+         ON CONFLICT (build_id, chunk_index) DO NOTHING",
+    chunks: concat!(
+        "SELECT ",
+        chunk_columns!(),
+        " FROM build_trace_chunks WHERE build_id = $1 ORDER BY chunk_index"
+    ),
+    chunk_data: "SELECT raw_data FROM build_trace_chunks \
+         WHERE build_id = $1 AND chunk_index = $2 AND data_store = 'database' \
+         AND raw_data IS NOT NULL",
+    flip_chunk: "UPDATE build_trace_chunks SET data_store = $4, size = $5, crc32 = $6, \
+         raw_data = $7, lock_version = lock_version + 1, updated_at = $8 \
+         WHERE build_id = $1 AND chunk_index = $2 AND lock_version = $3",
+    delete_chunks: "DELETE FROM build_trace_chunks WHERE build_id = $1",
+    insert_pending_state: concat!(
+        "INSERT INTO build_pending_states (",
+        pending_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (build_id) DO NOTHING"
+    ),
+    pending_state: concat!(
+        "SELECT ",
+        pending_columns!(),
+        " FROM build_pending_states WHERE build_id = $1"
+    ),
+    delete_pending_state: "DELETE FROM build_pending_states WHERE build_id = $1",
+    trace_metadata: concat!(
+        "SELECT ",
+        metadata_columns!(),
+        " FROM build_trace_metadata WHERE build_id = $1"
+    ),
+    record_checksums: "INSERT INTO build_trace_metadata \
+         (build_id, checksum, remote_checksum, checksum_valid, invalid) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (build_id) DO UPDATE SET checksum = excluded.checksum, \
+         remote_checksum = excluded.remote_checksum, checksum_valid = excluded.checksum_valid, \
+         invalid = build_trace_metadata.invalid OR excluded.invalid",
+    count_archival_attempt: "INSERT INTO build_trace_metadata \
+         (build_id, archival_attempts, last_archival_attempt_at) VALUES ($1, 1, $2) \
+         ON CONFLICT (build_id) DO UPDATE SET \
+         archival_attempts = build_trace_metadata.archival_attempts + 1, \
+         last_archival_attempt_at = excluded.last_archival_attempt_at \
+         RETURNING archival_attempts",
+    trace_artifact: concat!(
+        "SELECT ",
+        artifact_columns!(),
+        " FROM job_artifacts WHERE build_id = $1 AND kind = 'trace'"
+    ),
+    insert_artifact: concat!(
+        "INSERT INTO job_artifacts \
+         (build_id, kind, object_path, size, crc32, sha256, expire_at, created_at) \
+         VALUES ($1, 'trace', $2, $3, $4, $5, $6, $7) RETURNING ",
+        artifact_columns!()
+    ),
+    record_archived: "INSERT INTO build_trace_metadata \
+         (build_id, checksum, trace_artifact_id, archived_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (build_id) DO UPDATE SET checksum = excluded.checksum, \
+         trace_artifact_id = excluded.trace_artifact_id, archived_at = excluded.archived_at",
+};
+
+/// PostgreSQL (READ COMMITTED): `lock_build` takes the build row's `FOR NO KEY UPDATE` lock,
+/// which serializes archivers of one build without blocking the foreign-key checks of inserts
+/// (chunk rows, attempts) that only need `KEY SHARE`.
+const POSTGRES: Statements = Statements {
+    begin: "BEGIN",
+    lock_build: "SELECT id FROM builds WHERE id = $1 FOR NO KEY UPDATE",
+    create_build: SQLITE.create_build,
+    build: SQLITE.build,
+    finish_build: SQLITE.finish_build,
+    ensure_chunk: SQLITE.ensure_chunk,
+    chunks: SQLITE.chunks,
+    chunk_data: SQLITE.chunk_data,
+    flip_chunk: SQLITE.flip_chunk,
+    delete_chunks: SQLITE.delete_chunks,
+    insert_pending_state: SQLITE.insert_pending_state,
+    pending_state: SQLITE.pending_state,
+    delete_pending_state: SQLITE.delete_pending_state,
+    trace_metadata: SQLITE.trace_metadata,
+    record_checksums: SQLITE.record_checksums,
+    count_archival_attempt: SQLITE.count_archival_attempt,
+    trace_artifact: SQLITE.trace_artifact,
+    insert_artifact: SQLITE.insert_artifact,
+    record_archived: SQLITE.record_archived,
+};
+
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Expands `$body` once per database, with `$pool` that database's pool and `$q` its
+/// [`Statements`]: the logic is written (and reviewed) once, type-checked against each driver.
+macro_rules! on_db {
+    ($db:expr, |$pool:ident, $q:ident| $body:block) => {
+        match $db {
+            Db::Sqlite($pool) => {
+                let $q = &SQLITE;
+                $body
+            }
+            Db::Postgres($pool) => {
+                let $q = &POSTGRES;
+                $body
+            }
+        }
+    };
+}
+
+pub struct SqlMetadata {
+    db: Db,
+}
+
+impl SqlMetadata {
+    /// Over a migrated SQLite pool (see [`migrate_sqlite`]) with `foreign_keys` on (sqlx's
+    /// default) and a `busy_timeout`, since writers queue for SQLite's one write lock.
+    pub fn sqlite(pool: SqlitePool) -> Self {
+        Self {
+            db: Db::Sqlite(pool),
+        }
+    }
+
+    /// Over a migrated PostgreSQL pool (see [`migrate_postgres`]).
+    pub fn postgres(pool: PgPool) -> Self {
+        Self {
+            db: Db::Postgres(pool),
+        }
+    }
+
+    /// Applies this store's database's migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        match &self.db {
+            Db::Sqlite(pool) => migrate_sqlite(pool).await,
+            Db::Postgres(pool) => migrate_postgres(pool).await,
+        }
+    }
+}
+
+fn corrupt(build: i64, detail: impl Into<String>) -> MetadataError {
+    MetadataError::Corrupt {
+        build,
+        detail: detail.into(),
+    }
+}
+
+/// A write naming a build without a `builds` row fails its foreign key: no such build.
+fn or_no_build(build: i64) -> impl FnOnce(sqlx::Error) -> MetadataError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => MetadataError::NoBuild(build),
+        _ => MetadataError::Sql(e),
+    }
+}
+
+/// A size, index or count as stored (BIGINT).
+fn to_sql(build: i64, what: &str, value: u64) -> Result<i64, MetadataError> {
+    i64::try_from(value).map_err(|_| corrupt(build, format!("{what} {value} out of range")))
+}
+
+/// A stored size, index or count (never negative).
+fn to_u64(build: i64, what: &str, value: i64) -> Result<u64, MetadataError> {
+    u64::try_from(value).map_err(|_| corrupt(build, format!("{what} {value} is negative")))
+}
+
+/// A stored archival attempt count (INTEGER).
+fn to_attempts(build: i64, value: i32) -> Result<u32, MetadataError> {
+    u32::try_from(value)
+        .map_err(|_| corrupt(build, format!("archival attempts {value} is negative")))
+}
+
+/// A stored CRC32.
+fn to_u32(build: i64, what: &str, value: i64) -> Result<u32, MetadataError> {
+    u32::try_from(value).map_err(|_| corrupt(build, format!("{what} {value} is not a CRC32")))
+}
+
+fn to_build(row: BuildTuple) -> Result<Build, MetadataError> {
+    let (id, token_digest, status, failure_reason, finished_at_ms, created_at_ms) = row;
+    Ok(Build {
+        id,
+        token_digest,
+        status: status.parse().map_err(|e: String| corrupt(id, e))?,
+        failure_reason,
+        finished_at_ms,
+        created_at_ms,
+    })
+}
+
+fn to_chunk(row: ChunkTuple) -> Result<ChunkRow, MetadataError> {
+    let (build_id, chunk_index, data_store, size, crc32, lock_version) = row;
+    Ok(ChunkRow {
+        build_id,
+        chunk_index: to_u64(build_id, "chunk index", chunk_index)?,
+        data_store: data_store
+            .parse()
+            .map_err(|e: String| corrupt(build_id, e))?,
+        size: to_u64(build_id, "chunk size", size)?,
+        crc32: crc32
+            .map(|c| to_u32(build_id, "chunk crc32", c))
+            .transpose()?,
+        lock_version,
+    })
+}
+
+fn to_pending(row: PendingTuple) -> Result<PendingState, MetadataError> {
+    let (build_id, state, failure_reason, exit_code, checksum, bytesize, created_at_ms) = row;
+    Ok(PendingState {
+        build_id,
+        state: state
+            .parse::<BuildStatus>()
+            .map_err(|e| corrupt(build_id, e))?,
+        failure_reason,
+        exit_code,
+        trace_checksum: checksum
+            .map(|c| to_u32(build_id, "trace checksum", c))
+            .transpose()?,
+        trace_bytesize: bytesize
+            .map(|n| to_u64(build_id, "trace bytesize", n))
+            .transpose()?,
+        created_at_ms,
+    })
+}
+
+fn to_metadata(row: MetadataTuple) -> Result<TraceMetadata, MetadataError> {
+    let (build, sum, remote, valid, attempts, last_try, archived, artifact, invalid) = row;
+    Ok(TraceMetadata {
+        build_id: build,
+        checksum: sum.map(|c| to_u32(build, "checksum", c)).transpose()?,
+        remote_checksum: remote
+            .map(|c| to_u32(build, "remote checksum", c))
+            .transpose()?,
+        checksum_valid: valid,
+        archival_attempts: to_attempts(build, attempts)?,
+        last_archival_attempt_at_ms: last_try,
+        archived_at_ms: archived,
+        trace_artifact_id: artifact,
+        invalid,
+    })
+}
+
+fn to_artifact(row: ArtifactTuple) -> Result<Artifact, MetadataError> {
+    let (id, build, kind, object_path, size, crc32, sha256, expire_at, locked, created_at) = row;
+    Ok(Artifact {
+        id,
+        build_id: build,
+        kind,
+        object_path,
+        size: to_u64(build, "artifact size", size)?,
+        crc32: to_u32(build, "artifact crc32", crc32)?,
+        sha256,
+        expire_at_ms: expire_at,
+        locked,
+        created_at_ms: created_at,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for SqlMetadata {
+    async fn create_build(&self, token_digest: &str, now_ms: i64) -> Result<Build, MetadataError> {
+        let row: BuildTuple = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.create_build)
+                .bind(token_digest)
+                .bind(now_ms)
+                .fetch_one(pool)
+                .await?
+        });
+        to_build(row)
+    }
+
+    async fn build(&self, id: i64) -> Result<Option<Build>, MetadataError> {
+        let row: Option<BuildTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.build)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(to_build).transpose()
+    }
+
+    async fn finish_build(
+        &self,
+        id: i64,
+        status: BuildStatus,
+        failure_reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Build, MetadataError> {
+        // `running` is no final state: nothing to commit, the build is returned as it is.
+        if status.is_finished() {
+            on_db!(&self.db, |pool, q| {
+                sqlx::query(q.finish_build)
+                    .bind(id)
+                    .bind(status.as_str())
+                    .bind(failure_reason)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+            });
+        }
+        // Whether this call or an earlier one committed the state, this is the build now.
+        self.build(id).await?.ok_or(MetadataError::NoBuild(id))
+    }
+
+    async fn ensure_chunks(
+        &self,
+        build_id: i64,
+        indexes: &[u64],
+        store: DataStore,
+        now_ms: i64,
+    ) -> Result<(), MetadataError> {
+        let mut rows = indexes
+            .iter()
+            .map(|&i| to_sql(build_id, "chunk index", i))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One order for every caller: two transactions inserting rows of one build cannot each
+        // wait for a row the other inserted.
+        rows.sort_unstable();
+        rows.dedup();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        on_db!(&self.db, |pool, q| {
+            let mut tx = pool.begin_with(q.begin).await?;
+            for &index in &rows {
+                sqlx::query(q.ensure_chunk)
+                    .bind(build_id)
+                    .bind(index)
+                    .bind(store.as_str())
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(or_no_build(build_id))?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn chunks(&self, build_id: i64) -> Result<Vec<ChunkRow>, MetadataError> {
+        let rows: Vec<ChunkTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.chunks)
+                .bind(build_id)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(to_chunk).collect()
+    }
+
+    async fn chunk_data(
+        &self,
+        build_id: i64,
+        chunk_index: u64,
+    ) -> Result<Option<Vec<u8>>, MetadataError> {
+        let index = to_sql(build_id, "chunk index", chunk_index)?;
+        let data: Option<Vec<u8>> = on_db!(&self.db, |pool, q| {
+            sqlx::query_scalar(q.chunk_data)
+                .bind(build_id)
+                .bind(index)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(data)
+    }
+
+    async fn flip_chunk(&self, flip: &ChunkFlip, now_ms: i64) -> Result<bool, MetadataError> {
+        let build = flip.build_id;
+        let index = to_sql(build, "chunk index", flip.chunk_index)?;
+        let size = to_sql(build, "chunk size", flip.size)?;
+        // Only a `database` row holds bytes (a CHECK constraint says so too).
+        let raw = match flip.to {
+            DataStore::Database => flip.raw_data.as_deref(),
+            DataStore::Redis | DataStore::Object => None,
+        };
+        let flipped = on_db!(&self.db, |pool, q| {
+            sqlx::query(q.flip_chunk)
+                .bind(build)
+                .bind(index)
+                .bind(flip.expected_lock_version)
+                .bind(flip.to.as_str())
+                .bind(size)
+                .bind(i64::from(flip.crc32))
+                .bind(raw)
+                .bind(now_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(flipped == 1)
+    }
+
+    async fn delete_chunks(&self, build_id: i64) -> Result<u64, MetadataError> {
+        Ok(on_db!(&self.db, |pool, q| {
+            sqlx::query(q.delete_chunks)
+                .bind(build_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    async fn upsert_pending_state(
+        &self,
+        state: &PendingState,
+    ) -> Result<PendingState, MetadataError> {
+        let build = state.build_id;
+        let bytesize = state
+            .trace_bytesize
+            .map(|n| to_sql(build, "trace bytesize", n))
+            .transpose()?;
+        // The stored row is only ever deleted (once the state is committed). If that happened
+        // between the insert and the read, the second insert stores this state.
+        for _ in 0..2 {
+            on_db!(&self.db, |pool, q| {
+                sqlx::query(q.insert_pending_state)
+                    .bind(build)
+                    .bind(state.state.as_str())
+                    .bind(state.failure_reason.as_deref())
+                    .bind(state.exit_code)
+                    .bind(state.trace_checksum.map(i64::from))
+                    .bind(bytesize)
+                    .bind(state.created_at_ms)
+                    .execute(pool)
+                    .await
+                    .map_err(or_no_build(build))?;
+            });
+            if let Some(stored) = self.pending_state(build).await? {
+                return Ok(stored);
+            }
+        }
+        Err(corrupt(
+            build,
+            "the pending state was deleted as fast as it was stored",
+        ))
+    }
+
+    async fn pending_state(&self, build_id: i64) -> Result<Option<PendingState>, MetadataError> {
+        let row: Option<PendingTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.pending_state)
+                .bind(build_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(to_pending).transpose()
+    }
+
+    async fn delete_pending_state(&self, build_id: i64) -> Result<(), MetadataError> {
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.delete_pending_state)
+                .bind(build_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn trace_metadata(&self, build_id: i64) -> Result<Option<TraceMetadata>, MetadataError> {
+        let row: Option<MetadataTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.trace_metadata)
+                .bind(build_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(to_metadata).transpose()
+    }
+
+    async fn record_checksums(
+        &self,
+        build_id: i64,
+        ours: u32,
+        remote: Option<u32>,
+        valid: Option<bool>,
+    ) -> Result<(), MetadataError> {
+        // Set by a failed check, kept by the upsert's `OR` whatever later checks say.
+        let invalid = valid == Some(false);
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.record_checksums)
+                .bind(build_id)
+                .bind(i64::from(ours))
+                .bind(remote.map(i64::from))
+                .bind(valid)
+                .bind(invalid)
+                .execute(pool)
+                .await
+                .map_err(or_no_build(build_id))?;
+        });
+        Ok(())
+    }
+
+    async fn increment_archival_attempts(
+        &self,
+        build_id: i64,
+        now_ms: i64,
+    ) -> Result<u32, MetadataError> {
+        let count: i32 = on_db!(&self.db, |pool, q| {
+            sqlx::query_scalar(q.count_archival_attempt)
+                .bind(build_id)
+                .bind(now_ms)
+                .fetch_one(pool)
+                .await
+                .map_err(or_no_build(build_id))?
+        });
+        to_attempts(build_id, count)
+    }
+
+    async fn record_archive(
+        &self,
+        artifact: &NewArtifact,
+        now_ms: i64,
+    ) -> Result<Artifact, MetadataError> {
+        let build = artifact.build_id;
+        let size = to_sql(build, "artifact size", artifact.size)?;
+        let crc32 = i64::from(artifact.crc32);
+        let row: ArtifactTuple = on_db!(&self.db, |pool, q| {
+            let mut tx = pool.begin_with(q.begin).await?;
+            let locked: Option<i64> = sqlx::query_scalar(q.lock_build)
+                .bind(build)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if locked.is_none() {
+                tx.rollback().await?;
+                return Err(MetadataError::NoBuild(build));
+            }
+            let existing: Option<ArtifactTuple> = sqlx::query_as(q.trace_artifact)
+                .bind(build)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match existing {
+                // Archived before (an earlier run, or a concurrent one that held the lock).
+                Some(row) => {
+                    tx.rollback().await?;
+                    row
+                }
+                None => {
+                    let row: ArtifactTuple = sqlx::query_as(q.insert_artifact)
+                        .bind(build)
+                        .bind(artifact.object_path.as_str())
+                        .bind(size)
+                        .bind(crc32)
+                        .bind(artifact.sha256.as_str())
+                        .bind(artifact.expire_at_ms)
+                        .bind(now_ms)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    sqlx::query(q.record_archived)
+                        .bind(build)
+                        .bind(crc32)
+                        .bind(row.0)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    row
+                }
+            }
+        });
+        to_artifact(row)
+    }
+
+    async fn trace_artifact(&self, build_id: i64) -> Result<Option<Artifact>, MetadataError> {
+        let row: Option<ArtifactTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.trace_artifact)
+                .bind(build_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(to_artifact).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_corrupt(result: Result<impl std::fmt::Debug, MetadataError>) -> bool {
+        matches!(result, Err(MetadataError::Corrupt { build: 7, .. }))
+    }
+
+    #[test]
+    fn integers_out_of_range_are_corrupt_not_wrapped() {
+        assert!(is_corrupt(to_sql(7, "size", u64::MAX)));
+        assert_eq!(to_sql(7, "size", i64::MAX as u64).ok(), Some(i64::MAX));
+        assert!(is_corrupt(to_u64(7, "size", -1)));
+        assert!(is_corrupt(to_u32(7, "crc32", -1)));
+        assert!(is_corrupt(to_u32(7, "crc32", 1 << 32)));
+        assert_eq!(to_u32(7, "crc32", u32::MAX.into()).ok(), Some(u32::MAX));
+    }
+
+    #[test]
+    fn rows_with_values_outside_their_types_are_corrupt() {
+        let chunk = |store: &str, size: i64, crc: Option<i64>| {
+            to_chunk((7, 0, store.to_owned(), size, crc, 0))
+        };
+        assert!(chunk("database", 3, Some(1)).is_ok());
+        assert!(is_corrupt(chunk("fog", 3, None)));
+        assert!(is_corrupt(chunk("database", -3, None)));
+        assert!(is_corrupt(chunk("object", 3, Some(u32::MAX as i64 + 1))));
+        assert!(is_corrupt(to_build((
+            7,
+            "d".into(),
+            "done".into(),
+            None,
+            None,
+            0
+        ))));
+        let metadata =
+            |attempts| to_metadata((7, None, None, None, attempts, None, None, None, false));
+        assert!(is_corrupt(metadata(-1)));
+        assert_eq!(metadata(2).ok().map(|m| m.archival_attempts), Some(2));
+        assert!(is_corrupt(to_pending((
+            7,
+            "running-ish".into(),
+            None,
+            None,
+            None,
+            None,
+            0
+        ))));
+        assert!(is_corrupt(to_artifact((
+            1,
+            7,
+            "trace".into(),
+            "p".into(),
+            -1,
+            0,
+            "s".into(),
+            None,
+            false,
+            0
+        ))));
+    }
+}
