@@ -1,8 +1,12 @@
 //! Store implementations behind the build-log domain's traits.
 //!
+//! - [`objects`]: flushed chunks and archived logs (`OBJECT_STORE_URL`: a folder or S3).
 //! - [`redis_live`]: live chunks in Redis (production).
 //! - [`sql_live`]: live chunks in the SQL database, SQLite or PostgreSQL (embedded default,
 //!   outage fallback).
+//! - [`sql_metadata`]: the metadata repository (builds, chunk rows, archives) in SQL.
 
+pub mod objects;
 pub mod redis_live;
 pub mod sql_live;
+pub mod sql_metadata;

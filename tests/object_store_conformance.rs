@@ -1,0 +1,358 @@
+//! One suite, run against every object store backend: a local folder (`file://`) and an
+//! S3-compatible server (`s3://`, s3s-fs; see `support/objects.rs` for how it is found).
+//!
+//! What the flusher and archiver rely on: put/get/range/delete, deleting a missing object is
+//! fine, a 12 MiB streaming upload arrives byte-for-byte (CRC-32), an aborted upload leaves
+//! nothing, and stores under different prefixes never see each other's keys. Malformed URLs
+//! fail at open with an error naming `OBJECT_STORE_URL`, without touching the network.
+
+#[path = "support/objects.rs"]
+mod objects_support;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use buildlogs::stores::objects::{
+    MultipartWriter, ObjectStoreConfig, ObjectStoreError, delete, get_bytes, get_range,
+    is_not_found, put_bytes,
+};
+use objects_support::TestObjects;
+
+/// Runs each async test body against the local and the S3 backend.
+macro_rules! on_both_object_stores {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::TestObjects::local()).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(objects) = super::TestObjects::s3(stringify!($name)) {
+                        super::$name(&objects).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_object_stores!(
+    put_then_get_returns_the_same_bytes,
+    put_replaces_the_whole_object,
+    get_range_returns_exactly_the_requested_bytes,
+    get_of_a_missing_object_is_not_found,
+    delete_removes_the_object,
+    deleting_a_missing_object_is_ok,
+    multipart_upload_of_12_mib_in_128_kib_pieces_round_trips,
+    empty_multipart_upload_creates_an_empty_object,
+    aborted_multipart_upload_leaves_nothing,
+    stores_with_different_prefixes_do_not_see_each_others_keys,
+);
+
+fn key(s: &str) -> Path {
+    Path::from(s)
+}
+
+/// Deterministic, non-repeating-looking bytes (a CRC over zeros would prove little).
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+async fn put_then_get_returns_the_same_bytes(objects: &TestObjects) {
+    let opened = objects.open("logs");
+    let store = opened.store.as_ref();
+    let body = pattern(10_000, 1);
+    put_bytes(store, &key("jobs/1/trace.log"), body.clone())
+        .await
+        .expect("put");
+    let got = get_bytes(store, &key("jobs/1/trace.log"))
+        .await
+        .expect("get");
+    assert_eq!(got, Bytes::from(body), "{}", objects.kind);
+    let meta = store.head(&key("jobs/1/trace.log")).await.expect("head");
+    assert_eq!(meta.size, 10_000);
+}
+
+async fn put_replaces_the_whole_object(objects: &TestObjects) {
+    let opened = objects.open("");
+    let store = opened.store.as_ref();
+    put_bytes(
+        store,
+        &key("a"),
+        Bytes::from_static(b"a long first version"),
+    )
+    .await
+    .expect("put 1");
+    put_bytes(store, &key("a"), Bytes::from_static(b"short"))
+        .await
+        .expect("put 2");
+    assert_eq!(
+        get_bytes(store, &key("a")).await.expect("get"),
+        Bytes::from_static(b"short")
+    );
+}
+
+async fn get_range_returns_exactly_the_requested_bytes(objects: &TestObjects) {
+    let opened = objects.open("ranges");
+    let store = opened.store.as_ref();
+    let body = pattern(1 << 20, 2);
+    put_bytes(store, &key("obj"), body.clone())
+        .await
+        .expect("put");
+    for range in [
+        0..1,
+        0..1024,
+        1000..2000,
+        524_287..524_289,
+        (1 << 20) - 7..1 << 20,
+    ] {
+        let got = get_range(store, &key("obj"), range.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{} range {range:?}: {e}", objects.kind));
+        let want = &body[range.start as usize..range.end as usize];
+        assert_eq!(&got[..], want, "{} range {range:?}", objects.kind);
+    }
+    // A range running past the end is cut at the end (as HTTP ranges are).
+    let tail = get_range(store, &key("obj"), (1 << 20) - 10..(1 << 20) + 100)
+        .await
+        .expect("range past the end");
+    assert_eq!(&tail[..], &body[(1 << 20) - 10..]);
+}
+
+async fn get_of_a_missing_object_is_not_found(objects: &TestObjects) {
+    let opened = objects.open("p");
+    let store = opened.store.as_ref();
+    let err = get_bytes(store, &key("nope/never"))
+        .await
+        .expect_err("missing object");
+    assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
+    let err = get_range(store, &key("nope/never"), 0..10)
+        .await
+        .expect_err("missing object");
+    assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
+}
+
+async fn delete_removes_the_object(objects: &TestObjects) {
+    let opened = objects.open("del");
+    let store = opened.store.as_ref();
+    put_bytes(store, &key("x/y/z"), Bytes::from_static(b"bye"))
+        .await
+        .expect("put");
+    delete(store, &key("x/y/z")).await.expect("delete");
+    let err = get_bytes(store, &key("x/y/z")).await.expect_err("deleted");
+    assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
+    // Deleting again is what a retried job does.
+    delete(store, &key("x/y/z")).await.expect("delete again");
+}
+
+async fn deleting_a_missing_object_is_ok(objects: &TestObjects) {
+    let opened = objects.open("del");
+    delete(opened.store.as_ref(), &key("never/existed"))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", objects.kind));
+}
+
+async fn multipart_upload_of_12_mib_in_128_kib_pieces_round_trips(objects: &TestObjects) {
+    const TOTAL: usize = 12 * 1024 * 1024;
+    const PIECE: usize = 128 * 1024;
+    let opened = objects.open("archives");
+    let store = opened.store.as_ref();
+    let body = pattern(TOTAL, 3);
+    let path = key("jobs/42/trace.log");
+
+    let mut writer = MultipartWriter::start(store, &path).await.expect("start");
+    for piece in body.chunks(PIECE) {
+        writer
+            .write(Bytes::copy_from_slice(piece))
+            .await
+            .expect("write");
+    }
+    assert_eq!(writer.written(), TOTAL as u64);
+    writer.finish().await.expect("finish");
+
+    let got = get_bytes(store, &path).await.expect("get");
+    assert_eq!(got.len(), TOTAL, "{}", objects.kind);
+    assert_eq!(
+        crc32fast::hash(&got),
+        crc32fast::hash(&body),
+        "{}: CRC-32 differs",
+        objects.kind
+    );
+    // Part boundaries (5 MiB) join seamlessly.
+    let boundary = 5 * 1024 * 1024;
+    let around = get_range(store, &path, boundary - 3..boundary + 3)
+        .await
+        .expect("range across a part boundary");
+    assert_eq!(
+        &around[..],
+        &body[boundary as usize - 3..boundary as usize + 3]
+    );
+}
+
+async fn empty_multipart_upload_creates_an_empty_object(objects: &TestObjects) {
+    let opened = objects.open("");
+    let store = opened.store.as_ref();
+    let writer = MultipartWriter::start(store, &key("empty"))
+        .await
+        .expect("start");
+    writer.finish().await.expect("finish");
+    assert!(
+        get_bytes(store, &key("empty"))
+            .await
+            .expect("get")
+            .is_empty()
+    );
+}
+
+async fn aborted_multipart_upload_leaves_nothing(objects: &TestObjects) {
+    let opened = objects.open("aborts");
+    let store = opened.store.as_ref();
+    let mut writer = MultipartWriter::start(store, &key("half"))
+        .await
+        .expect("start");
+    // More than one part, so some parts are already uploaded when we abort.
+    for piece in pattern(6 * 1024 * 1024, 4).chunks(256 * 1024) {
+        writer
+            .write(Bytes::copy_from_slice(piece))
+            .await
+            .expect("write");
+    }
+    writer.abort().await.expect("abort");
+    let err = get_bytes(store, &key("half")).await.expect_err("aborted");
+    assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
+    let listed: Vec<_> = store.list(None).try_collect().await.expect("list");
+    assert!(listed.is_empty(), "{}: {listed:?}", objects.kind);
+}
+
+async fn stores_with_different_prefixes_do_not_see_each_others_keys(objects: &TestObjects) {
+    let a = objects.open("tenant-a");
+    let b = objects.open("tenant-b");
+    let parent = objects.open("");
+    let k = key("jobs/1/trace.log");
+
+    put_bytes(a.store.as_ref(), &k, Bytes::from_static(b"from a"))
+        .await
+        .expect("put a");
+    let err = get_bytes(b.store.as_ref(), &k)
+        .await
+        .expect_err("b must not see a's key");
+    assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
+
+    put_bytes(b.store.as_ref(), &k, Bytes::from_static(b"from b"))
+        .await
+        .expect("put b");
+    assert_eq!(get_bytes(a.store.as_ref(), &k).await.expect("a"), "from a");
+    assert_eq!(get_bytes(b.store.as_ref(), &k).await.expect("b"), "from b");
+
+    // Listing is scoped too, and keys come back relative to the store's prefix.
+    let listed: Vec<String> = a
+        .store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .expect("list a");
+    assert_eq!(
+        listed,
+        vec!["jobs/1/trace.log".to_owned()],
+        "{}",
+        objects.kind
+    );
+
+    // The prefix is really part of the key: a store one level up sees both.
+    let mut all: Vec<String> = parent
+        .store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .expect("list parent");
+    all.sort();
+    assert_eq!(
+        all,
+        vec!["tenant-a/jobs/1/trace.log", "tenant-b/jobs/1/trace.log"],
+        "{}",
+        objects.kind
+    );
+
+    delete(b.store.as_ref(), &k).await.expect("delete b");
+    assert_eq!(
+        get_bytes(a.store.as_ref(), &k)
+            .await
+            .expect("a after b's delete"),
+        "from a"
+    );
+}
+
+fn open_error(url: &str) -> ObjectStoreError {
+    match ObjectStoreConfig::new(Some(url), "/nonexistent").open() {
+        Ok(opened) => panic!("{url} opened as {opened:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn malformed_or_unsupported_urls_fail_at_open_naming_the_setting() {
+    let cases = [
+        ("gs://bucket/logs", "unsupported scheme \"gs\""),
+        ("http://example.com/logs", "unsupported scheme \"http\""),
+        ("/var/lib/buildlogs", "not a URL"),
+        ("s3://", "missing bucket"),
+        ("s3:///logs", "missing bucket"),
+        ("s3://bucket:9000/logs", "no port"),
+        ("s3://bucket/logs?region=eu", "query"),
+        ("s3://KEY:hunter2@bucket/logs", "credentials"),
+        ("file://server/share", "three slashes"),
+        ("file:///", "root"),
+        ("file:relative/path", "absolute path"),
+    ];
+    for (url, expected) in cases {
+        let message = open_error(url).to_string();
+        assert!(message.starts_with("OBJECT_STORE_URL"), "{url}: {message}");
+        assert!(message.contains(expected), "{url}: {message}");
+        assert!(
+            !message.contains("hunter2"),
+            "{url}: leaks a secret: {message}"
+        );
+    }
+}
+
+#[test]
+fn s3_urls_open_without_touching_the_network() {
+    // An endpoint nothing listens on: opening must still succeed (errors show on first use).
+    let opened = ObjectStoreConfig::new(Some("s3://bucket/some/prefix/"), "/nonexistent")
+        .with_s3(
+            object_store::aws::AmazonS3ConfigKey::Endpoint,
+            "http://127.0.0.1:9",
+        )
+        .open()
+        .expect("open");
+    assert_eq!(opened.prefix.as_ref(), "some/prefix");
+    assert_eq!(opened.description, "s3://bucket/some/prefix/");
+}
+
+#[test]
+fn no_url_means_a_folder_in_the_data_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opened = ObjectStoreConfig::new(None, dir.path())
+        .open()
+        .expect("open default");
+    assert!(dir.path().join("objects").is_dir());
+    assert!(opened.prefix.as_ref().is_empty());
+}

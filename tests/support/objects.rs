@@ -1,0 +1,261 @@
+//! Object stores for tests, one per test, so tests run in parallel and clean up after themselves:
+//! - [`TestObjects::local`]: a temp dir, opened through `file://` URLs;
+//! - [`TestObjects::s3`]: a bucket of its own (unique name) on an S3-compatible server, opened
+//!   through `s3://` URLs with the credentials and endpoint set in code (never via env vars).
+//!
+//! Which S3 server, in order:
+//! 1. `BUILDLOGS_TEST_S3_ENDPOINT` (+ `_ACCESS_KEY`, `_SECRET_KEY`, `_ROOT`): the s3s-fs that
+//!    `.ci/run` starts. s3s-fs keeps each bucket as a directory under its root, so a test creates
+//!    its bucket with `mkdir` under `BUILDLOGS_TEST_S3_ROOT` and removes that directory after.
+//! 2. Otherwise, an s3s-fs binary at `BUILDLOGS_S3S_FS_BIN` or the cache path `.ci/run` installs
+//!    to (`${CARGO_HOME:-$HOME/.cargo}/s3s-fs-0.14.1/bin/s3s-fs`): the test starts a private
+//!    server on a free port with a temp root, and kills it when the value is dropped.
+//! 3. Otherwise the S3 variant is skipped with a loud message — except under CI (`CI` set),
+//!    where a missing server is a failure.
+//!
+//! Include with `#[path = "support/objects.rs"] mod objects_support;`.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use buildlogs::stores::objects::{ObjectStoreConfig, OpenedStore};
+use object_store::aws::AmazonS3ConfigKey;
+
+/// The s3s-fs version `.ci/run` installs (0.14.1 is the last that builds on rustc 1.95).
+pub const S3S_FS_VERSION: &str = "0.14.1";
+
+/// How long a freshly started s3s-fs gets to accept connections.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct TestObjects {
+    pub kind: &'static str,
+    backend: Backend,
+}
+
+enum Backend {
+    Local {
+        dir: tempfile::TempDir,
+    },
+    S3 {
+        endpoint: String,
+        access_key: String,
+        secret_key: String,
+        bucket: String,
+        /// The bucket's directory on the server; removed on drop.
+        bucket_dir: PathBuf,
+        /// A server of this test's own (killed on drop), with its temp root.
+        private: Option<(Child, tempfile::TempDir)>,
+    },
+}
+
+impl TestObjects {
+    pub fn local() -> Self {
+        Self {
+            kind: "local",
+            backend: Backend::Local {
+                dir: tempfile::tempdir().expect("temp dir"),
+            },
+        }
+    }
+
+    /// A fresh bucket on an S3-compatible server; `None` (after a loud message) when there is
+    /// no server and this is not CI.
+    pub fn s3(test: &str) -> Option<Self> {
+        let bucket = unique_bucket(test);
+        let (endpoint, access_key, secret_key, root, private) = if let Ok(endpoint) =
+            std::env::var("BUILDLOGS_TEST_S3_ENDPOINT")
+        {
+            let root = std::env::var("BUILDLOGS_TEST_S3_ROOT")
+                .expect("BUILDLOGS_TEST_S3_ROOT (the s3s-fs data dir, where tests create buckets)");
+            (
+                endpoint,
+                env_or("BUILDLOGS_TEST_S3_ACCESS_KEY", "buildlogs-test"),
+                env_or("BUILDLOGS_TEST_S3_SECRET_KEY", "buildlogs-test-secret"),
+                PathBuf::from(root),
+                None,
+            )
+        } else if let Some(bin) = s3s_fs_binary() {
+            let root = tempfile::tempdir().expect("temp dir");
+            let (access_key, secret_key) = ("buildlogs-test", "buildlogs-test-secret");
+            let (child, addr) = start_s3s_fs(&bin, root.path(), access_key, secret_key);
+            (
+                format!("http://{addr}"),
+                access_key.to_owned(),
+                secret_key.to_owned(),
+                root.path().to_owned(),
+                Some((child, root)),
+            )
+        } else {
+            let message = format!(
+                "no S3 server: set BUILDLOGS_TEST_S3_ENDPOINT (bash .ci/run does) or install \
+                     s3s-fs {S3S_FS_VERSION} at {}",
+                s3s_fs_path().display()
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{message}");
+            }
+            // Straight to stderr: libtest hides `eprintln!` output of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!! SKIPPING the S3 variant of {test}: {message} !!!!!\n"
+            );
+            return None;
+        };
+        let bucket_dir = root.join(&bucket);
+        std::fs::create_dir(&bucket_dir)
+            .unwrap_or_else(|e| panic!("creating bucket dir {}: {e}", bucket_dir.display()));
+        Some(Self {
+            kind: "s3",
+            backend: Backend::S3 {
+                endpoint,
+                access_key,
+                secret_key,
+                bucket,
+                bucket_dir,
+                private,
+            },
+        })
+    }
+
+    /// The `OBJECT_STORE_URL` for key prefix `prefix` ("" for none) in this test's space.
+    pub fn url(&self, prefix: &str) -> String {
+        match &self.backend {
+            Backend::Local { dir } => {
+                let path = dir.path().join(prefix);
+                format!("file://{}", path.display())
+            }
+            Backend::S3 { bucket, .. } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    /// The config for [`Self::url`], with the test server's endpoint and credentials.
+    pub fn config(&self, prefix: &str) -> ObjectStoreConfig {
+        let config = ObjectStoreConfig::new(Some(&self.url(prefix)), "/nonexistent");
+        match &self.backend {
+            Backend::Local { .. } => config,
+            Backend::S3 {
+                endpoint,
+                access_key,
+                secret_key,
+                ..
+            } => config
+                .with_s3(AmazonS3ConfigKey::Endpoint, endpoint)
+                .with_s3(AmazonS3ConfigKey::AccessKeyId, access_key)
+                .with_s3(AmazonS3ConfigKey::SecretAccessKey, secret_key)
+                .with_s3(AmazonS3ConfigKey::Region, "us-east-1"),
+        }
+    }
+
+    /// The store for key prefix `prefix`.
+    pub fn open(&self, prefix: &str) -> OpenedStore {
+        self.config(prefix).open().expect("open test object store")
+    }
+}
+
+impl Drop for TestObjects {
+    fn drop(&mut self) {
+        if let Backend::S3 {
+            bucket_dir,
+            private,
+            ..
+        } = &mut self.backend
+        {
+            let _ = std::fs::remove_dir_all(&*bucket_dir);
+            if let Some((child, _root)) = private {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// S3 bucket names: 3–63 chars of lowercase letters, digits and hyphens.
+fn unique_bucket(test: &str) -> String {
+    let test: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(30)
+        .collect();
+    format!(
+        "blt-{}-{}",
+        test.trim_matches('-'),
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    )
+}
+
+/// Where `.ci/run` installs s3s-fs.
+pub fn default_s3s_fs_path() -> PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    cargo_home
+        .join(format!("s3s-fs-{S3S_FS_VERSION}"))
+        .join("bin/s3s-fs")
+}
+
+/// `BUILDLOGS_S3S_FS_BIN`, else the cache path.
+fn s3s_fs_path() -> PathBuf {
+    std::env::var_os("BUILDLOGS_S3S_FS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_s3s_fs_path)
+}
+
+fn s3s_fs_binary() -> Option<PathBuf> {
+    let path = s3s_fs_path();
+    path.is_file().then_some(path)
+}
+
+/// Starts s3s-fs on a free port; returns once it accepts connections. Another process can take
+/// the port between our probe and s3s-fs binding it, so a server that exits at start is retried.
+fn start_s3s_fs(
+    bin: &Path,
+    root: &Path,
+    access_key: &str,
+    secret_key: &str,
+) -> (Child, SocketAddr) {
+    for _attempt in 0..3 {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let mut child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--access-key", access_key, "--secret-key", secret_key])
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return (child, addr);
+            }
+            if let Ok(Some(_exited)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("s3s-fs did not listen on {addr} within {SERVER_START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("s3s-fs exited at start three times ({})", bin.display());
+}
