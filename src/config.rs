@@ -7,10 +7,23 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use object_store::ObjectStore;
+use sqlx::postgres::PgPoolOptions;
+
 use crate::jobs::Broker;
 use crate::jobs::broker::BrokerError;
-use crate::jobs::redis::RedisBroker;
+use crate::jobs::redis::{self as redis_broker, RedisBroker};
 use crate::jobs::sqlite::SqliteBroker;
+use crate::stores::objects::{ObjectStoreError, open_object_store};
+use crate::stores::redis_live::RedisLiveChunks;
+use crate::stores::sql_live::{SqlLiveChunks, migrate_postgres};
+use crate::stores::sql_metadata::SqlMetadata;
+use crate::traces::live::LiveChunkStore;
+use crate::traces::metadata::MetadataStore;
+use crate::traces::model::DataStore;
+
+/// Connections to PostgreSQL per process: a web process's appends are one short query each.
+const PG_MAX_CONNECTIONS: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -21,6 +34,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Every Redis key starts with this (several deployments can share one Redis).
     pub redis_prefix: String,
+    /// `file:///…` or `s3://bucket/prefix`; `None`: `<data dir>/objects`.
+    pub object_store_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -30,6 +45,7 @@ impl Default for Settings {
             redis_url: None,
             data_dir: PathBuf::from("data"),
             redis_prefix: "buildlogs".into(),
+            object_store_url: None,
         }
     }
 }
@@ -49,6 +65,24 @@ pub enum ConfigError {
     },
     #[error("opening the queue broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error("connecting to PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("connecting to Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("object store: {0}")]
+    Objects(#[from] ObjectStoreError),
+}
+
+/// The stores a process works on, opened from the settings.
+pub struct Stack {
+    pub broker: Arc<dyn Broker>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub live: Arc<dyn LiveChunkStore>,
+    /// Where live chunk bytes are: Redis, or the database (embedded).
+    pub live_kind: DataStore,
+    pub objects: Arc<dyn ObjectStore>,
 }
 
 impl Settings {
@@ -68,6 +102,54 @@ impl Settings {
                     self.data_dir.join("buildlogs.db").display()
                 )))
             }
+        }
+    }
+
+    /// Every store, migrated: the embedded default (one SQLite file for metadata, live chunks and
+    /// the queue) without `REDIS_URL`; with it, Redis holds live chunks and the queue, and the
+    /// metadata is in SQLite or PostgreSQL.
+    pub async fn open_stack(&self) -> Result<Stack, ConfigError> {
+        let sqlite = self.sqlite_url()?;
+        let objects = open_object_store(self.object_store_url.as_deref(), &self.data_dir)?.store;
+        tracing::info!(objects = ?self.object_store_url, "object store opened");
+        match (sqlite, &self.redis_url) {
+            (Some(url), None) => {
+                let broker = SqliteBroker::connect(&url).await?;
+                let pool = broker.pool().clone();
+                Ok(Stack {
+                    broker: Arc::new(broker),
+                    meta: Arc::new(SqlMetadata::sqlite(pool.clone())),
+                    live: Arc::new(SqlLiveChunks::sqlite(pool)),
+                    live_kind: DataStore::Database,
+                    objects,
+                })
+            }
+            (sqlite, Some(redis_url)) => {
+                let meta: Arc<dyn MetadataStore> = match sqlite {
+                    // The broker's connect opens the file in WAL mode and migrates it.
+                    Some(url) => Arc::new(SqlMetadata::sqlite(
+                        SqliteBroker::connect(&url).await?.pool().clone(),
+                    )),
+                    None => {
+                        let url = self.database_url.as_deref().unwrap_or_default();
+                        let pool = PgPoolOptions::new()
+                            .max_connections(PG_MAX_CONNECTIONS)
+                            .connect(url)
+                            .await?;
+                        migrate_postgres(&pool).await?;
+                        Arc::new(SqlMetadata::postgres(pool))
+                    }
+                };
+                let conn = redis_broker::connection(redis_url).await?;
+                Ok(Stack {
+                    broker: Arc::new(RedisBroker::new(conn.clone(), &self.redis_prefix)),
+                    meta,
+                    live: Arc::new(RedisLiveChunks::new(conn, &self.redis_prefix)),
+                    live_kind: DataStore::Redis,
+                    objects,
+                })
+            }
+            (None, None) => Err(ConfigError::RedisRequired),
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`jobs`]: the job system (queue brokers, retries, dedup, capacity, cron, runtime). It knows
 //!   nothing of build logs.
 
+pub mod api;
 pub mod config;
 pub mod jobs;
 pub mod stores;

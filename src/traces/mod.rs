@@ -7,8 +7,17 @@
 //! - [`live`]: the live chunk store seam (Redis in production, the SQL database embedded).
 //! - [`model`]: the records (builds, chunk rows, pending states, trace metadata, artifacts).
 //! - [`metadata`]: the metadata repository seam (PostgreSQL in production, SQLite embedded).
+//! - [`archive`]: a finished log into one object, checked, recorded, chunks deleted.
+//! - [`flush`]: moving a chunk from the live store to the object store, crash-safe.
+//! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
+//!   tokens; [`jobs`]: the jobs the domain enqueues.
 
+pub mod archive;
 pub mod chunk;
+pub mod flush;
+pub mod jobs;
 pub mod live;
 pub mod metadata;
 pub mod model;
+pub mod service;
+pub mod tokens;

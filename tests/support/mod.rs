@@ -118,5 +118,6 @@ macro_rules! on_both_brokers {
         }
     };
 }
+pub mod app;
 pub mod runtime;
 pub mod sql;

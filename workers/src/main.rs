@@ -33,6 +33,10 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// Object storage for flushed chunks and archived logs: file:///path or s3://bucket/prefix
+    /// (with the usual AWS_* variables and AWS_ENDPOINT_URL). Default: <data dir>/objects.
+    #[arg(long, env = "OBJECT_STORE_URL", global = true)]
+    object_store_url: Option<String>,
     /// Prefix of every Redis key.
     #[arg(
         long,
@@ -51,8 +55,15 @@ enum Command {
     Worker(roles::WorkerArgs),
     /// Fire cron ticks, exactly once per tick across replicas (Procfile role `scheduler`).
     Scheduler,
-    /// Worker and scheduler in one process.
-    All(roles::WorkerArgs),
+    /// Serve the runner API, readers and /metrics (Procfile role `web`).
+    Web(roles::WebArgs),
+    /// Web, worker and scheduler in one process (the embedded default).
+    All {
+        #[command(flatten)]
+        worker: roles::WorkerArgs,
+        #[command(flatten)]
+        web: roles::WebArgs,
+    },
     /// Queues: depth, latency, running, limit, dead, lifetime counts.
     Status,
     /// Global concurrency limits per job type (take effect within seconds, no restart).
@@ -132,10 +143,12 @@ async fn run() -> anyhow::Result<()> {
         redis_url: cli.redis_url,
         data_dir: cli.data_dir,
         redis_prefix: cli.redis_prefix,
+        object_store_url: cli.object_store_url,
     };
     match cli.command {
-        Command::Worker(args) => roles::worker(&settings, args, false).await,
-        Command::All(args) => roles::worker(&settings, args, true).await,
+        Command::Worker(args) => roles::worker(&settings, args).await,
+        Command::Web(args) => roles::web(&settings, args).await,
+        Command::All { worker, web } => roles::all(&settings, worker, web).await,
         Command::Scheduler => roles::scheduler(&settings).await,
         Command::Status => cli::status::run(&settings).await,
         Command::Limits { action } => cli::limits::run(&settings, action).await,

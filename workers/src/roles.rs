@@ -1,13 +1,15 @@
-//! The long-running roles: worker and scheduler (and both in one process).
+//! The long-running roles: web (API + /metrics), worker, scheduler, and all three in one process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use buildlogs::config::Settings;
-use buildlogs::jobs::SystemClock;
+use buildlogs::api::AppState;
+use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::cron::Scheduler;
 use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
+use buildlogs::jobs::{Clock, JobClient, SystemClock};
+use buildlogs::traces::service::TraceService;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -66,37 +68,41 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-pub async fn worker(
-    settings: &Settings,
-    args: WorkerArgs,
-    with_scheduler: bool,
-) -> anyhow::Result<()> {
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebArgs {
+    /// Where the API, `/metrics` and (later) the dashboard listen.
+    #[arg(long, env = "BUILDLOGS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Registers jobs and reads any of them; generated and printed when unset.
+    #[arg(long, env = "BUILDLOGS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest log in bytes; a runner that writes past it gets 403 and its job fails.
+    #[arg(long, env = "BUILDLOGS_MAX_TRACE_SIZE", default_value_t = buildlogs::traces::service::DEFAULT_MAX_TRACE_SIZE)]
+    pub max_trace_size: u64,
+}
+
+pub async fn worker(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
     serve_metrics(&args.metrics_listen)?;
-    let broker = settings
-        .open_broker()
-        .await
-        .context("opening the job queue")?;
-    let clock = Arc::new(SystemClock);
+    let stack = settings.open_stack().await.context("opening the stores")?;
     let shutdown = shutdown_on_signal();
+    run_worker(&stack, &args, shutdown).await;
+    Ok(())
+}
+
+async fn run_worker(stack: &Stack, args: &WorkerArgs, shutdown: CancellationToken) {
     let config = RuntimeConfig {
         concurrency: args.concurrency,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..RuntimeConfig::default()
     };
     let runtime = Runtime::new(
-        broker.clone(),
-        clock.clone(),
-        crate::jobs::registry(),
+        stack.broker.clone(),
+        Arc::new(SystemClock),
+        crate::jobs::registry(stack),
         config,
     );
     tracing::info!(concurrency = args.concurrency, "worker started");
-    if with_scheduler {
-        let scheduler = Scheduler::new(broker, clock, crate::schedules::entries()?);
-        tokio::join!(runtime.run(shutdown.clone()), scheduler.run(shutdown));
-    } else {
-        runtime.run(shutdown).await;
-    }
-    Ok(())
+    runtime.run(shutdown).await;
 }
 
 pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
@@ -107,5 +113,76 @@ pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
     let scheduler = Scheduler::new(broker, Arc::new(SystemClock), crate::schedules::entries()?);
     tracing::info!("scheduler started");
     scheduler.run(shutdown_on_signal()).await;
+    Ok(())
+}
+
+pub async fn web(settings: &Settings, args: WebArgs) -> anyhow::Result<()> {
+    let stack = settings.open_stack().await.context("opening the stores")?;
+    serve_web(&stack, &args, shutdown_on_signal()).await
+}
+
+/// Web, worker and scheduler in one process: the embedded default.
+pub async fn all(
+    settings: &Settings,
+    worker_args: WorkerArgs,
+    web_args: WebArgs,
+) -> anyhow::Result<()> {
+    let stack = settings.open_stack().await.context("opening the stores")?;
+    let shutdown = shutdown_on_signal();
+    let scheduler = Scheduler::new(
+        stack.broker.clone(),
+        Arc::new(SystemClock),
+        crate::schedules::entries()?,
+    );
+    let (web, (), ()) = tokio::join!(
+        serve_web(&stack, &web_args, shutdown.clone()),
+        run_worker(&stack, &worker_args, shutdown.clone()),
+        scheduler.run(shutdown.clone()),
+    );
+    web
+}
+
+async fn serve_web(
+    stack: &Stack,
+    args: &WebArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let admin_token = match &args.admin_token {
+        Some(t) if !t.is_empty() => t.clone(),
+        _ => {
+            let t = buildlogs::traces::tokens::generate();
+            println!("BUILDLOGS_ADMIN_TOKEN is not set; this run's admin token: {t}");
+            t
+        }
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let jobs = JobClient::new(stack.broker.clone(), clock.clone());
+    let traces = TraceService::new(
+        stack.meta.clone(),
+        stack.live.clone(),
+        stack.live_kind,
+        stack.objects.clone(),
+        jobs,
+        clock,
+    )
+    .with_max_trace_size(args.max_trace_size);
+    let state = AppState {
+        traces: Arc::new(traces),
+        admin_token: admin_token.into(),
+    };
+    let app = buildlogs::api::router(state).route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(metrics.render())),
+    );
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("BUILDLOGS_LISTEN: cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "web started");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
     Ok(())
 }

@@ -65,16 +65,7 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Connects to `url`; every key starts with `prefix` (tests use one prefix each).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(url)?;
-        // Fail fast when Redis is unreachable at start (a CLI answers in about a second; a
-        // worker exits and its supervisor restarts it). Once connected, the manager reconnects
-        // by itself after a Redis restart.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self::new(conn, prefix))
+        Ok(Self::new(connection(url).await?, prefix))
     }
 
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
@@ -115,6 +106,18 @@ impl RedisBroker {
         }
         Ok(())
     }
+}
+
+/// A managed, multiplexed connection to `url`. Fails fast when Redis is unreachable at start (a
+/// CLI answers in about a second; a worker exits and its supervisor restarts it); once
+/// connected, it reconnects by itself after a Redis restart.
+pub async fn connection(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(CONNECT_RETRIES)
+        .set_max_delay(Duration::from_millis(500))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    ConnectionManager::new_with_config(client, config).await
 }
 
 fn ttl_ms(d: Duration) -> u64 {

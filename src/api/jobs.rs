@@ -1,0 +1,162 @@
+//! Job registration (standing in for the CI coordinator) and reading: `POST /api/v4/jobs`
+//! (admin token), `GET /api/v4/jobs/:id` and `GET /api/v4/jobs/:id/trace` (admin or job token;
+//! HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::runner::{TokenParam, job_token};
+use super::{ApiError, AppState};
+use crate::traces::model::Build;
+use crate::traces::service::TraceError;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())))
+}
+
+/// The build, if the caller holds the admin token or its job token.
+async fn authorize_read(
+    state: &AppState,
+    id: i64,
+    headers: &HeaderMap,
+    query: &TokenParam,
+) -> Result<Build, ApiError> {
+    if is_admin(state, headers) {
+        return state
+            .traces
+            .build(id)
+            .await?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")));
+    }
+    let token = job_token(headers, query).ok_or(ApiError::from(TraceError::Unauthorized))?;
+    Ok(state.traces.authenticate(id, &token).await?)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !is_admin(&state, &headers) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "admin token required (Authorization: Bearer …)",
+        ));
+    }
+    let new = state.traces.create_build().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": new.build.id, "token": new.token })),
+    )
+        .into_response())
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(query): Query<TokenParam>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let build = authorize_read(&state, id, &headers, &query).await?;
+    let size = state.traces.length(id).await?;
+    let (trace_state, artifact) = state.traces.trace_state(&build).await?;
+    let meta = state.traces.trace_metadata(id).await?.unwrap_or_default();
+    let hex = |c: Option<u32>| c.map(crate::traces::chunk::format_crc32);
+    Ok(Json(serde_json::json!({
+        "id": build.id,
+        "status": build.status,
+        "finished_at": build.finished_at_ms,
+        "trace": {
+            "size": size,
+            "state": trace_state,
+            "crc32": hex(artifact.as_ref().map(|a| a.crc32).or(meta.checksum)),
+            "remote_checksum": hex(meta.remote_checksum),
+            "checksum_valid": meta.checksum_valid,
+            "archival_attempts": meta.archival_attempts,
+            "archived_at": meta.archived_at_ms,
+            "object_path": artifact.map(|a| a.object_path),
+        },
+    }))
+    .into_response())
+}
+
+/// `bytes=a-b` | `bytes=a-` | `bytes=-n` → `[from, to)` within `len`; `None`: unsatisfiable.
+fn byte_range(raw: &str, len: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let bad = || ApiError::bad_request(format!("Range: expected bytes=<from>-<to>, got {raw:?}"));
+    let spec = raw.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let range = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            (len.saturating_sub(n), len)
+        }
+        (a, "") => (a.parse().map_err(|_| bad())?, len),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if b < a {
+                return Err(bad());
+            }
+            (a, b.saturating_add(1).min(len))
+        }
+    };
+    Ok((range.0 < range.1).then_some(range))
+}
+
+pub async fn trace(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(query): Query<TokenParam>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize_read(&state, id, &headers, &query).await?;
+    let len = state.traces.length(id).await?;
+    let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned())];
+    let Some(raw) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        let body = state.traces.read(id, 0, len).await?;
+        return Ok((StatusCode::OK, plain, body).into_response());
+    };
+    match byte_range(raw, len)? {
+        None => Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("the log is {len} bytes long"),
+        )
+        .header("content-range", format!("bytes */{len}"))),
+        Some((from, to)) => {
+            let body = state.traces.read(id, from, to).await?;
+            let content_range = format!("bytes {from}-{}/{len}", to - 1);
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                plain,
+                [(header::CONTENT_RANGE, content_range)],
+                body,
+            )
+                .into_response())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        assert_eq!(byte_range("bytes=0-9", 100).unwrap(), Some((0, 10)));
+        assert_eq!(byte_range("bytes=90-", 100).unwrap(), Some((90, 100)));
+        assert_eq!(byte_range("bytes=-5", 100).unwrap(), Some((95, 100)));
+        assert_eq!(byte_range("bytes=95-200", 100).unwrap(), Some((95, 100)));
+        assert_eq!(byte_range("bytes=100-", 100).unwrap(), None);
+        assert!(byte_range("bytes=9-0", 100).is_err());
+        assert!(byte_range("items=0-1", 100).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! Archiving a finished job's log: every chunk, in order, streamed into one object
+//! `traces/<yyyy>/<mm>/<dd>/<build_id>/job.log` (multipart, memory independent of log size),
+//! CRC32 and SHA-256 computed on the way and checked, then metadata + artifact recorded in one
+//! transaction, then the chunks deleted.
+//!
+//! Any storage error is returned (never swallowed): the archive job retries with its backoff.
+//! Safe to repeat: the object key is deterministic (a rerun overwrites a partial upload's
+//! place), `record_archive` is once per build, and chunk deletion tolerates what is gone.
+//! A build already archived is done at once (its leftover chunks are cleaned up).
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use sha2::{Digest, Sha256};
+
+use super::chunk::{CHUNK_SIZE, combine_crc32};
+use super::flush::chunk_path;
+use super::live::{LiveChunkStore, LiveStoreError};
+use super::metadata::{MetadataError, MetadataStore};
+use super::model::{Artifact, DataStore, NewArtifact};
+use crate::jobs::Clock;
+use crate::stores::objects::{self, MultipartWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("metadata store: {0}")]
+    Metadata(#[from] MetadataError),
+    #[error("live chunk store: {0}")]
+    Live(#[from] LiveStoreError),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+    #[error("build {0} is still running")]
+    NotFinished(i64),
+    #[error("chunk {index} of build {build} is missing")]
+    MissingChunk { build: i64, index: u64 },
+    /// The bytes streamed do not match the chunks' own CRCs: do not record or delete anything.
+    #[error("build {build}: archived CRC32 {archived:08x} differs from the chunks' {chunks:08x}")]
+    Corrupt {
+        build: i64,
+        archived: u32,
+        chunks: u32,
+    },
+}
+
+/// What an archive run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveOutcome {
+    Archived(Artifact),
+    AlreadyArchived(Artifact),
+}
+
+/// Where a build's archived log lives.
+pub fn archive_path(build_id: i64, finished_at_ms: i64) -> Path {
+    let day = Utc
+        .timestamp_millis_opt(finished_at_ms)
+        .single()
+        .unwrap_or_else(Utc::now);
+    Path::from(format!(
+        "traces/{}/{build_id}/job.log",
+        day.format("%Y/%m/%d")
+    ))
+}
+
+pub struct ArchiveService {
+    meta: Arc<dyn MetadataStore>,
+    live: Arc<dyn LiveChunkStore>,
+    live_kind: DataStore,
+    objects: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ArchiveService {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        live: Arc<dyn LiveChunkStore>,
+        live_kind: DataStore,
+        objects: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            meta,
+            live,
+            live_kind,
+            objects,
+            clock,
+        }
+    }
+
+    pub async fn archive(&self, build_id: i64) -> Result<ArchiveOutcome, ArchiveError> {
+        let build = self
+            .meta
+            .build(build_id)
+            .await?
+            .ok_or(MetadataError::NoBuild(build_id))?;
+        if !build.status.is_finished() {
+            return Err(ArchiveError::NotFinished(build_id));
+        }
+        if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
+            self.delete_chunks(build_id).await?;
+            return Ok(ArchiveOutcome::AlreadyArchived(artifact));
+        }
+        self.meta
+            .increment_archival_attempts(build_id, self.clock.now_ms())
+            .await?;
+        let length = self.live.length(build_id).await?;
+        let rows = self.meta.chunks(build_id).await?;
+        let path = archive_path(
+            build_id,
+            build.finished_at_ms.unwrap_or_else(|| self.clock.now_ms()),
+        );
+        let mut upload = MultipartWriter::start(self.objects.as_ref(), &path).await?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut sha = Sha256::new();
+        let mut expected = Vec::new();
+        for index in 0..length.div_ceil(CHUNK_SIZE) {
+            let bytes = match self.chunk_bytes(build_id, index, &rows).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+            };
+            crc.update(&bytes);
+            sha.update(&bytes);
+            let row_crc = rows
+                .iter()
+                .find(|r| r.chunk_index == index)
+                .and_then(|r| r.crc32);
+            expected.push((
+                row_crc.unwrap_or_else(|| crc32fast::hash(&bytes)),
+                bytes.len() as u64,
+            ));
+            if let Err(e) = upload.write(bytes).await {
+                let _ = upload.abort().await;
+                return Err(e.into());
+            }
+        }
+        let size = upload.written();
+        upload.finish().await?;
+        let archived = crc.finalize();
+        let chunks = combine_crc32(expected);
+        if archived != chunks {
+            tracing::error!(
+                build_id,
+                archived,
+                chunks,
+                "archive CRC32 differs from the chunks'; nothing recorded"
+            );
+            return Err(ArchiveError::Corrupt {
+                build: build_id,
+                archived,
+                chunks,
+            });
+        }
+        let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let artifact = self
+            .meta
+            .record_archive(
+                &NewArtifact {
+                    build_id,
+                    object_path: path.to_string(),
+                    size,
+                    crc32: archived,
+                    sha256,
+                    expire_at_ms: None,
+                },
+                self.clock.now_ms(),
+            )
+            .await?;
+        self.delete_chunks(build_id).await?;
+        metrics::counter!("buildlogs_traces_archived_total").increment(1);
+        Ok(ArchiveOutcome::Archived(artifact))
+    }
+
+    async fn chunk_bytes(
+        &self,
+        build_id: i64,
+        index: u64,
+        rows: &[super::model::ChunkRow],
+    ) -> Result<Vec<u8>, ArchiveError> {
+        let store = rows
+            .iter()
+            .find(|r| r.chunk_index == index)
+            .map_or(self.live_kind, |r| r.data_store);
+        let bytes = match store {
+            DataStore::Object => Some(
+                objects::get_bytes(self.objects.as_ref(), &chunk_path(build_id, index))
+                    .await?
+                    .to_vec(),
+            ),
+            DataStore::Database if self.live_kind != DataStore::Database => {
+                self.meta.chunk_data(build_id, index).await?
+            }
+            _ => self.live.read_chunk(build_id, index).await?,
+        };
+        bytes.ok_or(ArchiveError::MissingChunk {
+            build: build_id,
+            index,
+        })
+    }
+
+    /// Deletes every copy of the chunks: flushed objects, live bytes, rows (in that order, so a
+    /// crash leaves rows pointing at nothing rather than objects no row names).
+    async fn delete_chunks(&self, build_id: i64) -> Result<(), ArchiveError> {
+        for row in self.meta.chunks(build_id).await? {
+            if row.data_store == DataStore::Object {
+                objects::delete(
+                    self.objects.as_ref(),
+                    &chunk_path(build_id, row.chunk_index),
+                )
+                .await?;
+            }
+        }
+        self.live.delete_build(build_id).await?;
+        self.meta.delete_chunks(build_id).await?;
+        Ok(())
+    }
+}

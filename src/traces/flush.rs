@@ -1,0 +1,152 @@
+//! Flushing a chunk: moving its bytes from the live store to the object store (GitLab's
+//! `persist_data!`).
+//!
+//! Order, so that a crash at any step loses nothing and a rerun finishes the job:
+//! 1. read the chunk row (its store and `lock_version`) and the live bytes;
+//! 2. write `chunks/<build_id>/<index>.log` (a deterministic key: a rerun overwrites it);
+//! 3. flip the row to `object` with its size and CRC32, only if `lock_version` is unchanged
+//!    (two flushes, or a flush racing a late append, cannot both win);
+//! 4. delete the live copy last.
+//!
+//! A chunk is flushable when full, or when the job has finished (its last, partial chunk).
+//! Readers find a chunk by its row, so between 3 and 4 they read the object, never a hole.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use super::chunk::CHUNK_SIZE;
+use super::live::{LiveChunkStore, LiveStoreError};
+use super::metadata::{ChunkFlip, MetadataError, MetadataStore};
+use super::model::DataStore;
+use crate::jobs::Clock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("metadata store: {0}")]
+    Metadata(#[from] MetadataError),
+    #[error("live chunk store: {0}")]
+    Live(#[from] LiveStoreError),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+    /// Another writer changed the chunk between read and flip: try again.
+    #[error("chunk {index} of build {build} changed during the flush")]
+    Raced { build: i64, index: u64 },
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushOutcome {
+    Flushed {
+        size: u64,
+        crc32: u32,
+    },
+    /// Already in the object store (a repeated flush); any leftover live copy was dropped.
+    AlreadyFlushed,
+    /// Partial chunk of a running job: it will be flushed when full or when the job ends.
+    NotYet,
+    /// No such chunk.
+    Missing,
+}
+
+/// Where a flushed chunk lives in the object store.
+pub fn chunk_path(build_id: i64, index: u64) -> Path {
+    Path::from(format!("chunks/{build_id}/{index}.log"))
+}
+
+pub struct FlushService {
+    meta: Arc<dyn MetadataStore>,
+    live: Arc<dyn LiveChunkStore>,
+    live_kind: DataStore,
+    objects: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl FlushService {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        live: Arc<dyn LiveChunkStore>,
+        live_kind: DataStore,
+        objects: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            meta,
+            live,
+            live_kind,
+            objects,
+            clock,
+        }
+    }
+
+    pub async fn flush(&self, build_id: i64, index: u64) -> Result<FlushOutcome, FlushError> {
+        let Some(build) = self.meta.build(build_id).await? else {
+            return Ok(FlushOutcome::Missing);
+        };
+        let mut row = self
+            .meta
+            .chunks(build_id)
+            .await?
+            .into_iter()
+            .find(|r| r.chunk_index == index);
+        if row.is_none() && self.live_kind == DataStore::Redis {
+            // The append that started this chunk died before recording its row.
+            self.meta
+                .ensure_chunks(build_id, &[index], DataStore::Redis, self.clock.now_ms())
+                .await?;
+            row = self
+                .meta
+                .chunks(build_id)
+                .await?
+                .into_iter()
+                .find(|r| r.chunk_index == index);
+        }
+        let Some(row) = row else {
+            return Ok(FlushOutcome::Missing);
+        };
+        if row.data_store == DataStore::Object {
+            if self.live_kind == DataStore::Redis {
+                self.live.delete_chunk(build_id, index).await?;
+            }
+            return Ok(FlushOutcome::AlreadyFlushed);
+        }
+        let Some(data) = self.live.read_chunk(build_id, index).await? else {
+            return Ok(FlushOutcome::Missing);
+        };
+        if (data.len() as u64) < CHUNK_SIZE
+            && !build.status.is_finished()
+            && self.meta.pending_state(build_id).await?.is_none()
+        {
+            return Ok(FlushOutcome::NotYet);
+        }
+        let crc32 = crc32fast::hash(&data);
+        let size = data.len() as u64;
+        crate::stores::objects::put_bytes(
+            self.objects.as_ref(),
+            &chunk_path(build_id, index),
+            data,
+        )
+        .await?;
+        let flip = ChunkFlip {
+            build_id,
+            chunk_index: index,
+            expected_lock_version: row.lock_version,
+            to: DataStore::Object,
+            size,
+            crc32,
+            raw_data: None,
+        };
+        if !self.meta.flip_chunk(&flip, self.clock.now_ms()).await? {
+            return Err(FlushError::Raced {
+                build: build_id,
+                index,
+            });
+        }
+        if self.live_kind == DataStore::Redis {
+            self.live.delete_chunk(build_id, index).await?;
+        }
+        metrics::counter!("buildlogs_trace_chunks_flushed_total").increment(1);
+        Ok(FlushOutcome::Flushed { size, crc32 })
+    }
+}

@@ -1,0 +1,65 @@
+//! The build-log jobs the domain enqueues (handlers live in the `workers` crate, one per file).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{Dedup, Job, JobOptions, RetrySchedule};
+
+/// Moves one chunk from the live store to the object store (GitLab's
+/// `Ci::BuildTraceChunkFlushWorker`): dedup until executed, and a flush requested while one runs
+/// is rescheduled once (the chunk may have grown since it was read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushTraceChunk {
+    pub build_id: i64,
+    pub chunk_index: u64,
+}
+
+impl Job for FlushTraceChunk {
+    const NAME: &'static str = "flush_trace_chunk";
+
+    fn options() -> JobOptions {
+        JobOptions {
+            max_attempts: 10,
+            retry: RetrySchedule::Exponential {
+                min: Duration::from_secs(1),
+                factor: 2.0,
+                max: Duration::from_secs(300),
+                jitter: true,
+            },
+            dedup: Dedup::until_executed(Duration::from_secs(3600)).reschedule_once(),
+            timeout: Duration::from_secs(120),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    fn dedup_key(&self) -> Option<String> {
+        Some(format!("{}:{}", self.build_id, self.chunk_index))
+    }
+}
+
+/// Archives a finished job's log (GitLab's `Ci::ArchiveTraceWorker`, but storage errors raise
+/// and retry). Sidekiq's schedule over 21 attempts spans about 6.5 days: it outlasts a
+/// multi-day storage outage and ends inside the live chunks' 7-day TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveTrace {
+    pub build_id: i64,
+}
+
+impl Job for ArchiveTrace {
+    const NAME: &'static str = "archive_trace";
+
+    fn options() -> JobOptions {
+        JobOptions {
+            max_attempts: 21,
+            retry: RetrySchedule::Sidekiq,
+            dedup: Dedup::until_executed(Duration::from_secs(8 * 24 * 3600)),
+            timeout: Duration::from_secs(1800),
+            lease: Duration::from_secs(120),
+        }
+    }
+
+    fn dedup_key(&self) -> Option<String> {
+        Some(self.build_id.to_string())
+    }
+}

@@ -1,0 +1,456 @@
+//! The trace service: what the runner API and readers do with a log, over the stores.
+//!
+//! Duties:
+//! 1. `create_build`: register a job (`running`) with a fresh job token (returned once).
+//! 2. `append`: authenticate the job token, refuse a job that is not running (403), enforce the
+//!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
+//!    the current length otherwise), record the chunk rows a write started, and enqueue a flush
+//!    of every chunk it filled.
+//! 3. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
+//!
+//! Cost per PATCH on the production stack: one SQL read (the build), one Redis script (the
+//! append), plus one SQL insert per 128 KiB chunk started and one enqueue per chunk filled.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
+use super::flush::chunk_path;
+use super::jobs::{ArchiveTrace, FlushTraceChunk};
+use super::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+use super::metadata::{MetadataError, MetadataStore};
+use super::model::{Artifact, Build, BuildStatus, DataStore, PendingState, TraceMetadata};
+use super::tokens;
+use crate::jobs::{BrokerError, Clock, JobClient};
+
+/// GitLab's default `ci_jobs_trace_size_limit`: 100 MiB.
+pub const DEFAULT_MAX_TRACE_SIZE: u64 = 100 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// Unknown job or wrong token: the runner must stop (403, never 404).
+    #[error("job not found or invalid job token")]
+    Unauthorized,
+    /// The job is no longer running (403 with its status).
+    #[error("job is not running (status {0})")]
+    NotRunning(BuildStatus),
+    /// The append would pass the size limit; the job was failed (403).
+    #[error("trace size limit of {limit} bytes exceeded")]
+    TooLarge { limit: u64 },
+    /// The offset is not the current length (416 with it).
+    #[error("range mismatch: the trace is {length} bytes long")]
+    RangeMismatch { length: u64 },
+    #[error("metadata store: {0}")]
+    Metadata(#[from] MetadataError),
+    #[error("live chunk store: {0}")]
+    Live(#[from] LiveStoreError),
+    #[error("job queue: {0}")]
+    Queue(#[from] BrokerError),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+}
+
+/// A registered job and its token (shown once).
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub build: Build,
+    pub token: String,
+}
+
+/// The runner's final `PUT` (or a touch, with `state = running`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishRequest {
+    pub state: BuildStatus,
+    pub failure_reason: Option<String>,
+    pub exit_code: Option<i32>,
+    /// `output[checksum]` (or the legacy `checksum`), parsed from `crc32:%08x`.
+    pub checksum: Option<u32>,
+    pub bytesize: Option<u64>,
+}
+
+/// What the final PUT got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishOutcome {
+    /// Live chunks are still being flushed: ask again after `backoff_s` (202).
+    Accepted { backoff_s: u64 },
+    /// The state is committed (200).
+    Done { status: BuildStatus },
+}
+
+/// After this long in 202, the state is committed anyway and the log left to archiving
+/// (GitLab's `ACCEPT_TIMEOUT`).
+pub const ACCEPT_TIMEOUT_MS: i64 = 5 * 60 * 1000;
+
+/// GitLab's runner backoff: 1 s for the first 3 s, then doubling (2, 4, … 64 s) with the
+/// time since the pending state was stored.
+pub fn finish_backoff_s(elapsed_ms: i64) -> u64 {
+    let d = (elapsed_ms.max(0) / 1000) as u64;
+    let slot = if d < 2 {
+        0
+    } else {
+        (63 - d.leading_zeros() as u64).saturating_sub(1)
+    };
+    1 << slot.min(6)
+}
+
+/// A successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub length: u64,
+    pub status: BuildStatus,
+}
+
+pub struct TraceService {
+    meta: Arc<dyn MetadataStore>,
+    live: Arc<dyn LiveChunkStore>,
+    /// Where `live` keeps bytes: `Redis`, or `Database` on the embedded stack (whose store
+    /// creates its own chunk rows).
+    live_kind: DataStore,
+    /// Flushed chunks (and, later, archives).
+    objects: Arc<dyn ObjectStore>,
+    jobs: JobClient,
+    clock: Arc<dyn Clock>,
+    max_trace_size: u64,
+}
+
+impl TraceService {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        live: Arc<dyn LiveChunkStore>,
+        live_kind: DataStore,
+        objects: Arc<dyn ObjectStore>,
+        jobs: JobClient,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            meta,
+            live,
+            live_kind,
+            objects,
+            jobs,
+            clock,
+            max_trace_size: DEFAULT_MAX_TRACE_SIZE,
+        }
+    }
+
+    pub fn with_max_trace_size(mut self, bytes: u64) -> Self {
+        self.max_trace_size = bytes;
+        self
+    }
+
+    pub async fn create_build(&self) -> Result<NewBuild, TraceError> {
+        let token = tokens::generate();
+        let build = self
+            .meta
+            .create_build(&tokens::digest(&token), self.clock.now_ms())
+            .await?;
+        Ok(NewBuild { build, token })
+    }
+
+    /// The build, if `token` is its job token.
+    pub async fn authenticate(&self, build_id: i64, token: &str) -> Result<Build, TraceError> {
+        match self.meta.build(build_id).await? {
+            Some(build) if tokens::matches(token, &build.token_digest) => Ok(build),
+            _ => Err(TraceError::Unauthorized),
+        }
+    }
+
+    pub async fn build(&self, build_id: i64) -> Result<Option<Build>, TraceError> {
+        Ok(self.meta.build(build_id).await?)
+    }
+
+    /// The log's current length (the archive's size once archived).
+    pub async fn length(&self, build_id: i64) -> Result<u64, TraceError> {
+        if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
+            return Ok(artifact.size);
+        }
+        Ok(self.live.length(build_id).await?)
+    }
+
+    /// Where the log is: `live`, `flushing` (finished, chunks being moved) or `archived`.
+    pub async fn trace_state(
+        &self,
+        build: &Build,
+    ) -> Result<(&'static str, Option<Artifact>), TraceError> {
+        if let Some(artifact) = self.meta.trace_artifact(build.id).await? {
+            return Ok(("archived", Some(artifact)));
+        }
+        Ok((
+            if build.status.is_finished() {
+                "flushing"
+            } else {
+                "live"
+            },
+            None,
+        ))
+    }
+
+    pub async fn trace_metadata(&self, build_id: i64) -> Result<Option<TraceMetadata>, TraceError> {
+        Ok(self.meta.trace_metadata(build_id).await?)
+    }
+
+    pub async fn append(
+        &self,
+        build_id: i64,
+        token: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Appended, TraceError> {
+        let build = self.authenticate(build_id, token).await?;
+        if build.status != BuildStatus::Running {
+            return Err(TraceError::NotRunning(build.status));
+        }
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.max_trace_size {
+            self.meta
+                .finish_build(
+                    build_id,
+                    BuildStatus::Failed,
+                    Some("trace_size_exceeded"),
+                    self.clock.now_ms(),
+                )
+                .await?;
+            self.jobs.enqueue(&ArchiveTrace { build_id }).await?;
+            tracing::warn!(
+                build_id,
+                limit = self.max_trace_size,
+                end,
+                "trace size limit exceeded; job failed"
+            );
+            return Err(TraceError::TooLarge {
+                limit: self.max_trace_size,
+            });
+        }
+        match self.live.append(build_id, offset, data).await? {
+            AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
+            AppendOutcome::Appended {
+                length,
+                started,
+                filled,
+            } => {
+                if self.live_kind == DataStore::Redis && !started.is_empty() {
+                    self.meta
+                        .ensure_chunks(build_id, &started, DataStore::Redis, self.clock.now_ms())
+                        .await?;
+                }
+                if !filled.is_empty() {
+                    let flushes: Vec<FlushTraceChunk> = filled
+                        .iter()
+                        .map(|&chunk_index| FlushTraceChunk {
+                            build_id,
+                            chunk_index,
+                        })
+                        .collect();
+                    self.jobs.enqueue_bulk(&flushes).await?;
+                }
+                metrics::counter!("buildlogs_trace_bytes_total").increment(data.len() as u64);
+                Ok(Appended {
+                    length,
+                    status: build.status,
+                })
+            }
+        }
+    }
+
+    /// The final PUT: store the pending state, flush every live chunk, and once none is left
+    /// validate the runner's CRC32 (combined from the chunks' CRCs, no re-read), commit the
+    /// state. Idempotent: a repeated PUT for a finished job is `Done`.
+    pub async fn finish(
+        &self,
+        build_id: i64,
+        token: &str,
+        req: FinishRequest,
+    ) -> Result<FinishOutcome, TraceError> {
+        let build = self.authenticate(build_id, token).await?;
+        if req.state == BuildStatus::Running || build.status.is_finished() {
+            return Ok(FinishOutcome::Done {
+                status: build.status,
+            });
+        }
+        let now = self.clock.now_ms();
+        let pending = self
+            .meta
+            .upsert_pending_state(&PendingState {
+                build_id,
+                state: req.state,
+                failure_reason: req.failure_reason.clone(),
+                exit_code: req.exit_code,
+                trace_checksum: req.checksum,
+                trace_bytesize: req.bytesize,
+                created_at_ms: now,
+            })
+            .await?;
+        let length = self.live.length(build_id).await?;
+        let rows = self.meta.chunks(build_id).await?;
+        let chunk_count = length.div_ceil(CHUNK_SIZE);
+        let unflushed: Vec<u64> = (0..chunk_count)
+            .filter(|i| {
+                rows.iter()
+                    .find(|r| r.chunk_index == *i)
+                    .is_none_or(|r| r.data_store != DataStore::Object)
+            })
+            .collect();
+        let elapsed = now - pending.created_at_ms;
+        if !unflushed.is_empty() && elapsed < ACCEPT_TIMEOUT_MS {
+            let flushes: Vec<FlushTraceChunk> = unflushed
+                .iter()
+                .map(|&chunk_index| FlushTraceChunk {
+                    build_id,
+                    chunk_index,
+                })
+                .collect();
+            self.jobs.enqueue_bulk(&flushes).await?;
+            return Ok(FinishOutcome::Accepted {
+                backoff_s: finish_backoff_s(elapsed),
+            });
+        }
+        if unflushed.is_empty() {
+            let crc = combine_crc32(rows.iter().map(|r| (r.crc32.unwrap_or(0), r.size)));
+            let valid = pending.trace_checksum.map(|theirs| theirs == crc);
+            if valid == Some(false) {
+                tracing::warn!(build_id, ours = %format_crc32(crc), theirs = ?pending.trace_checksum.map(format_crc32), "trace checksum mismatch");
+                metrics::counter!("buildlogs_trace_checksum_mismatches_total").increment(1);
+            }
+            self.meta
+                .record_checksums(build_id, crc, pending.trace_checksum, valid)
+                .await?;
+        } else {
+            tracing::warn!(
+                build_id,
+                unflushed = unflushed.len(),
+                "chunks still live after the accept timeout; committing the state anyway"
+            );
+        }
+        let build = self
+            .meta
+            .finish_build(
+                build_id,
+                pending.state,
+                pending.failure_reason.as_deref(),
+                now,
+            )
+            .await?;
+        self.jobs.enqueue(&ArchiveTrace { build_id }).await?;
+        Ok(FinishOutcome::Done {
+            status: build.status,
+        })
+    }
+
+    /// The bytes of `[from, to)` of the log (clamped to its length), byte-identical wherever
+    /// they are. An archive that completes during the read (chunks deleted under it) is read
+    /// instead.
+    pub async fn read(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
+        if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
+            return self.read_archive(&artifact, from, to).await;
+        }
+        match self.read_chunks(build_id, from, to).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => match self.meta.trace_artifact(build_id).await? {
+                Some(artifact) => self.read_archive(&artifact, from, to).await,
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn read_archive(
+        &self,
+        artifact: &Artifact,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u8>, TraceError> {
+        let to = to.min(artifact.size);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let path = object_store::path::Path::from(artifact.object_path.as_str());
+        Ok(
+            crate::stores::objects::get_range(self.objects.as_ref(), &path, from..to)
+                .await?
+                .to_vec(),
+        )
+    }
+
+    async fn read_chunks(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
+        let length = self.live.length(build_id).await?;
+        let to = to.min(length);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let first = from / CHUNK_SIZE;
+        let last = (to - 1) / CHUNK_SIZE;
+        for index in first..=last {
+            let chunk = self.chunk_bytes(build_id, index).await?;
+            let base = index * CHUNK_SIZE;
+            let lo = from.saturating_sub(base) as usize;
+            let hi = ((to - base) as usize).min(chunk.len());
+            if lo < hi {
+                out.extend_from_slice(&chunk[lo..hi]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One chunk's bytes from wherever its row says they are (a chunk without a row is live).
+    /// A flush may move a chunk between the row read and the byte read; the second look sees
+    /// the new place (the live copy is deleted only after the row flipped).
+    async fn chunk_bytes(&self, build_id: i64, index: u64) -> Result<Vec<u8>, TraceError> {
+        for _ in 0..2 {
+            let rows = self.meta.chunks(build_id).await?;
+            let store = rows
+                .iter()
+                .find(|r| r.chunk_index == index)
+                .map_or(self.live_kind, |r| r.data_store);
+            let bytes = match store {
+                DataStore::Redis => self.live.read_chunk(build_id, index).await?,
+                DataStore::Database => match self.live_kind {
+                    DataStore::Database => self.live.read_chunk(build_id, index).await?,
+                    _ => self.meta.chunk_data(build_id, index).await?,
+                },
+                DataStore::Object => {
+                    match crate::stores::objects::get_bytes(
+                        self.objects.as_ref(),
+                        &chunk_path(build_id, index),
+                    )
+                    .await
+                    {
+                        Ok(bytes) => Some(bytes.to_vec()),
+                        Err(e) if crate::stores::objects::is_not_found(&e) => None,
+                        Err(e) => return Err(TraceError::Objects(e)),
+                    }
+                }
+            };
+            if let Some(bytes) = bytes {
+                return Ok(bytes);
+            }
+        }
+        Err(TraceError::Live(LiveStoreError::Inconsistent {
+            build: build_id,
+            detail: format!("chunk {index} is in no store"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finish_backoff_doubles_to_64_seconds() {
+        let at = |s: i64| super::finish_backoff_s(s * 1000);
+        assert_eq!(
+            [
+                at(0),
+                at(1),
+                at(2),
+                at(3),
+                at(4),
+                at(8),
+                at(16),
+                at(64),
+                at(128),
+                at(10_000)
+            ],
+            [1, 1, 1, 1, 2, 4, 8, 32, 64, 64]
+        );
+    }
+}

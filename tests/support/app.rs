@@ -1,0 +1,222 @@
+//! `TestApp`: the API router over a real stack, driven in-process (`tower::ServiceExt::oneshot`).
+//! - embedded: one SQLite file holds metadata, live chunks and the job queue;
+//! - production: PostgreSQL (a schema of its own) + Redis (a key prefix of its own).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use buildlogs::api::{AppState, router};
+use buildlogs::jobs::redis::RedisBroker;
+use buildlogs::jobs::sqlite::SqliteBroker;
+use buildlogs::jobs::{Broker, JobClient, SystemClock};
+use buildlogs::stores::redis_live::RedisLiveChunks;
+use buildlogs::stores::sql_live::SqlLiveChunks;
+use buildlogs::stores::sql_metadata::SqlMetadata;
+use buildlogs::traces::archive::ArchiveService;
+use buildlogs::traces::flush::FlushService;
+use buildlogs::traces::model::DataStore;
+use buildlogs::traces::service::TraceService;
+use http_body_util::BodyExt;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+
+use super::sql::{TestPostgres, TestSqlite};
+
+pub const ADMIN: &str = "test-admin-token";
+
+/// What `TestApp::build` wires: the router, the broker, the job services, the object store dir.
+type Built = (
+    Router,
+    Arc<dyn Broker>,
+    (Arc<FlushService>, Arc<ArchiveService>),
+    tempfile::TempDir,
+);
+
+pub struct TestApp {
+    pub router: Router,
+    pub broker: Arc<dyn Broker>,
+    pub kind: &'static str,
+    /// The job handlers a worker of this stack runs (`flush_trace_chunk`, …).
+    pub flush: Arc<FlushService>,
+    pub archive: Arc<ArchiveService>,
+    _objects: tempfile::TempDir,
+    _keep: Keep,
+}
+
+enum Keep {
+    Sqlite(TestSqlite),
+    Production(TestPostgres, String),
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Keep::Production(_, prefix) = &self._keep {
+            super::delete_prefix(&super::redis_url(), prefix);
+        }
+    }
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+impl TestApp {
+    pub async fn embedded(max_trace_size: Option<u64>) -> Self {
+        let db = TestSqlite::new().await;
+        let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::new(db.pool.clone()));
+        let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
+        let live = Arc::new(SqlLiveChunks::sqlite(db.pool.clone()));
+        let (router, broker, (flush, archive), objects) =
+            Self::build(broker, meta, live, DataStore::Database, max_trace_size);
+        TestApp {
+            router,
+            broker,
+            kind: "embedded",
+            flush,
+            archive,
+            _objects: objects,
+            _keep: Keep::Sqlite(db),
+        }
+    }
+
+    pub async fn production(test: &str, max_trace_size: Option<u64>) -> Self {
+        let pg = TestPostgres::new(test).await;
+        let prefix = super::unique_prefix(test);
+        let broker: Arc<dyn Broker> = Arc::new(
+            RedisBroker::connect(&super::redis_url(), &prefix)
+                .await
+                .unwrap(),
+        );
+        let client = redis::Client::open(super::redis_url()).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let meta = Arc::new(SqlMetadata::postgres(pg.pool.clone()));
+        let live = Arc::new(RedisLiveChunks::new(conn, &prefix));
+        let (router, broker, (flush, archive), objects) =
+            Self::build(broker, meta, live, DataStore::Redis, max_trace_size);
+        TestApp {
+            router,
+            broker,
+            kind: "production",
+            flush,
+            archive,
+            _objects: objects,
+            _keep: Keep::Production(pg, prefix),
+        }
+    }
+
+    fn build(
+        broker: Arc<dyn Broker>,
+        meta: Arc<SqlMetadata>,
+        live: Arc<dyn buildlogs::traces::live::LiveChunkStore>,
+        kind: DataStore,
+        max_trace_size: Option<u64>,
+    ) -> Built {
+        let clock = Arc::new(SystemClock);
+        let dir = tempfile::tempdir().expect("object store dir");
+        let objects: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("local object store"));
+        let jobs = JobClient::new(broker.clone(), clock.clone());
+        let flush = Arc::new(FlushService::new(
+            meta.clone(),
+            live.clone(),
+            kind,
+            objects.clone(),
+            clock.clone(),
+        ));
+        let archive = Arc::new(ArchiveService::new(
+            meta.clone(),
+            live.clone(),
+            kind,
+            objects.clone(),
+            clock.clone(),
+        ));
+        let mut traces = TraceService::new(meta, live, kind, objects, jobs, clock);
+        if let Some(max) = max_trace_size {
+            traces = traces.with_max_trace_size(max);
+        }
+        let state = AppState {
+            traces: Arc::new(traces),
+            admin_token: ADMIN.into(),
+        };
+        (router(state), broker, (flush, archive), dir)
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        use tower::ServiceExt;
+        let response = self.router.clone().oneshot(request).await.expect("router");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `POST /api/v4/jobs` → (id, token).
+    pub async fn create_job(&self) -> (i64, String) {
+        let reply = self
+            .send(
+                Request::post("/api/v4/jobs")
+                    .header("authorization", format!("Bearer {ADMIN}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let json = reply.json();
+        (
+            json["id"].as_i64().unwrap(),
+            json["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A runner's `PATCH /api/v4/jobs/:id/trace` at `start`.
+    pub async fn patch(&self, id: i64, token: &str, start: u64, data: &[u8]) -> Reply {
+        let end = (start + data.len() as u64).saturating_sub(1);
+        let request = Request::patch(format!("/api/v4/jobs/{id}/trace"))
+            .header("job-token", token)
+            .header("content-range", format!("{start}-{end}"))
+            .body(Body::from(data.to_vec()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    pub async fn trace(&self, id: i64, token: &str) -> Reply {
+        self.send(
+            Request::get(format!("/api/v4/jobs/{id}/trace"))
+                .header("job-token", token)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,33 @@
+//! Archives a finished job's log (thin over [`ArchiveService`]). Every storage error is
+//! retryable: the job's schedule (about 6.5 days) outlasts an object-storage outage.
+
+use std::sync::Arc;
+
+use buildlogs::jobs::{JobContext, JobError, JobHandler};
+use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService};
+use buildlogs::traces::jobs::ArchiveTrace;
+
+pub struct ArchiveTraceHandler {
+    pub archive: Arc<ArchiveService>,
+}
+
+impl JobHandler for ArchiveTraceHandler {
+    type Job = ArchiveTrace;
+
+    async fn perform(&self, job: ArchiveTrace, ctx: JobContext) -> Result<(), JobError> {
+        match self.archive.archive(job.build_id).await {
+            Ok(ArchiveOutcome::Archived(a)) => {
+                tracing::info!(build_id = job.build_id, path = %a.object_path, size = a.size, "trace archived");
+                Ok(())
+            }
+            Ok(ArchiveOutcome::AlreadyArchived(_)) => Ok(()),
+            Err(
+                e @ ArchiveError::Metadata(buildlogs::traces::metadata::MetadataError::NoBuild(_)),
+            ) => Err(JobError::fatal(e)),
+            Err(e) => {
+                tracing::warn!(build_id = job.build_id, attempt = ctx.attempt, max = ctx.max_attempts, error = %e, "archiving failed; will retry");
+                Err(JobError::retryable(e))
+            }
+        }
+    }
+}
