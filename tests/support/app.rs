@@ -21,18 +21,17 @@ use buildlogs::traces::model::DataStore;
 use buildlogs::traces::service::TraceService;
 use http_body_util::BodyExt;
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 
+use super::objects::TestObjects;
 use super::sql::{TestPostgres, TestSqlite};
 
 pub const ADMIN: &str = "test-admin-token";
 
-/// What `TestApp::build` wires: the router, the broker, the job services, the object store dir.
+/// What `TestApp::build` wires: the router, the broker, the job services.
 type Built = (
     Router,
     Arc<dyn Broker>,
     (Arc<FlushService>, Arc<ArchiveService>),
-    tempfile::TempDir,
 );
 
 pub struct TestApp {
@@ -42,7 +41,9 @@ pub struct TestApp {
     /// The job handlers a worker of this stack runs (`flush_trace_chunk`, …).
     pub flush: Arc<FlushService>,
     pub archive: Arc<ArchiveService>,
-    _objects: tempfile::TempDir,
+    /// Where flushed chunks and archives go: a local folder (embedded) or a bucket of its own
+    /// on the S3-compatible server (production).
+    pub objects: TestObjects,
     _keep: Keep,
 }
 
@@ -82,15 +83,22 @@ impl TestApp {
         let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::new(db.pool.clone()));
         let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
         let live = Arc::new(SqlLiveChunks::sqlite(db.pool.clone()));
-        let (router, broker, (flush, archive), objects) =
-            Self::build(broker, meta, live, DataStore::Database, max_trace_size);
+        let objects = TestObjects::local();
+        let (router, broker, (flush, archive)) = Self::build(
+            broker,
+            meta,
+            live,
+            DataStore::Database,
+            &objects,
+            max_trace_size,
+        );
         TestApp {
             router,
             broker,
             kind: "embedded",
             flush,
             archive,
-            _objects: objects,
+            objects,
             _keep: Keep::Sqlite(db),
         }
     }
@@ -107,15 +115,22 @@ impl TestApp {
         let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
         let meta = Arc::new(SqlMetadata::postgres(pg.pool.clone()));
         let live = Arc::new(RedisLiveChunks::new(conn, &prefix));
-        let (router, broker, (flush, archive), objects) =
-            Self::build(broker, meta, live, DataStore::Redis, max_trace_size);
+        let objects = TestObjects::s3(test).unwrap_or_else(TestObjects::local);
+        let (router, broker, (flush, archive)) = Self::build(
+            broker,
+            meta,
+            live,
+            DataStore::Redis,
+            &objects,
+            max_trace_size,
+        );
         TestApp {
             router,
             broker,
             kind: "production",
             flush,
             archive,
-            _objects: objects,
+            objects,
             _keep: Keep::Production(pg, prefix),
         }
     }
@@ -125,12 +140,12 @@ impl TestApp {
         meta: Arc<SqlMetadata>,
         live: Arc<dyn buildlogs::traces::live::LiveChunkStore>,
         kind: DataStore,
+        test_objects: &TestObjects,
         max_trace_size: Option<u64>,
     ) -> Built {
         let clock = Arc::new(SystemClock);
-        let dir = tempfile::tempdir().expect("object store dir");
         let objects: Arc<dyn ObjectStore> =
-            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("local object store"));
+            test_objects.config("").open().expect("object store").store;
         let jobs = JobClient::new(broker.clone(), clock.clone());
         let flush = Arc::new(FlushService::new(
             meta.clone(),
@@ -154,7 +169,7 @@ impl TestApp {
             traces: Arc::new(traces),
             admin_token: ADMIN.into(),
         };
-        (router(state), broker, (flush, archive), dir)
+        (router(state), broker, (flush, archive))
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {

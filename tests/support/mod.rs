@@ -119,5 +119,6 @@ macro_rules! on_both_brokers {
     };
 }
 pub mod app;
+pub mod objects;
 pub mod runtime;
 pub mod sql;

@@ -45,8 +45,9 @@ struct Cli {
         global = true
     )]
     redis_prefix: String,
+    /// Without one: `all` (web, worker and scheduler in one process, the embedded default).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,7 +146,11 @@ async fn run() -> anyhow::Result<()> {
         redis_prefix: cli.redis_prefix,
         object_store_url: cli.object_store_url,
     };
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::All {
+        worker: roles::WorkerArgs::parse_defaults(),
+        web: roles::WebArgs::parse_defaults(),
+    });
+    match command {
         Command::Worker(args) => roles::worker(&settings, args).await,
         Command::Web(args) => roles::web(&settings, args).await,
         Command::All { worker, web } => roles::all(&settings, worker, web).await,

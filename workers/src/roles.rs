@@ -29,6 +29,30 @@ pub struct WorkerArgs {
     pub metrics_listen: String,
 }
 
+impl WorkerArgs {
+    /// The settings from env vars and defaults alone (no subcommand given).
+    pub fn parse_defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: WorkerArgs,
+        }
+        <Only as clap::Parser>::parse_from(["buildlogs"]).args
+    }
+}
+
+impl WebArgs {
+    /// The settings from env vars and defaults alone (no subcommand given).
+    pub fn parse_defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: WebArgs,
+        }
+        <Only as clap::Parser>::parse_from(["buildlogs"]).args
+    }
+}
+
 /// Serves this process's metrics (job counters, durations, queue gauges) for Prometheus.
 fn serve_metrics(listen: &str) -> anyhow::Result<()> {
     if listen == "off" {
