@@ -30,6 +30,8 @@ const BULK: usize = 1000;
 pub enum Bench {
     /// Queue throughput with no-op jobs against a private Redis (prints key=value figures).
     Queue(QueueArgs),
+    /// Concurrent runners PATCHing a running web server on the production stack.
+    Append(super::bench_append::AppendArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -67,18 +69,19 @@ pub struct QueueWorkerArgs {
 pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Queue(args) => queue(args).await,
+        Bench::Append(args) => super::bench_append::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }
 
 /// A private Redis server, stopped on drop.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PrivateRedis {
-    async fn start(bin: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn start(bin: &str) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

@@ -1,6 +1,7 @@
 //! Operator commands: readable tables over the configured stores.
 
 pub mod bench;
+pub mod bench_append;
 pub mod cron;
 pub mod dead;
 pub mod limits;
