@@ -596,5 +596,23 @@ async fn bad_puts_get_400_and_change_nothing(app: &TestApp) {
     run_flushes(app).await;
     assert_eq!(app.send(form("failed")).await.status, StatusCode::OK);
     assert_eq!(job_status(app, id).await, "failed");
+    let show = app
+        .send(
+            Request::get(format!("/api/v4/jobs/{id}"))
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .json();
+    assert_eq!(
+        show["trace"]["checksum_valid"], false,
+        "the mismatch is recorded"
+    );
+    assert_eq!(show["trace"]["remote_checksum"], "crc32:00000000");
+    assert_eq!(
+        show["trace"]["crc32"],
+        format!("crc32:{:08x}", crc32fast::hash(b"abc")).as_str()
+    );
     assert_eq!(app.trace(id, &token).await.body, b"abc");
 }
