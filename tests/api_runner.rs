@@ -474,6 +474,14 @@ async fn the_runner_finishes_a_job_put_202_then_200_and_the_log_is_intact(app: &
         "running",
         "not committed while chunks are live"
     );
+    let after_put = app
+        .patch(id, &token, log.len() as u64, b"after the final PUT")
+        .await;
+    assert_eq!(
+        after_put.status,
+        StatusCode::FORBIDDEN,
+        "the log the checksum covers cannot grow"
+    );
     assert_eq!(
         run_flushes(app).await,
         2,

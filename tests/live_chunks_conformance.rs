@@ -148,6 +148,7 @@ async fn of_concurrent_appends_at_one_offset_exactly_one_wins(f: &Fixture) {
                 assert_eq!(length, 100);
             }
             AppendOutcome::Mismatch { length } => assert_eq!(length, 100),
+            AppendOutcome::Closed => panic!("nobody closed this trace"),
         }
     }
     assert_eq!(wins, 1);
@@ -415,7 +416,24 @@ macro_rules! on_every_sql_store {
     };
 }
 
+async fn a_closed_trace_takes_no_more_bytes_even_after_deletion(f: &Fixture) {
+    appended(f, 0, b"final").await;
+    f.store.close(B).await.unwrap();
+    f.store.close(B).await.unwrap();
+    assert_eq!(
+        f.store.append(B, 5, b"late").await.unwrap(),
+        AppendOutcome::Closed
+    );
+    assert_eq!(f.store.length(B).await.unwrap(), 5, "nothing written");
+    f.store.delete_build(B).await.unwrap();
+    assert_eq!(
+        f.store.append(B, 0, b"again").await.unwrap(),
+        AppendOutcome::Closed
+    );
+}
+
 on_every_live_store!(
+    a_closed_trace_takes_no_more_bytes_even_after_deletion,
     appends_at_the_end_and_reads_back,
     a_gap_or_an_overlap_is_refused_and_writes_nothing,
     a_retried_append_changes_nothing,

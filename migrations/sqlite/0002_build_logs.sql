@@ -15,6 +15,8 @@ CREATE TABLE builds (
                    CHECK (status IN ('running', 'success', 'failed', 'canceled')),
     failure_reason TEXT,
     trace_length   INTEGER NOT NULL DEFAULT 0 CHECK (trace_length >= 0),
+    -- Set by the first final PUT (or the size limit): appends are refused from then on.
+    trace_closed   INTEGER NOT NULL DEFAULT 0 CHECK (trace_closed IN (0, 1)),
     finished_at    INTEGER,
     created_at     INTEGER NOT NULL
 ) STRICT;

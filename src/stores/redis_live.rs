@@ -78,6 +78,7 @@ impl LiveChunkStore for RedisLiveChunks {
                 started: reply.get(2).map(ints).unwrap_or_default(),
                 filled: reply.get(3).map(ints).unwrap_or_default(),
             }),
+            Some(2) => Ok(AppendOutcome::Closed),
             Some(0) => Ok(AppendOutcome::Mismatch {
                 length: reply.get(1).and_then(int).unwrap_or(0) as u64,
             }),
@@ -88,6 +89,16 @@ impl LiveChunkStore for RedisLiveChunks {
             ))),
             _ => Err(bad(format!("unexpected reply {reply:?}"))),
         }
+    }
+
+    async fn close(&self, build: i64) -> Result<(), LiveStoreError> {
+        let key = format!("{}closed", self.base(build));
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(key, 1, LIVE_TTL.as_millis() as u64)
+            .await?;
+        Ok(())
     }
 
     async fn length(&self, build: i64) -> Result<u64, LiveStoreError> {

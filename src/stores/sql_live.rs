@@ -82,6 +82,10 @@ struct Statements {
     delete_build_chunks: &'static str,
     /// $1 build.
     reset_length: &'static str,
+    /// $1 build → trace_closed (0/1).
+    closed: &'static str,
+    /// $1 build.
+    close: &'static str,
 }
 
 /// SQLite: `BEGIN IMMEDIATE` takes the write lock at once (a deferred transaction that read
@@ -89,8 +93,11 @@ struct Statements {
 /// STRICT table would refuse text); `length()` of a blob counts bytes.
 const SQLITE: Statements = Statements {
     begin: "BEGIN IMMEDIATE",
-    advance_length: "UPDATE builds SET trace_length = $3 WHERE id = $1 AND trace_length = $2",
+    advance_length: "UPDATE builds SET trace_length = $3 \
+         WHERE id = $1 AND trace_length = $2 AND trace_closed = 0",
     length: "SELECT trace_length FROM builds WHERE id = $1",
+    closed: "SELECT trace_closed FROM builds WHERE id = $1",
+    close: "UPDATE builds SET trace_closed = 1 WHERE id = $1",
     start_chunk: "INSERT INTO build_trace_chunks \
          (build_id, chunk_index, data_store, raw_data, size, created_at, updated_at) \
          VALUES ($1, $2, 'database', $3, $4, $5, $5) \
@@ -121,6 +128,8 @@ const POSTGRES: Statements = Statements {
     begin: "BEGIN",
     advance_length: SQLITE.advance_length,
     length: SQLITE.length,
+    closed: SQLITE.closed,
+    close: SQLITE.close,
     start_chunk: SQLITE.start_chunk,
     extend_chunk: "UPDATE build_trace_chunks SET raw_data = raw_data || $3, \
          size = size + $4, lock_version = lock_version + 1, updated_at = $5 \
@@ -232,6 +241,14 @@ impl LiveChunkStore for SqlLiveChunks {
                 .await?
                 .rows_affected();
             if moved != 1 {
+                let closed: Option<i64> = sqlx::query_scalar(q.closed)
+                    .bind(build)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if closed == Some(1) {
+                    tx.rollback().await?;
+                    return Ok(AppendOutcome::Closed);
+                }
                 let length: Option<i64> = sqlx::query_scalar(q.length)
                     .bind(build)
                     .fetch_optional(&mut *tx)
@@ -335,6 +352,13 @@ impl LiveChunkStore for SqlLiveChunks {
                 .await?
         });
         Ok(data.flatten())
+    }
+
+    async fn close(&self, build: i64) -> Result<(), LiveStoreError> {
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.close).bind(build).execute(pool).await?;
+        });
+        Ok(())
     }
 
     async fn delete_chunk(&self, build: i64, chunk_index: u64) -> Result<(), LiveStoreError> {

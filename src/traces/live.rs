@@ -9,6 +9,7 @@
 //! 3. The length survives the deletion of flushed chunks (it is the trace's length, not the sum
 //!    of what is still live).
 //! 4. Bytes are kept exactly (any byte values, not only UTF-8).
+//! 5. Once closed, a trace takes no more bytes, even after its live data is deleted.
 
 use async_trait::async_trait;
 
@@ -25,6 +26,8 @@ pub enum AppendOutcome {
     },
     /// The offset was not the current length; nothing written.
     Mismatch { length: u64 },
+    /// The trace was closed (the job sent its final state); nothing written.
+    Closed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,9 @@ pub trait LiveChunkStore: Send + Sync + 'static {
     /// The trace's current length (0 for a build never written).
     async fn length(&self, build: i64) -> Result<u64, LiveStoreError>;
 
+    /// Refuses every later append (the final PUT, or the size limit). Idempotent.
+    async fn close(&self, build: i64) -> Result<(), LiveStoreError>;
+
     /// A live chunk's bytes, `None` if it is not (or no longer) live.
     async fn read_chunk(
         &self,
@@ -60,6 +66,6 @@ pub trait LiveChunkStore: Send + Sync + 'static {
     /// Drops a chunk's live copy (after it was flushed elsewhere).
     async fn delete_chunk(&self, build: i64, chunk_index: u64) -> Result<(), LiveStoreError>;
 
-    /// Drops everything live of a build, its length included (after archiving).
+    /// Drops everything live of a build, its length included (after archiving); it stays closed.
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError>;
 }

@@ -11,7 +11,8 @@
 //! Cost per PATCH on the production stack: one SQL read (the build), one Redis script (the
 //! append), plus one SQL insert per 128 KiB chunk started and one enqueue per chunk filled.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use object_store::ObjectStore;
 
@@ -112,7 +113,16 @@ pub struct TraceService {
     jobs: JobClient,
     clock: Arc<dyn Clock>,
     max_trace_size: u64,
+    /// Recently checked running builds: id → (token digest, checked at, ms). Saves the SQL read
+    /// on most PATCHes; a finished build is still refused by the live store's closed flag.
+    running: Mutex<HashMap<i64, (String, i64)>>,
 }
+
+/// How long a "running" answer from the database is trusted for appends.
+const RUNNING_CACHE_MS: i64 = 2_000;
+
+/// Entries kept at most (then the cache starts over): bounded memory with any number of jobs.
+const RUNNING_CACHE_MAX: usize = 100_000;
 
 impl TraceService {
     pub fn new(
@@ -131,6 +141,7 @@ impl TraceService {
             jobs,
             clock,
             max_trace_size: DEFAULT_MAX_TRACE_SIZE,
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -154,6 +165,37 @@ impl TraceService {
             Some(build) if tokens::matches(token, &build.token_digest) => Ok(build),
             _ => Err(TraceError::Unauthorized),
         }
+    }
+
+    /// The append path's check: the token, and that the build is running (from the cache when
+    /// the database said so less than `RUNNING_CACHE_MS` ago).
+    async fn authenticate_running(&self, build_id: i64, token: &str) -> Result<(), TraceError> {
+        let now = self.clock.now_ms();
+        let cached = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&build_id).cloned());
+        if let Some((digest, at)) = cached
+            && now - at < RUNNING_CACHE_MS
+        {
+            return if tokens::matches(token, &digest) {
+                Ok(())
+            } else {
+                Err(TraceError::Unauthorized)
+            };
+        }
+        let build = self.authenticate(build_id, token).await?;
+        if build.status != BuildStatus::Running {
+            return Err(TraceError::NotRunning(build.status));
+        }
+        if let Ok(mut cache) = self.running.lock() {
+            if cache.len() >= RUNNING_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(build_id, (build.token_digest, now));
+        }
+        Ok(())
     }
 
     pub async fn build(&self, build_id: i64) -> Result<Option<Build>, TraceError> {
@@ -197,12 +239,10 @@ impl TraceService {
         offset: u64,
         data: &[u8],
     ) -> Result<Appended, TraceError> {
-        let build = self.authenticate(build_id, token).await?;
-        if build.status != BuildStatus::Running {
-            return Err(TraceError::NotRunning(build.status));
-        }
+        self.authenticate_running(build_id, token).await?;
         let end = offset.saturating_add(data.len() as u64);
         if end > self.max_trace_size {
+            self.live.close(build_id).await?;
             self.meta
                 .finish_build(
                     build_id,
@@ -223,6 +263,14 @@ impl TraceService {
             });
         }
         match self.live.append(build_id, offset, data).await? {
+            AppendOutcome::Closed => {
+                let status = self
+                    .meta
+                    .build(build_id)
+                    .await?
+                    .map_or(BuildStatus::Running, |b| b.status);
+                Err(TraceError::NotRunning(status))
+            }
             AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
             AppendOutcome::Appended {
                 length,
@@ -247,7 +295,7 @@ impl TraceService {
                 metrics::counter!("buildlogs_trace_bytes_total").increment(data.len() as u64);
                 Ok(Appended {
                     length,
-                    status: build.status,
+                    status: BuildStatus::Running,
                 })
             }
         }
@@ -269,6 +317,8 @@ impl TraceService {
             });
         }
         let now = self.clock.now_ms();
+        // From the first final PUT on, the log the checksum covers cannot grow.
+        self.live.close(build_id).await?;
         let pending = self
             .meta
             .upsert_pending_state(&PendingState {

@@ -4,10 +4,14 @@
 -- returns { 1, new length, {started chunk indexes}, {filled chunk indexes} } when appended,
 --         { 0, current length } when the offset is not the current length (nothing written),
 --         { -1, chunk index, its length } when a live chunk is not where the length says
--- Keys: "len" the trace length; "chunk:<i>" chunk i's bytes. Each write renews the TTL, like
+--         { 2 } when the trace is closed (the job sent its final state)
+-- Keys: "len" the trace length; "chunk:<i>" chunk i's bytes; "closed" set once appends end. Each write renews the TTL, like
 -- GitLab's one-week chunk TTL: a log nobody flushes or archives for that long is abandoned.
 local base = KEYS[1]
 local offset, size, ttl, data = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if redis.call("EXISTS", base .. "closed") == 1 then
+  return { 2 }
+end
 local length = tonumber(redis.call("GET", base .. "len") or "0")
 if offset ~= length then
   return { 0, length }
