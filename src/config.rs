@@ -155,13 +155,12 @@ impl Settings {
 
     /// The queue broker these settings name: Redis when `REDIS_URL` is set, else SQLite.
     pub async fn open_broker(&self) -> Result<Arc<dyn Broker>, ConfigError> {
-        let sqlite = self.sqlite_url()?;
         if let Some(url) = &self.redis_url {
             return Ok(Arc::new(
                 RedisBroker::connect(url, &self.redis_prefix).await?,
             ));
         }
-        match sqlite {
+        match self.sqlite_url()? {
             Some(url) => Ok(Arc::new(SqliteBroker::connect(&url).await?)),
             None => Err(ConfigError::RedisRequired),
         }

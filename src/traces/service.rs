@@ -6,10 +6,13 @@
 //!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
 //!    the current length otherwise), record the chunk rows a write started, and enqueue a flush
 //!    of every chunk it filled.
-//! 3. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
+//! 3. `finish`: the runner's final PUT (close the trace, flush, validate the CRC32, commit,
+//!    enqueue the archive).
+//! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
 //!
-//! Cost per PATCH on the production stack: one SQL read (the build), one Redis script (the
-//! append), plus one SQL insert per 128 KiB chunk started and one enqueue per chunk filled.
+//! Cost per PATCH on the production stack: one Redis script (the append, which also refuses a
+//! closed trace), one SQL read of the build at most every 2 s per build, one SQL insert per
+//! 128 KiB chunk started and one enqueue per chunk filled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

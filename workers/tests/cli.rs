@@ -13,12 +13,15 @@ fn redis_url() -> String {
 
 struct Cli {
     prefix: String,
+    /// The data dir (SQLite metadata, local objects): a temp dir, never the source tree.
+    data: tempfile::TempDir,
 }
 
 impl Cli {
     fn new() -> Self {
         Self {
             prefix: format!("blt:cli:{}", ulid::Ulid::new()),
+            data: tempfile::tempdir().expect("temp dir"),
         }
     }
 
@@ -27,6 +30,7 @@ impl Cli {
             .args(args)
             .env("REDIS_URL", redis_url())
             .env("BUILDLOGS_REDIS_PREFIX", &self.prefix)
+            .env("BUILDLOGS_DATA_DIR", self.data.path())
             .env("RUST_LOG", "warn")
             .output()
             .expect("run buildlogs")
@@ -136,6 +140,7 @@ async fn status_with_unreachable_redis_fails_with_one_clear_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
         .arg("status")
         .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("BUILDLOGS_DATA_DIR", tempfile::tempdir().unwrap().path())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -152,6 +157,7 @@ async fn worker_runs_jobs_and_exits_cleanly_on_sigterm() {
         .args(["worker", "--concurrency", "2"])
         .env("REDIS_URL", redis_url())
         .env("BUILDLOGS_REDIS_PREFIX", &cli.prefix)
+        .env("BUILDLOGS_DATA_DIR", cli.data.path())
         .env("BUILDLOGS_METRICS_LISTEN", "off")
         .env("RUST_LOG", "warn")
         .spawn()
