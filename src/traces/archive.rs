@@ -16,10 +16,11 @@ use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::chunk::{CHUNK_SIZE, combine_crc32};
+use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::flush::chunk_path;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
-use super::model::{Artifact, DataStore, NewArtifact};
+use super::model::{Artifact, ChunkRow, DataStore, NewArtifact};
 use crate::jobs::Clock;
 use crate::stores::objects::{self, MultipartWriter};
 
@@ -31,6 +32,8 @@ pub enum ArchiveError {
     Live(#[from] LiveStoreError),
     #[error("object store: {0}")]
     Objects(#[from] object_store::Error),
+    #[error(transparent)]
+    ChunkRead(#[from] ChunkReadError),
     #[error("build {0} is still running")]
     NotFinished(i64),
     #[error("chunk {index} of build {build} is missing")]
@@ -178,27 +181,21 @@ impl ArchiveService {
         &self,
         build_id: i64,
         index: u64,
-        rows: &[super::model::ChunkRow],
+        rows: &[ChunkRow],
     ) -> Result<Vec<u8>, ArchiveError> {
-        let store = rows
-            .iter()
-            .find(|r| r.chunk_index == index)
-            .map_or(self.live_kind, |r| r.data_store);
-        let bytes = match store {
-            DataStore::Object => Some(
-                objects::get_bytes(self.objects.as_ref(), &chunk_path(build_id, index))
-                    .await?
-                    .to_vec(),
-            ),
-            DataStore::Database if self.live_kind != DataStore::Database => {
-                self.meta.chunk_data(build_id, index).await?
-            }
-            _ => self.live.read_chunk(build_id, index).await?,
+        let source = ChunkSource {
+            meta: self.meta.clone(),
+            live: self.live.clone(),
+            live_kind: self.live_kind,
+            objects: self.objects.clone(),
         };
-        bytes.ok_or(ArchiveError::MissingChunk {
-            build: build_id,
-            index,
-        })
+        source
+            .read(build_id, index, rows)
+            .await?
+            .ok_or(ArchiveError::MissingChunk {
+                build: build_id,
+                index,
+            })
     }
 
     /// Deletes every copy of the chunks: flushed objects, live bytes, rows (in that order, so a

@@ -8,12 +8,14 @@
 //! - [`model`]: the records (builds, chunk rows, pending states, trace metadata, artifacts).
 //! - [`metadata`]: the metadata repository seam (PostgreSQL in production, SQLite embedded).
 //! - [`archive`]: a finished log into one object, checked, recorded, chunks deleted.
+//! - [`chunk_source`]: reading a chunk from wherever it is (readers and the archiver).
 //! - [`flush`]: moving a chunk from the live store to the object store, crash-safe.
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
 pub mod archive;
 pub mod chunk;
+pub mod chunk_source;
 pub mod flush;
 pub mod jobs;
 pub mod live;

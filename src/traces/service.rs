@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use object_store::ObjectStore;
 
 use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
-use super::flush::chunk_path;
+use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
 use super::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
@@ -53,6 +53,8 @@ pub enum TraceError {
     Queue(#[from] BrokerError),
     #[error("object store: {0}")]
     Objects(#[from] object_store::Error),
+    #[error(transparent)]
+    ChunkRead(#[from] ChunkReadError),
 }
 
 /// A registered job and its token (shown once).
@@ -424,6 +426,15 @@ impl TraceService {
         )
     }
 
+    fn chunk_source(&self) -> ChunkSource {
+        ChunkSource {
+            meta: self.meta.clone(),
+            live: self.live.clone(),
+            live_kind: self.live_kind,
+            objects: self.objects.clone(),
+        }
+    }
+
     async fn read_chunks(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
         let length = self.live.length(build_id).await?;
         let to = to.min(length);
@@ -433,8 +444,23 @@ impl TraceService {
         let mut out = Vec::with_capacity((to - from) as usize);
         let first = from / CHUNK_SIZE;
         let last = (to - 1) / CHUNK_SIZE;
+        let source = self.chunk_source();
+        // One read of the rows for the whole range; re-read only when a flush moved a chunk
+        // between the row read and the byte read (the live copy goes only after the flip).
+        let mut rows = self.meta.chunks(build_id).await?;
         for index in first..=last {
-            let chunk = self.chunk_bytes(build_id, index).await?;
+            let chunk = match source.read(build_id, index, &rows).await? {
+                Some(bytes) => bytes,
+                None => {
+                    rows = self.meta.chunks(build_id).await?;
+                    source.read(build_id, index, &rows).await?.ok_or_else(|| {
+                        TraceError::Live(LiveStoreError::Inconsistent {
+                            build: build_id,
+                            detail: format!("chunk {index} is in no store"),
+                        })
+                    })?
+                }
+            };
             let base = index * CHUNK_SIZE;
             let lo = from.saturating_sub(base) as usize;
             let hi = ((to - base) as usize).min(chunk.len());
@@ -443,45 +469,6 @@ impl TraceService {
             }
         }
         Ok(out)
-    }
-
-    /// One chunk's bytes from wherever its row says they are (a chunk without a row is live).
-    /// A flush may move a chunk between the row read and the byte read; the second look sees
-    /// the new place (the live copy is deleted only after the row flipped).
-    async fn chunk_bytes(&self, build_id: i64, index: u64) -> Result<Vec<u8>, TraceError> {
-        for _ in 0..2 {
-            let rows = self.meta.chunks(build_id).await?;
-            let store = rows
-                .iter()
-                .find(|r| r.chunk_index == index)
-                .map_or(self.live_kind, |r| r.data_store);
-            let bytes = match store {
-                DataStore::Redis => self.live.read_chunk(build_id, index).await?,
-                DataStore::Database => match self.live_kind {
-                    DataStore::Database => self.live.read_chunk(build_id, index).await?,
-                    _ => self.meta.chunk_data(build_id, index).await?,
-                },
-                DataStore::Object => {
-                    match crate::stores::objects::get_bytes(
-                        self.objects.as_ref(),
-                        &chunk_path(build_id, index),
-                    )
-                    .await
-                    {
-                        Ok(bytes) => Some(bytes.to_vec()),
-                        Err(e) if crate::stores::objects::is_not_found(&e) => None,
-                        Err(e) => return Err(TraceError::Objects(e)),
-                    }
-                }
-            };
-            if let Some(bytes) = bytes {
-                return Ok(bytes);
-            }
-        }
-        Err(TraceError::Live(LiveStoreError::Inconsistent {
-            build: build_id,
-            detail: format!("chunk {index} is in no store"),
-        }))
     }
 }
 
