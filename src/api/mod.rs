@@ -5,6 +5,7 @@
 mod error;
 mod jobs;
 mod runner;
+mod stream;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v4/jobs/{id}/trace",
             patch(runner::append_trace).get(jobs::trace),
         )
+        .route("/api/v4/jobs/{id}/trace/stream", get(stream::trace_stream))
         .layer(DefaultBodyLimit::max(MAX_PATCH_BYTES))
         .with_state(state)
 }

@@ -470,6 +470,32 @@ impl TraceService {
         }
         Ok(out)
     }
+
+    /// A tailing reader's view of a log (`GET …/trace/stream`): the build's status and the log's
+    /// length, `None` for no such build. Reads are ordered so the answer is never wrong while
+    /// an archive deletes the live copy: the live length first, then the status (a build seen
+    /// running was not archived before that length was read); a finished build's length is
+    /// read after its status (so it is final: the trace was closed before the status was
+    /// committed), live first, then the artifact (none yet: the live length was not deleted).
+    /// Cost: 2 round trips (live store, SQL) while running, 4 once finished.
+    pub async fn tail_position(
+        &self,
+        build_id: i64,
+    ) -> Result<Option<(BuildStatus, u64)>, TraceError> {
+        let live = self.live.length(build_id).await?;
+        let Some(build) = self.meta.build(build_id).await? else {
+            return Ok(None);
+        };
+        if !build.status.is_finished() {
+            return Ok(Some((build.status, live)));
+        }
+        let live = self.live.length(build_id).await?;
+        let length = match self.meta.trace_artifact(build_id).await? {
+            Some(artifact) => artifact.size,
+            None => live,
+        };
+        Ok(Some((build.status, length)))
+    }
 }
 
 #[cfg(test)]
