@@ -108,7 +108,15 @@ impl ArchiveService {
             .increment_archival_attempts(build_id, self.clock.now_ms())
             .await?;
         let length = self.live.length(build_id).await?;
-        let rows = self.meta.chunks(build_id).await?;
+        let mut rows = self.meta.chunks(build_id).await?;
+        // Another run may have archived the log since the check above, and deleted its chunks
+        // and live length: what is left must not replace its object. (If it archives from
+        // here on, it deletes nothing before this run has read the length and the rows; a
+        // chunk deleted under this run is then missing, and this run raises.)
+        if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
+            self.delete_chunks(build_id).await?;
+            return Ok(ArchiveOutcome::AlreadyArchived(artifact));
+        }
         let path = archive_path(
             build_id,
             build.finished_at_ms.unwrap_or_else(|| self.clock.now_ms()),
@@ -118,7 +126,7 @@ impl ArchiveService {
         let mut sha = Sha256::new();
         let mut expected = Vec::new();
         for index in 0..length.div_ceil(CHUNK_SIZE) {
-            let bytes = match self.chunk_bytes(build_id, index, &rows).await {
+            let bytes = match self.chunk_bytes(build_id, index, &mut rows).await {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = upload.abort().await;
@@ -177,11 +185,14 @@ impl ArchiveService {
         Ok(ArchiveOutcome::Archived(artifact))
     }
 
+    /// Chunk `index` where `rows` place it; where they place it when read again if a flush
+    /// moved it meanwhile (it deletes the live copy after flipping the row), and then `rows`
+    /// are the fresh ones.
     async fn chunk_bytes(
         &self,
         build_id: i64,
         index: u64,
-        rows: &[ChunkRow],
+        rows: &mut Vec<ChunkRow>,
     ) -> Result<Vec<u8>, ArchiveError> {
         let source = ChunkSource {
             meta: self.meta.clone(),
@@ -189,6 +200,10 @@ impl ArchiveService {
             live_kind: self.live_kind,
             objects: self.objects.clone(),
         };
+        if let Some(bytes) = source.read(build_id, index, rows).await? {
+            return Ok(bytes);
+        }
+        *rows = self.meta.chunks(build_id).await?;
         source
             .read(build_id, index, rows)
             .await?
@@ -199,16 +214,16 @@ impl ArchiveService {
     }
 
     /// Deletes every copy of the chunks: flushed objects, live bytes, rows (in that order, so a
-    /// crash leaves rows pointing at nothing rather than objects no row names).
+    /// crash leaves rows pointing at nothing rather than objects no row names). The object of a
+    /// chunk whose row is not `object` is deleted too: a flush that crashed after writing it
+    /// left it there (deleting a missing object is cheap and not an error).
     async fn delete_chunks(&self, build_id: i64) -> Result<(), ArchiveError> {
         for row in self.meta.chunks(build_id).await? {
-            if row.data_store == DataStore::Object {
-                objects::delete(
-                    self.objects.as_ref(),
-                    &chunk_path(build_id, row.chunk_index),
-                )
-                .await?;
-            }
+            objects::delete(
+                self.objects.as_ref(),
+                &chunk_path(build_id, row.chunk_index),
+            )
+            .await?;
         }
         self.live.delete_build(build_id).await?;
         self.meta.delete_chunks(build_id).await?;

@@ -5,7 +5,8 @@
 //! 1. read the chunk row (its store and `lock_version`) and the live bytes;
 //! 2. write `chunks/<build_id>/<index>.log` (a deterministic key: a rerun overwrites it);
 //! 3. flip the row to `object` with its size and CRC32, only if `lock_version` is unchanged
-//!    (two flushes, or a flush racing a late append, cannot both win);
+//!    (two flushes, or a flush racing a late append, cannot both win; the loser finds the chunk
+//!    flushed, or its row gone with the archive and then deletes the object it wrote);
 //! 4. delete the live copy last.
 //!
 //! A chunk is flushable when full, or when the job has finished (its last, partial chunk).
@@ -91,7 +92,11 @@ impl FlushService {
             .into_iter()
             .find(|r| r.chunk_index == index);
         if row.is_none() && self.live_kind == DataStore::Redis {
-            // The append that started this chunk died before recording its row.
+            // The append that started this chunk died before recording its row; or the log was
+            // archived (rows and live bytes deleted), and a row created now would outlive it.
+            if self.live.read_chunk(build_id, index).await?.is_none() {
+                return Ok(FlushOutcome::Missing);
+            }
             self.meta
                 .ensure_chunks(build_id, &[index], DataStore::Redis, self.clock.now_ms())
                 .await?;
@@ -138,15 +143,44 @@ impl FlushService {
             raw_data: None,
         };
         if !self.meta.flip_chunk(&flip, self.clock.now_ms()).await? {
-            return Err(FlushError::Raced {
-                build: build_id,
-                index,
-            });
+            return self.lost_flip(build_id, index).await;
         }
         if self.live_kind == DataStore::Redis {
             self.live.delete_chunk(build_id, index).await?;
         }
         metrics::counter!("buildlogs_trace_chunks_flushed_total").increment(1);
         Ok(FlushOutcome::Flushed { size, crc32 })
+    }
+
+    /// After a flip that did not apply, from where the row is now:
+    /// - flipped to the object store by another flush (which wrote the same bytes: a chunk
+    ///   flushes when full or when its trace is closed, so it no longer changes): done;
+    /// - gone: the log was archived while this flush wrote its object, which nothing names
+    ///   any more: delete it;
+    /// - still live at another `lock_version` (a late append): raced, the job retries.
+    async fn lost_flip(&self, build_id: i64, index: u64) -> Result<FlushOutcome, FlushError> {
+        let row = self
+            .meta
+            .chunks(build_id)
+            .await?
+            .into_iter()
+            .find(|r| r.chunk_index == index);
+        match row {
+            Some(row) if row.data_store == DataStore::Object => {
+                if self.live_kind == DataStore::Redis {
+                    self.live.delete_chunk(build_id, index).await?;
+                }
+                Ok(FlushOutcome::AlreadyFlushed)
+            }
+            None => {
+                crate::stores::objects::delete(self.objects.as_ref(), &chunk_path(build_id, index))
+                    .await?;
+                Ok(FlushOutcome::Missing)
+            }
+            Some(_) => Err(FlushError::Raced {
+                build: build_id,
+                index,
+            }),
+        }
     }
 }

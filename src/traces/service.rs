@@ -212,7 +212,14 @@ impl TraceService {
         if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
             return Ok(artifact.size);
         }
-        Ok(self.live.length(build_id).await?)
+        let live = self.live.length(build_id).await?;
+        if live == 0
+            && let Some(artifact) = self.meta.trace_artifact(build_id).await?
+        {
+            // Archived since the check above: the archive deleted the live length.
+            return Ok(artifact.size);
+        }
+        Ok(live)
     }
 
     /// Where the log is: `live`, `flushing` (finished, chunks being moved) or `archived`.
@@ -400,6 +407,14 @@ impl TraceService {
             return self.read_archive(&artifact, from, to).await;
         }
         match self.read_chunks(build_id, from, to).await {
+            // Nothing live: archived since the check above (the archive deletes the live
+            // length), or really nothing there.
+            Ok(bytes) if bytes.is_empty() && from < to => {
+                match self.meta.trace_artifact(build_id).await? {
+                    Some(artifact) => self.read_archive(&artifact, from, to).await,
+                    None => Ok(bytes),
+                }
+            }
             Ok(bytes) => Ok(bytes),
             Err(e) => match self.meta.trace_artifact(build_id).await? {
                 Some(artifact) => self.read_archive(&artifact, from, to).await,

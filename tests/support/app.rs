@@ -17,6 +17,8 @@ use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::archive::ArchiveService;
 use buildlogs::traces::flush::FlushService;
+use buildlogs::traces::live::LiveChunkStore;
+use buildlogs::traces::metadata::MetadataStore;
 use buildlogs::traces::model::DataStore;
 use buildlogs::traces::service::TraceService;
 use http_body_util::BodyExt;
@@ -27,12 +29,49 @@ use super::sql::{TestPostgres, TestSqlite};
 
 pub const ADMIN: &str = "test-admin-token";
 
-/// What `TestApp::build` wires: the router, the broker, the job services.
+/// What `TestApp::build` wires: the router, the broker, the job services, the stores.
 type Built = (
     Router,
     Arc<dyn Broker>,
     (Arc<FlushService>, Arc<ArchiveService>),
+    Parts,
 );
+
+/// The services and stores under the router, for tests that drive or inspect them directly.
+#[derive(Clone)]
+pub struct Parts {
+    pub traces: Arc<TraceService>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub live: Arc<dyn LiveChunkStore>,
+    /// `Redis` (production) or `Database` (embedded).
+    pub live_kind: DataStore,
+    /// The object store the services use (keys relative to the test's prefix).
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl Parts {
+    /// A flush and an archive service over these stores but `store` for objects (e.g. a
+    /// `FaultyObjectStore` around [`Self::store`]).
+    pub fn services_over(&self, store: Arc<dyn ObjectStore>) -> (FlushService, ArchiveService) {
+        let clock = Arc::new(SystemClock);
+        (
+            FlushService::new(
+                self.meta.clone(),
+                self.live.clone(),
+                self.live_kind,
+                store.clone(),
+                clock.clone(),
+            ),
+            ArchiveService::new(
+                self.meta.clone(),
+                self.live.clone(),
+                self.live_kind,
+                store,
+                clock,
+            ),
+        )
+    }
+}
 
 pub struct TestApp {
     pub router: Router,
@@ -44,6 +83,8 @@ pub struct TestApp {
     /// Where flushed chunks and archives go: a local folder (embedded) or a bucket of its own
     /// on the S3-compatible server (production).
     pub objects: TestObjects,
+    /// The services and stores under the router.
+    pub parts: Parts,
     _keep: Keep,
 }
 
@@ -84,7 +125,7 @@ impl TestApp {
         let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
         let live = Arc::new(SqlLiveChunks::sqlite(db.pool.clone()));
         let objects = TestObjects::local();
-        let (router, broker, (flush, archive)) = Self::build(
+        let (router, broker, (flush, archive), parts) = Self::build(
             broker,
             meta,
             live,
@@ -99,6 +140,7 @@ impl TestApp {
             flush,
             archive,
             objects,
+            parts,
             _keep: Keep::Sqlite(db),
         }
     }
@@ -116,7 +158,7 @@ impl TestApp {
         let meta = Arc::new(SqlMetadata::postgres(pg.pool.clone()));
         let live = Arc::new(RedisLiveChunks::new(conn, &prefix));
         let objects = TestObjects::s3(test).unwrap_or_else(TestObjects::local);
-        let (router, broker, (flush, archive)) = Self::build(
+        let (router, broker, (flush, archive), parts) = Self::build(
             broker,
             meta,
             live,
@@ -131,6 +173,7 @@ impl TestApp {
             flush,
             archive,
             objects,
+            parts,
             _keep: Keep::Production(pg, prefix),
         }
     }
@@ -161,15 +204,46 @@ impl TestApp {
             objects.clone(),
             clock.clone(),
         ));
-        let mut traces = TraceService::new(meta, live, kind, objects, jobs, clock);
+        let mut traces = TraceService::new(
+            meta.clone(),
+            live.clone(),
+            kind,
+            objects.clone(),
+            jobs,
+            clock,
+        );
         if let Some(max) = max_trace_size {
             traces = traces.with_max_trace_size(max);
         }
+        let traces = Arc::new(traces);
+        let parts = Parts {
+            traces: traces.clone(),
+            meta,
+            live,
+            live_kind: kind,
+            store: objects,
+        };
         let state = AppState {
-            traces: Arc::new(traces),
+            traces,
             admin_token: ADMIN.into(),
         };
-        (router(state), broker, (flush, archive))
+        (router(state), broker, (flush, archive), parts)
+    }
+
+    /// The first column of the first row of `sql` on this stack's database, as an integer
+    /// (`None`: no row, or NULL). Each test has its database (schema) to itself.
+    pub async fn scalar_i64(&self, sql: &'static str) -> Option<i64> {
+        match &self._keep {
+            Keep::Sqlite(db) => sqlx::query_scalar::<_, Option<i64>>(sql)
+                .fetch_optional(&db.pool)
+                .await
+                .map(Option::flatten),
+            Keep::Production(pg, _) => sqlx::query_scalar::<_, Option<i64>>(sql)
+                .fetch_optional(&pg.pool)
+                .await
+                .map(Option::flatten),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {

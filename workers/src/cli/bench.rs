@@ -32,6 +32,8 @@ pub enum Bench {
     Queue(QueueArgs),
     /// Concurrent runners PATCHing a running web server on the production stack.
     Append(super::bench_append::AppendArgs),
+    /// Flush and archive throughput for one large log on the production stack.
+    Archive(super::bench_archive::ArchiveArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -70,6 +72,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Queue(args) => queue(args).await,
         Bench::Append(args) => super::bench_append::run(args).await,
+        Bench::Archive(args) => super::bench_archive::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }
@@ -293,7 +296,7 @@ async fn redis_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Re
 }
 
 /// (user+system CPU seconds, peak RSS MB) of a process, from /proc.
-fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
     let after = stat

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_append;
+pub mod bench_archive;
 pub mod cron;
 pub mod dead;
 pub mod limits;
