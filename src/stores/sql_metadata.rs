@@ -14,8 +14,8 @@
 //! 4. Trace metadata: `record_checksums` and `increment_archival_attempts` upsert the row;
 //!    `record_archive` inserts the `trace` artifact and points the metadata at it.
 //!
-//! Callers: the runner API (builds, pending states, checksums, `ensure_chunks` when an append
-//! starts a Redis chunk), the chunk flush (`chunks`, `flip_chunk`), readers (`chunks`,
+//! Callers: the runner API (builds, pending states, checksums), the chunk flush
+//! (`ensure_chunks` for a live chunk's first row, `chunks`, `flip_chunk`), readers (`chunks`,
 //! `chunk_data`, `trace_artifact`), the archiver (attempts, `record_archive`, `delete_chunks`).
 //!
 //! Guarantees (those of [`MetadataStore`]; `tests/metadata_conformance.rs` runs them on both
