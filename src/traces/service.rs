@@ -279,11 +279,7 @@ impl TraceService {
                 Err(TraceError::NotRunning(status))
             }
             AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
-            AppendOutcome::Appended {
-                length,
-                filled,
-                ..
-            } => {
+            AppendOutcome::Appended { length, filled, .. } => {
                 // No SQL here: a live chunk needs no row (readers and the final PUT go by the
                 // live length); the flush creates the row when the chunk leaves the live store.
                 if !filled.is_empty() {
