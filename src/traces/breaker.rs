@@ -123,7 +123,7 @@ impl ObjectStoreBreaker {
     }
 
     /// An object-store call failed; opens the breaker at the threshold.
-    pub async fn record_failure(&self, error: &dyn std::fmt::Display) {
+    pub async fn record_failure(&self, error: &(dyn std::fmt::Display + Sync)) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::counter!("buildlogs_object_store_failures_total").increment(1);
         if failures >= self.config.failure_threshold && !self.open.load(Ordering::Relaxed) {

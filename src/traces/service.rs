@@ -335,10 +335,12 @@ impl TraceService {
         let rows = self.meta.chunks(build_id).await?;
         let chunk_count = length.div_ceil(CHUNK_SIZE);
         let unflushed: Vec<u64> = (0..chunk_count)
+            // Flushed = out of the live store with its CRC32: in the object store, or in the
+            // database while the object store is down.
             .filter(|i| {
                 rows.iter()
                     .find(|r| r.chunk_index == *i)
-                    .is_none_or(|r| r.data_store != DataStore::Object)
+                    .is_none_or(|r| r.crc32.is_none())
             })
             .collect();
         let elapsed = now - pending.created_at_ms;

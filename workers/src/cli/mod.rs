@@ -5,5 +5,6 @@ pub mod bench_append;
 pub mod cron;
 pub mod dead;
 pub mod limits;
+pub mod recover;
 pub mod status;
 pub mod table;
