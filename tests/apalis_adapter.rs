@@ -772,6 +772,15 @@ impl Broker for FlakyBroker {
         self.inner.dead_discard(queue, id).await
     }
 
+    async fn release_scheduled(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        self.inner.release_scheduled(queue, max, now_ms).await
+    }
+
     async fn dead_trim(
         &self,
         queue: &str,

@@ -84,6 +84,50 @@ async fn scheduled_job_waits_for_its_time(b: &TestBroker) {
     );
 }
 
+async fn released_scheduled_jobs_are_due_at_once_earliest_first(b: &TestBroker) {
+    b.broker
+        .enqueue(
+            vec![
+                at(job("in-an-hour"), T0 + 3_600_000),
+                at(job("in-a-minute"), T0 + 60_000),
+                at(job("in-a-day"), T0 + 86_400_000),
+                job("now"),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(&b.broker.fetch(Q, 10, LEASE, T0).await.unwrap()),
+        vec!["now"]
+    );
+    assert_eq!(b.broker.release_scheduled(Q, 2, T0 + 1).await.unwrap(), 2);
+    assert_eq!(
+        payloads(&b.broker.fetch(Q, 10, LEASE, T0 + 1).await.unwrap()),
+        vec!["in-a-minute", "in-an-hour"]
+    );
+    assert_eq!(b.broker.release_scheduled(Q, 2, T0 + 2).await.unwrap(), 1);
+    assert_eq!(b.broker.release_scheduled(Q, 2, T0 + 2).await.unwrap(), 0);
+    assert_eq!(
+        payloads(&b.broker.fetch(Q, 10, LEASE, T0 + 2).await.unwrap()),
+        vec!["in-a-day"]
+    );
+    // Another queue's jobs stay where they are.
+    b.broker
+        .enqueue(
+            vec![NewJob {
+                envelope: Envelope::new("other", "elsewhere".into(), 3, T0),
+                run_at_ms: Some(T0 + 60_000),
+                dedup_ttl: Duration::from_secs(3600),
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.broker.release_scheduled(Q, 10, T0 + 3).await.unwrap(), 0);
+    assert_eq!(b.broker.stats("other", T0 + 3).await.unwrap().scheduled, 1);
+}
+
 async fn global_limit_caps_leased_jobs_and_changes_at_runtime(b: &TestBroker) {
     b.broker
         .enqueue((0..10).map(|i| job(&i.to_string())).collect(), T0)
@@ -707,6 +751,7 @@ on_both_brokers!(
     enqueue_then_fetch_delivers_in_order_as_attempt_one,
     fetch_takes_at_most_max,
     scheduled_job_waits_for_its_time,
+    released_scheduled_jobs_are_due_at_once_earliest_first,
     global_limit_caps_leased_jobs_and_changes_at_runtime,
     complete_removes_the_job_and_counts_it,
     retry_is_scheduled_and_the_next_delivery_is_the_next_attempt,

@@ -254,6 +254,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Deletes a dead job; false if it is not there.
     async fn dead_discard(&self, queue: &str, id: &str) -> Result<bool, BrokerError>;
 
+    /// Makes up to `max` scheduled jobs of `queue` due at `now_ms`, earliest first: retries
+    /// waiting out their backoff, snoozed jobs, jobs enqueued for later. What a circuit breaker
+    /// does when the store its jobs wait for is back. Returns how many; call again while it
+    /// returns `max`.
+    async fn release_scheduled(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError>;
+
     /// Drops dead jobs beyond the bounds (oldest first).
     async fn dead_trim(
         &self,

@@ -14,8 +14,8 @@
 //! 4. Trace metadata: `record_checksums` and `increment_archival_attempts` upsert the row;
 //!    `record_archive` inserts the `trace` artifact and points the metadata at it.
 //!
-//! Callers: the runner API (builds, pending states, checksums, `ensure_chunks` when an append
-//! starts a Redis chunk), the chunk flush (`chunks`, `flip_chunk`), readers (`chunks`,
+//! Callers: the runner API (builds, pending states, checksums), the chunk flush
+//! (`ensure_chunks` for a live chunk's first row, `chunks`, `flip_chunk`), readers (`chunks`,
 //! `chunk_data`, `trace_artifact`), the archiver (attempts, `record_archive`, `delete_chunks`).
 //!
 //! Guarantees (those of [`MetadataStore`]; `tests/metadata_conformance.rs` runs them on both
@@ -52,7 +52,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::{PgPool, SqlitePool};
 
 use super::sql_live::{migrate_postgres, migrate_sqlite};
-use crate::traces::metadata::{ChunkFlip, MetadataError, MetadataStore};
+use crate::traces::metadata::{BreakerRecord, ChunkFlip, MetadataError, MetadataStore};
 use crate::traces::model::{
     Artifact, Build, BuildStatus, ChunkRow, DataStore, NewArtifact, PendingState, TraceMetadata,
 };
@@ -172,6 +172,18 @@ struct Statements {
     insert_artifact: &'static str,
     /// $1 build, $2 checksum, $3 artifact id, $4 now.
     record_archived: &'static str,
+    /// $1 build, $2 now.
+    mark_trace_archived: &'static str,
+    /// $1 after id, $2 finished before, $3 limit → build ids.
+    stale_traces: &'static str,
+    /// $1 name → position.
+    cursor: &'static str,
+    /// $1 name, $2 position, $3 now.
+    set_cursor: &'static str,
+    /// $1 name → state, reason, changed at.
+    breaker: &'static str,
+    /// $1 name, $2 state, $3 reason, $4 now.
+    set_breaker: &'static str,
 }
 
 /// SQLite: `BEGIN IMMEDIATE` takes the write lock at once (a deferred transaction that read
@@ -247,6 +259,21 @@ const SQLITE: Statements = Statements {
          (build_id, checksum, trace_artifact_id, archived_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (build_id) DO UPDATE SET checksum = excluded.checksum, \
          trace_artifact_id = excluded.trace_artifact_id, archived_at = excluded.archived_at",
+    mark_trace_archived: "UPDATE builds SET trace_archived_at = $2 WHERE id = $1",
+    // The partial index `builds_unarchived_traces` holds exactly the rows this walks.
+    stale_traces: "SELECT id FROM builds \
+         WHERE finished_at IS NOT NULL AND trace_archived_at IS NULL \
+         AND id > $1 AND finished_at < $2 ORDER BY id LIMIT $3",
+    cursor: "SELECT position FROM cursors WHERE name = $1",
+    set_cursor: "INSERT INTO cursors (name, position, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+         updated_at = excluded.updated_at",
+    breaker: "SELECT state, reason, changed_at FROM circuit_breakers WHERE name = $1",
+    set_breaker: "INSERT INTO circuit_breakers (name, state, reason, changed_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET state = excluded.state, reason = excluded.reason, \
+         changed_at = CASE WHEN circuit_breakers.state = excluded.state \
+         THEN circuit_breakers.changed_at ELSE excluded.changed_at END",
 };
 
 /// PostgreSQL (READ COMMITTED): `lock_build` takes the build row's `FOR NO KEY UPDATE` lock,
@@ -272,6 +299,12 @@ const POSTGRES: Statements = Statements {
     trace_artifact: SQLITE.trace_artifact,
     insert_artifact: SQLITE.insert_artifact,
     record_archived: SQLITE.record_archived,
+    mark_trace_archived: SQLITE.mark_trace_archived,
+    stale_traces: SQLITE.stale_traces,
+    cursor: SQLITE.cursor,
+    set_cursor: SQLITE.set_cursor,
+    breaker: SQLITE.breaker,
+    set_breaker: SQLITE.set_breaker,
 };
 
 enum Db {
@@ -734,6 +767,11 @@ impl MetadataStore for SqlMetadata {
                         .bind(now_ms)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(q.mark_trace_archived)
+                        .bind(build)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
                     tx.commit().await?;
                     row
                 }
@@ -750,6 +788,77 @@ impl MetadataStore for SqlMetadata {
                 .await?
         });
         row.map(to_artifact).transpose()
+    }
+
+    async fn stale_traces(
+        &self,
+        after_id: i64,
+        finished_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>, MetadataError> {
+        Ok(on_db!(&self.db, |pool, q| {
+            sqlx::query_scalar(q.stale_traces)
+                .bind(after_id)
+                .bind(finished_before_ms)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<i64>, MetadataError> {
+        Ok(on_db!(&self.db, |pool, q| {
+            sqlx::query_scalar(q.cursor)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    async fn set_cursor(
+        &self,
+        name: &str,
+        position: i64,
+        now_ms: i64,
+    ) -> Result<(), MetadataError> {
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.set_cursor)
+                .bind(name)
+                .bind(position)
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn breaker(&self, name: &str) -> Result<Option<BreakerRecord>, MetadataError> {
+        let row: Option<(String, Option<String>, i64)> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.breaker)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(|(state, reason, changed_at_ms)| BreakerRecord {
+            name: name.to_owned(),
+            open: state == "open",
+            reason,
+            changed_at_ms,
+        }))
+    }
+
+    async fn set_breaker(&self, record: &BreakerRecord) -> Result<(), MetadataError> {
+        let state = if record.open { "open" } else { "closed" };
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.set_breaker)
+                .bind(record.name.as_str())
+                .bind(state)
+                .bind(record.reason.as_deref())
+                .bind(record.changed_at_ms)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 }
 

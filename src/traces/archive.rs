@@ -15,6 +15,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
+use super::breaker::ObjectStoreBreaker;
 use super::chunk::{CHUNK_SIZE, combine_crc32};
 use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::flush::chunk_path;
@@ -36,6 +37,9 @@ pub enum ArchiveError {
     ChunkRead(#[from] ChunkReadError),
     #[error("build {0} is still running")]
     NotFinished(i64),
+    /// The object store's circuit breaker is open: wait for it (no attempt spent).
+    #[error("the object store is down (circuit breaker open)")]
+    StorageUnavailable,
     #[error("chunk {index} of build {build} is missing")]
     MissingChunk { build: i64, index: u64 },
     /// The bytes streamed do not match the chunks' own CRCs: do not record or delete anything.
@@ -72,6 +76,17 @@ pub struct ArchiveService {
     live_kind: DataStore,
     objects: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
+    breaker: Option<Arc<ObjectStoreBreaker>>,
+}
+
+impl ArchiveError {
+    /// An error of the object store itself (what the circuit breaker counts).
+    pub fn is_object_store(&self) -> bool {
+        matches!(
+            self,
+            ArchiveError::Objects(_) | ArchiveError::ChunkRead(ChunkReadError::Objects(_))
+        )
+    }
 }
 
 impl ArchiveService {
@@ -88,10 +103,33 @@ impl ArchiveService {
             live_kind,
             objects,
             clock,
+            breaker: None,
         }
     }
 
+    /// Refuses to start while `breaker` is open, and tells it how the store answers.
+    pub fn with_breaker(mut self, breaker: Arc<ObjectStoreBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
     pub async fn archive(&self, build_id: i64) -> Result<ArchiveOutcome, ArchiveError> {
+        let Some(breaker) = &self.breaker else {
+            return self.archive_unguarded(build_id).await;
+        };
+        if breaker.is_open().await {
+            return Err(ArchiveError::StorageUnavailable);
+        }
+        let result = self.archive_unguarded(build_id).await;
+        match &result {
+            Err(e) if e.is_object_store() => breaker.record_failure(e).await,
+            Err(_) => {}
+            Ok(_) => breaker.record_success(),
+        }
+        result
+    }
+
+    async fn archive_unguarded(&self, build_id: i64) -> Result<ArchiveOutcome, ArchiveError> {
         let build = self
             .meta
             .build(build_id)

@@ -9,6 +9,10 @@
 //!    flushed, or its row gone with the archive and then deletes the object it wrote);
 //! 4. delete the live copy last.
 //!
+//! While the object store's circuit breaker is open, step 2 is skipped and step 3 flips the
+//! row to `database` with the bytes in it instead: the live copy still goes, so Redis memory
+//! stays bounded through an outage, and the archive later moves the bytes on.
+//!
 //! A chunk is flushable when full, or when the job has finished (its last, partial chunk).
 //! Readers find a chunk by its row, so between 3 and 4 they read the object, never a hole.
 
@@ -17,10 +21,11 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+use super::breaker::ObjectStoreBreaker;
 use super::chunk::CHUNK_SIZE;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{ChunkFlip, MetadataError, MetadataStore};
-use super::model::DataStore;
+use super::model::{ChunkRow, DataStore};
 use crate::jobs::Clock;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,11 @@ pub enum FlushOutcome {
     },
     /// Already in the object store (a repeated flush); any leftover live copy was dropped.
     AlreadyFlushed,
+    /// The object store is down (breaker open): the chunk went to the database instead.
+    FlushedToDatabase {
+        size: u64,
+        crc32: u32,
+    },
     /// Partial chunk of a running job: it will be flushed when full or when the job ends.
     NotYet,
     /// No such chunk.
@@ -62,6 +72,7 @@ pub struct FlushService {
     live_kind: DataStore,
     objects: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
+    breaker: Option<Arc<ObjectStoreBreaker>>,
 }
 
 impl FlushService {
@@ -78,7 +89,14 @@ impl FlushService {
             live_kind,
             objects,
             clock,
+            breaker: None,
         }
+    }
+
+    /// Flushes to the database while `breaker` is open, and tells it how the store answers.
+    pub fn with_breaker(mut self, breaker: Arc<ObjectStoreBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     pub async fn flush(&self, build_id: i64, index: u64) -> Result<FlushOutcome, FlushError> {
@@ -92,8 +110,8 @@ impl FlushService {
             .into_iter()
             .find(|r| r.chunk_index == index);
         if row.is_none() && self.live_kind == DataStore::Redis {
-            // The append that started this chunk died before recording its row; or the log was
-            // archived (rows and live bytes deleted), and a row created now would outlive it.
+            // A live chunk has no row (appends write none): create it at lock_version 0, unless
+            // the log was archived (rows and live bytes deleted): a row would outlive it.
             if self.live.read_chunk(build_id, index).await?.is_none() {
                 return Ok(FlushOutcome::Missing);
             }
@@ -110,6 +128,13 @@ impl FlushService {
         let Some(row) = row else {
             return Ok(FlushOutcome::Missing);
         };
+        if self.live_kind == DataStore::Redis
+            && row.data_store == DataStore::Database
+            && row.crc32.is_some()
+        {
+            // Flushed to the database during an outage: the archive moves it on.
+            return Ok(FlushOutcome::AlreadyFlushed);
+        }
         if row.data_store == DataStore::Object {
             if self.live_kind == DataStore::Redis {
                 self.live.delete_chunk(build_id, index).await?;
@@ -127,12 +152,24 @@ impl FlushService {
         }
         let crc32 = crc32fast::hash(&data);
         let size = data.len() as u64;
-        crate::stores::objects::put_bytes(
+        if let Some(breaker) = &self.breaker
+            && breaker.is_open().await
+        {
+            return self.flush_to_database(&row, data, crc32).await;
+        }
+        let put = crate::stores::objects::put_bytes(
             self.objects.as_ref(),
             &chunk_path(build_id, index),
             data,
         )
-        .await?;
+        .await;
+        if let Some(breaker) = &self.breaker {
+            match &put {
+                Ok(_) => breaker.record_success(),
+                Err(e) => breaker.record_failure(e).await,
+            }
+        }
+        put?;
         let flip = ChunkFlip {
             build_id,
             chunk_index: index,
@@ -182,5 +219,37 @@ impl FlushService {
                 index,
             }),
         }
+    }
+
+    /// The outage path: the bytes into the chunk's row (`database`, with its CRC32), then the
+    /// live copy deleted, as a flush to the object store would.
+    async fn flush_to_database(
+        &self,
+        row: &ChunkRow,
+        data: Vec<u8>,
+        crc32: u32,
+    ) -> Result<FlushOutcome, FlushError> {
+        let (build_id, index) = (row.build_id, row.chunk_index);
+        let size = data.len() as u64;
+        let flip = ChunkFlip {
+            build_id,
+            chunk_index: index,
+            expected_lock_version: row.lock_version,
+            to: DataStore::Database,
+            size,
+            crc32,
+            raw_data: Some(data),
+        };
+        if !self.meta.flip_chunk(&flip, self.clock.now_ms()).await? {
+            return Err(FlushError::Raced {
+                build: build_id,
+                index,
+            });
+        }
+        if self.live_kind == DataStore::Redis {
+            self.live.delete_chunk(build_id, index).await?;
+        }
+        metrics::counter!("buildlogs_trace_chunks_flushed_to_database_total").increment(1);
+        Ok(FlushOutcome::FlushedToDatabase { size, crc32 })
     }
 }

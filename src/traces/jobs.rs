@@ -63,3 +63,32 @@ impl Job for ArchiveTrace {
         Some(self.build_id.to_string())
     }
 }
+
+/// One run of stale-trace recovery ([`super::recovery::TraceRecovery::run`]), fired by cron
+/// (every 5 minutes by default) or `buildlogs recover`. One at a time: dedup until executed.
+/// A run stops at its time budget, so the job's timeout only catches a hung store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverStaleTraces {}
+
+impl Job for RecoverStaleTraces {
+    const NAME: &'static str = "recover_stale_traces";
+
+    fn options() -> JobOptions {
+        JobOptions {
+            max_attempts: 3,
+            retry: RetrySchedule::Exponential {
+                min: Duration::from_secs(10),
+                factor: 2.0,
+                max: Duration::from_secs(120),
+                jitter: true,
+            },
+            dedup: Dedup::until_executed(Duration::from_secs(3600)),
+            timeout: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    fn dedup_key(&self) -> Option<String> {
+        Some("run".to_owned())
+    }
+}

@@ -19,7 +19,7 @@ pub enum AppendOutcome {
     Appended {
         /// The trace length after the append.
         length: u64,
-        /// Chunks this append wrote the first bytes of (their metadata rows must exist).
+        /// Chunks this append wrote the first bytes of (no row yet: the flush writes it).
         started: Vec<u64>,
         /// Chunks this append filled (to be flushed).
         filled: Vec<u64>,

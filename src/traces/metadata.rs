@@ -122,4 +122,37 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// A build's trace artifact, if archived.
     async fn trace_artifact(&self, build_id: i64) -> Result<Option<Artifact>, MetadataError>;
+
+    /// Stale-trace recovery's batch: ids of finished builds whose log is not archived, finished
+    /// before `finished_before_ms`, above `after_id`; at most `limit`, ascending. Costs an index
+    /// range scan over unarchived builds only, however many builds there are.
+    async fn stale_traces(
+        &self,
+        after_id: i64,
+        finished_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>, MetadataError>;
+
+    /// A named cursor's position (`None` before its first [`Self::set_cursor`]).
+    async fn cursor(&self, name: &str) -> Result<Option<i64>, MetadataError>;
+
+    async fn set_cursor(&self, name: &str, position: i64, now_ms: i64)
+    -> Result<(), MetadataError>;
+
+    /// A circuit breaker's shared state (`None`: never opened, so closed).
+    async fn breaker(&self, name: &str) -> Result<Option<BreakerRecord>, MetadataError>;
+
+    /// Stores a breaker's state; `changed_at_ms` moves only when the state changes.
+    async fn set_breaker(&self, record: &BreakerRecord) -> Result<(), MetadataError>;
+}
+
+/// A circuit breaker's state as every process sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerRecord {
+    pub name: String,
+    pub open: bool,
+    /// The error that opened it.
+    pub reason: Option<String>,
+    /// When it last opened or closed.
+    pub changed_at_ms: i64,
 }

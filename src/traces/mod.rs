@@ -10,10 +10,13 @@
 //! - [`archive`]: a finished log into one object, checked, recorded, chunks deleted.
 //! - [`chunk_source`]: reading a chunk from wherever it is (readers and the archiver).
 //! - [`flush`]: moving a chunk from the live store to the object store, crash-safe.
+//! - [`breaker`]: the object store's circuit breaker (database fallback, snoozed archives,
+//!   release when storage is back); [`recovery`]: the stale-trace sweep, in bounded batches.
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
 pub mod archive;
+pub mod breaker;
 pub mod chunk;
 pub mod chunk_source;
 pub mod flush;
@@ -21,5 +24,6 @@ pub mod jobs;
 pub mod live;
 pub mod metadata;
 pub mod model;
+pub mod recovery;
 pub mod service;
 pub mod tokens;

@@ -4,15 +4,14 @@
 //! 1. `create_build`: register a job (`running`) with a fresh job token (returned once).
 //! 2. `append`: authenticate the job token, refuse a job that is not running (403), enforce the
 //!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
-//!    the current length otherwise), record the chunk rows a write started, and enqueue a flush
-//!    of every chunk it filled.
+//!    the current length otherwise), and enqueue a flush of every chunk it filled.
 //! 3. `finish`: the runner's final PUT (close the trace, flush, validate the CRC32, commit,
 //!    enqueue the archive).
 //! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
 //!
 //! Cost per PATCH on the production stack: one Redis script (the append, which also refuses a
-//! closed trace), one SQL read of the build at most every 2 s per build, one SQL insert per
-//! 128 KiB chunk started and one enqueue per chunk filled.
+//! closed trace), one SQL read of the build at most once a minute per build, and one enqueue
+//! per 128 KiB chunk filled. No SQL write: a live chunk has no row until its flush.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,12 +118,15 @@ pub struct TraceService {
     clock: Arc<dyn Clock>,
     max_trace_size: u64,
     /// Recently checked running builds: id → (token digest, checked at, ms). Saves the SQL read
-    /// on most PATCHes; a finished build is still refused by the live store's closed flag.
+    /// on almost every PATCH; a finished build is still refused by the live store's closed flag.
     running: Mutex<HashMap<i64, (String, i64)>>,
 }
 
-/// How long a "running" answer from the database is trusted for appends.
-const RUNNING_CACHE_MS: i64 = 2_000;
+/// How long a "running" answer from the database is trusted for appends. Any length is safe:
+/// a token never changes, and a build stops running only through the final PUT or the size
+/// limit, which both close the live trace first, so the live store refuses the append. It only
+/// bounds how stale the cache may be: one SQL read per build per minute on the PATCH path.
+const RUNNING_CACHE_MS: i64 = 60_000;
 
 /// Entries kept at most (then the cache starts over): bounded memory with any number of jobs.
 const RUNNING_CACHE_MAX: usize = 100_000;
@@ -284,16 +286,9 @@ impl TraceService {
                 Err(TraceError::NotRunning(status))
             }
             AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
-            AppendOutcome::Appended {
-                length,
-                started,
-                filled,
-            } => {
-                if self.live_kind == DataStore::Redis && !started.is_empty() {
-                    self.meta
-                        .ensure_chunks(build_id, &started, DataStore::Redis, self.clock.now_ms())
-                        .await?;
-                }
+            AppendOutcome::Appended { length, filled, .. } => {
+                // No SQL here: a live chunk needs no row (readers and the final PUT go by the
+                // live length); the flush creates the row when the chunk leaves the live store.
                 if !filled.is_empty() {
                     let flushes: Vec<FlushTraceChunk> = filled
                         .iter()
@@ -347,10 +342,12 @@ impl TraceService {
         let rows = self.meta.chunks(build_id).await?;
         let chunk_count = length.div_ceil(CHUNK_SIZE);
         let unflushed: Vec<u64> = (0..chunk_count)
+            // Flushed = out of the live store with its CRC32: in the object store, or in the
+            // database while the object store is down.
             .filter(|i| {
                 rows.iter()
                     .find(|r| r.chunk_index == *i)
-                    .is_none_or(|r| r.data_store != DataStore::Object)
+                    .is_none_or(|r| r.crc32.is_none())
             })
             .collect();
         let elapsed = now - pending.created_at_ms;

@@ -9,8 +9,12 @@ use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::cron::Scheduler;
 use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
+use buildlogs::traces::breaker::BreakerConfig;
+use buildlogs::traces::recovery::RecoveryConfig;
 use buildlogs::traces::service::TraceService;
 use tokio_util::sync::CancellationToken;
+
+use crate::jobs::HandlerConfig;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -27,6 +31,67 @@ pub struct WorkerArgs {
         default_value = "127.0.0.1:9394"
     )]
     pub metrics_listen: String,
+    #[command(flatten)]
+    pub outage: OutageArgs,
+}
+
+/// How flushes and archives ride out an object-store outage, and how stale traces are found.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutageArgs {
+    /// Consecutive object-store failures (in one worker process) that open the breaker.
+    #[arg(long, env = "BUILDLOGS_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// Seconds between probes of the object store while the breaker is open.
+    #[arg(long, env = "BUILDLOGS_BREAKER_PROBE_SECONDS", default_value_t = 5)]
+    pub breaker_probe_seconds: u64,
+    /// A finished job's log not archived after this many minutes is stale (recovery archives it).
+    #[arg(long, env = "BUILDLOGS_RECOVERY_STALE_MINUTES", default_value_t = 60)]
+    pub recovery_stale_minutes: u64,
+    /// Stale builds read, and archives enqueued, per batch.
+    #[arg(long, env = "BUILDLOGS_RECOVERY_BATCH", default_value_t = 1000)]
+    pub recovery_batch: u32,
+    /// Archive jobs queued or running at most before recovery waits (when the archive queue
+    /// has no global limit; `buildlogs limits set archive_trace N` wins).
+    #[arg(long, env = "BUILDLOGS_ARCHIVE_CAPACITY", default_value_t = 32)]
+    pub archive_capacity: u32,
+}
+
+impl OutageArgs {
+    pub fn handler_config(&self) -> HandlerConfig {
+        HandlerConfig {
+            breaker: BreakerConfig {
+                failure_threshold: self.breaker_failures.max(1),
+                probe_interval: Duration::from_secs(self.breaker_probe_seconds.max(1)),
+                ..BreakerConfig::default()
+            },
+            recovery: RecoveryConfig {
+                stale_after: Duration::from_secs(self.recovery_stale_minutes * 60),
+                batch: self.recovery_batch.max(1),
+                default_capacity: self.archive_capacity.max(1),
+                ..RecoveryConfig::default()
+            },
+        }
+    }
+}
+
+/// The scheduler's cron schedules.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    /// When stale-trace recovery runs (cron, with seconds: `sec min hour dom month dow`).
+    #[arg(long, env = "BUILDLOGS_RECOVERY_CRON", default_value = "0 */5 * * * *")]
+    pub recovery_cron: String,
+}
+
+impl SchedulerArgs {
+    /// The settings from env vars and defaults alone (no subcommand given).
+    pub fn parse_defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: SchedulerArgs,
+        }
+        <Only as clap::Parser>::parse_from(["buildlogs"]).args
+    }
 }
 
 impl WorkerArgs {
@@ -119,22 +184,29 @@ async fn run_worker(stack: &Stack, args: &WorkerArgs, shutdown: CancellationToke
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::new(
-        stack.broker.clone(),
-        Arc::new(SystemClock),
-        crate::jobs::registry(stack),
-        config,
-    );
+    let (registry, breaker) = crate::jobs::registry(stack, &args.outage.handler_config());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let probe = tokio::spawn(breaker.run_probe(
+        stack.objects.clone(),
+        JobClient::new(stack.broker.clone(), clock.clone()),
+        shutdown.clone(),
+    ));
+    let runtime = Runtime::new(stack.broker.clone(), clock, registry, config);
     tracing::info!(concurrency = args.concurrency, "worker started");
     runtime.run(shutdown).await;
+    let _ = probe.await;
 }
 
-pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
+pub async fn scheduler(settings: &Settings, args: SchedulerArgs) -> anyhow::Result<()> {
     let broker = settings
         .open_broker()
         .await
         .context("opening the job queue")?;
-    let scheduler = Scheduler::new(broker, Arc::new(SystemClock), crate::schedules::entries()?);
+    let scheduler = Scheduler::new(
+        broker,
+        Arc::new(SystemClock),
+        crate::schedules::entries(&args)?,
+    );
     tracing::info!("scheduler started");
     scheduler.run(shutdown_on_signal()).await;
     Ok(())
@@ -150,13 +222,14 @@ pub async fn all(
     settings: &Settings,
     worker_args: WorkerArgs,
     web_args: WebArgs,
+    scheduler_args: SchedulerArgs,
 ) -> anyhow::Result<()> {
     let stack = settings.open_stack().await.context("opening the stores")?;
     let shutdown = shutdown_on_signal();
     let scheduler = Scheduler::new(
         stack.broker.clone(),
         Arc::new(SystemClock),
-        crate::schedules::entries()?,
+        crate::schedules::entries(&scheduler_args)?,
     );
     let (web, (), ()) = tokio::join!(
         serve_web(&stack, &web_args, shutdown.clone()),

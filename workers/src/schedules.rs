@@ -1,8 +1,15 @@
-//! The cron schedules the `scheduler` role fires. The stale-trace recovery and artifact expiry
-//! crons join this list with the build-log workers.
+//! The cron schedules the `scheduler` role fires: stale-trace recovery (and, with it, the
+//! bounded loops that keep the stores tidy).
 
 use buildlogs::jobs::cron::{CronEntry, CronError};
+use buildlogs::traces::jobs::RecoverStaleTraces;
 
-pub fn entries() -> Result<Vec<CronEntry>, CronError> {
-    Ok(Vec::new())
+use crate::roles::SchedulerArgs;
+
+pub fn entries(args: &SchedulerArgs) -> Result<Vec<CronEntry>, CronError> {
+    Ok(vec![CronEntry::new(
+        "recover_stale_traces",
+        &args.recovery_cron,
+        RecoverStaleTraces {},
+    )?])
 }

@@ -52,6 +52,7 @@ struct Scripts {
     dead: Script,
     dead_trim: Script,
     cron_fire: Script,
+    release: Script,
 }
 
 pub struct RedisBroker {
@@ -82,6 +83,7 @@ impl RedisBroker {
                 dead: script!("dead.lua"),
                 dead_trim: script!("dead_trim.lua"),
                 cron_fire: script!("cron_fire.lua"),
+                release: script!("release.lua"),
             },
             registered: Mutex::new(HashSet::new()),
         }
@@ -430,6 +432,23 @@ impl Broker for RedisBroker {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(found == 1)
+    }
+
+    async fn release_scheduled(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        let released: u64 = self
+            .scripts
+            .release
+            .key(self.keys.base(queue))
+            .arg(now_ms)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(released)
     }
 
     async fn dead_trim(

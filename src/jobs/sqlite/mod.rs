@@ -669,6 +669,21 @@ impl Broker for SqliteBroker {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn release_scheduled(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        let done = sqlx::query(q::RELEASE_SCHEDULED)
+            .bind(queue)
+            .bind(now_ms)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn dead_trim(
         &self,
         queue: &str,

@@ -121,6 +121,10 @@ pub const DEAD_RETRY: &str = concat!(
     tail_seq!(),
     " WHERE queue = ?1 AND id = ?2 AND state = 'dead'"
 );
+/// Makes up to ?3 scheduled jobs of queue ?1 due at ?2, earliest first.
+pub const RELEASE_SCHEDULED: &str = "UPDATE jobs SET run_at_ms = ?2 WHERE id IN \
+     (SELECT id FROM jobs WHERE queue = ?1 AND state = 'scheduled' AND run_at_ms > ?2 \
+      ORDER BY run_at_ms, id LIMIT ?3)";
 pub const DEAD_DISCARD: &str = "DELETE FROM jobs WHERE queue = ?1 AND id = ?2 AND state = 'dead'";
 pub const DEAD_COUNT: &str = "SELECT COUNT(*) FROM jobs WHERE queue = ?1 AND state = 'dead'";
 /// How many dead jobs died before ?2, counting at most ?3.

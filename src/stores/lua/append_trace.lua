@@ -35,11 +35,16 @@ while pos <= #data do
   local index, within = math.floor(at / size), at % size
   local take = math.min(size - within, #data - pos + 1)
   local key = base .. "chunk:" .. index
+  -- Redis hashes every byte of a new Lua string: pass the argument itself when it fits whole.
+  local piece = data
+  if take < #data then
+    piece = string.sub(data, pos, pos + take - 1)
+  end
   if within == 0 then
     started[#started + 1] = index
-    redis.call("SET", key, string.sub(data, pos, pos + take - 1), "PX", ttl)
+    redis.call("SET", key, piece, "PX", ttl)
   else
-    redis.call("APPEND", key, string.sub(data, pos, pos + take - 1))
+    redis.call("APPEND", key, piece)
     redis.call("PEXPIRE", key, ttl)
   end
   if within + take == size then

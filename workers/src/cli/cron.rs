@@ -11,16 +11,20 @@ use super::table;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CronAction {
-    List,
+    List(crate::roles::SchedulerArgs),
 }
 
 pub async fn run(settings: &Settings, action: CronAction) -> anyhow::Result<()> {
-    let CronAction::List = action;
+    let CronAction::List(args) = action;
     let broker = settings
         .open_broker()
         .await
         .context("opening the job queue")?;
-    let scheduler = Scheduler::new(broker, Arc::new(SystemClock), crate::schedules::entries()?);
+    let scheduler = Scheduler::new(
+        broker,
+        Arc::new(SystemClock),
+        crate::schedules::entries(&args)?,
+    );
     let rows: Vec<Vec<String>> = scheduler
         .status()
         .await?

@@ -6,5 +6,6 @@ pub mod bench_archive;
 pub mod cron;
 pub mod dead;
 pub mod limits;
+pub mod recover;
 pub mod status;
 pub mod table;

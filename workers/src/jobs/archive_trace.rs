@@ -1,7 +1,9 @@
 //! Archives a finished job's log (thin over [`ArchiveService`]). Every storage error is
-//! retryable: the job's schedule (about 6.5 days) outlasts an object-storage outage.
+//! retryable: the job's schedule (about 6.5 days) outlasts an object-storage outage. While the
+//! object store's circuit breaker is open the job snoozes instead (no attempt spent).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use buildlogs::jobs::{JobContext, JobError, JobHandler};
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService};
@@ -9,6 +11,9 @@ use buildlogs::traces::jobs::ArchiveTrace;
 
 pub struct ArchiveTraceHandler {
     pub archive: Arc<ArchiveService>,
+    /// How long an archive waits while the object store's breaker is open (closing it
+    /// releases waiting archives sooner).
+    pub snooze: Duration,
 }
 
 impl JobHandler for ArchiveTraceHandler {
@@ -21,6 +26,10 @@ impl JobHandler for ArchiveTraceHandler {
                 Ok(())
             }
             Ok(ArchiveOutcome::AlreadyArchived(_)) => Ok(()),
+            Err(ArchiveError::StorageUnavailable) => {
+                tracing::debug!(build_id = job.build_id, "object store down; archive waits");
+                Err(JobError::Snooze(self.snooze))
+            }
             Err(
                 e @ ArchiveError::Metadata(buildlogs::traces::metadata::MetadataError::NoBuild(_)),
             ) => Err(JobError::fatal(e)),

@@ -4,32 +4,66 @@
 pub mod archive_trace;
 pub mod flush_trace_chunk;
 pub mod noop;
+pub mod recover_stale_traces;
 
 use std::sync::Arc;
 
 use buildlogs::config::Stack;
-use buildlogs::jobs::{Registry, SystemClock};
+use buildlogs::jobs::{Clock, JobClient, Registry, SystemClock};
 use buildlogs::traces::archive::ArchiveService;
+use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::flush::FlushService;
+use buildlogs::traces::recovery::{RecoveryConfig, TraceRecovery};
 
-/// Every job type a `buildlogs worker` runs, over the process's stores.
-pub fn registry(stack: &Stack) -> Registry {
-    let flush = Arc::new(FlushService::new(
+/// What the handlers are tuned by (the worker role's settings).
+#[derive(Debug, Clone, Default)]
+pub struct HandlerConfig {
+    pub breaker: BreakerConfig,
+    pub recovery: RecoveryConfig,
+}
+
+/// Every job type a `buildlogs worker` runs, over the process's stores, and the object store
+/// breaker its flushes and archives share (the worker runs its probe).
+pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectStoreBreaker>) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let breaker = Arc::new(ObjectStoreBreaker::new(
         stack.meta.clone(),
-        stack.live.clone(),
-        stack.live_kind,
-        stack.objects.clone(),
-        Arc::new(SystemClock),
+        clock.clone(),
+        config.breaker.clone(),
     ));
-    let archive = Arc::new(ArchiveService::new(
+    let flush = Arc::new(
+        FlushService::new(
+            stack.meta.clone(),
+            stack.live.clone(),
+            stack.live_kind,
+            stack.objects.clone(),
+            clock.clone(),
+        )
+        .with_breaker(breaker.clone()),
+    );
+    let archive = Arc::new(
+        ArchiveService::new(
+            stack.meta.clone(),
+            stack.live.clone(),
+            stack.live_kind,
+            stack.objects.clone(),
+            clock.clone(),
+        )
+        .with_breaker(breaker.clone()),
+    );
+    let recovery = Arc::new(TraceRecovery::new(
         stack.meta.clone(),
-        stack.live.clone(),
-        stack.live_kind,
-        stack.objects.clone(),
-        Arc::new(SystemClock),
+        JobClient::new(stack.broker.clone(), clock.clone()),
+        clock,
+        config.recovery.clone(),
     ));
-    Registry::new()
+    let registry = Registry::new()
         .register(noop::NoopHandler)
         .register(flush_trace_chunk::FlushTraceChunkHandler { flush })
-        .register(archive_trace::ArchiveTraceHandler { archive })
+        .register(archive_trace::ArchiveTraceHandler {
+            archive,
+            snooze: config.breaker.snooze,
+        })
+        .register(recover_stale_traces::RecoverStaleTracesHandler { recovery });
+    (registry, breaker)
 }
