@@ -141,13 +141,31 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let cli = Cli::parse();
+    // `bench recover` counts SQL statements from sqlx's per-statement events; other commands
+    // leave those events off (they cost a little on every query).
+    let count_statements = matches!(
+        &cli.command,
+        Some(Command::Bench {
+            which: cli::bench::Bench::Recover(_)
+        })
+    );
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())),
+        )
+        .with(count_statements.then(|| {
+            cli::bench_recover::StatementCounter.with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("sqlx::query", tracing::Level::TRACE),
+            )
+        }))
+        .init();
     let settings = Settings {
         database_url: cli.database_url,
         redis_url: cli.redis_url,

@@ -34,6 +34,8 @@ pub enum Bench {
     Append(super::bench_append::AppendArgs),
     /// Flush and archive throughput for one large log on the production stack.
     Archive(super::bench_archive::ArchiveArgs),
+    /// Stale-trace recovery of a backlog of finished builds with live logs (the incident).
+    Recover(super::bench_recover::RecoverArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -73,6 +75,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Queue(args) => queue(args).await,
         Bench::Append(args) => super::bench_append::run(args).await,
         Bench::Archive(args) => super::bench_archive::run(args).await,
+        Bench::Recover(args) => super::bench_recover::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }
