@@ -202,3 +202,95 @@ async fn worker_runs_jobs_and_exits_cleanly_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn recover_dry_run_lists_stale_traces_and_recover_enqueues_one_run() {
+    use buildlogs::jobs::{Clock, SystemClock};
+    use buildlogs::stores::sql_metadata::SqlMetadata;
+    use buildlogs::traces::metadata::{BreakerRecord, MetadataStore};
+    use buildlogs::traces::model::BuildStatus;
+
+    let cli = Cli::new();
+    let status = cli.run(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        stdout(&status).contains("object store breaker: closed (never opened)"),
+        "{}",
+        stdout(&status)
+    );
+    // The metadata database `status` just created in the data dir: three builds finished two
+    // hours ago (stale), one a minute ago (not yet), one running.
+    let url = format!(
+        "sqlite://{}",
+        cli.data.path().join("buildlogs.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let meta = SqlMetadata::sqlite(pool);
+    let now = SystemClock.now_ms();
+    let mut stale = Vec::new();
+    for finished in [
+        now - 7_200_000,
+        now - 7_200_000,
+        now - 7_200_000,
+        now - 60_000,
+    ] {
+        let b = meta.create_build("digest", finished - 1_000).await.unwrap();
+        meta.finish_build(b.id, BuildStatus::Success, None, finished)
+            .await
+            .unwrap();
+        stale.push(b.id);
+    }
+    stale.pop();
+    meta.create_build("digest", now).await.unwrap();
+
+    let dry = cli.run(&["recover", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let out = stdout(&dry);
+    assert!(
+        out.contains(&format!(
+            "would enqueue 3 archive jobs (builds {}..={})",
+            stale[0], stale[2]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("capacity 32"), "{out}");
+    let broker = cli.broker().await;
+    let queued = |name: &'static str| {
+        let broker = &broker;
+        async move { broker.stats(name, SystemClock.now_ms()).await.unwrap() }
+    };
+    assert_eq!(
+        queued("archive_trace").await.ready,
+        0,
+        "a dry run enqueues nothing"
+    );
+    let tighter = cli.run(&["recover", "--dry-run", "--recovery-stale-minutes", "0"]);
+    assert!(
+        stdout(&tighter).contains("would enqueue 4 archive jobs"),
+        "{}",
+        stdout(&tighter)
+    );
+
+    assert!(cli.run(&["recover"]).status.success());
+    assert!(cli.run(&["recover"]).status.success());
+    assert_eq!(
+        queued("recover_stale_traces").await.ready,
+        1,
+        "one run queued, the second deduplicated"
+    );
+
+    meta.set_breaker(&BreakerRecord {
+        name: "object_store".into(),
+        open: true,
+        reason: Some("connection refused".into()),
+        changed_at_ms: now,
+    })
+    .await
+    .unwrap();
+    let status = stdout(&cli.run(&["status"]));
+    assert!(
+        status.contains("object store breaker: OPEN since")
+            && status.contains("connection refused"),
+        "{status}"
+    );
+}
