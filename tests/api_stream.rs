@@ -501,7 +501,53 @@ async fn bad_requests_are_answered_like_the_trace_get(app: &TestApp) {
     assert_eq!(admin_stream.append().await, b"0123456789abc");
 }
 
+/// Shutdown (SIGTERM) ends an open stream at once, without `end`, while the job still runs;
+/// the client resumes from its last `id` on another process and misses nothing.
+async fn open_streams_end_at_once_when_the_server_shuts_down(app: &TestApp) {
+    let (id, token) = app.create_job().await;
+    app.patch(id, &token, 0, b"hello ").await;
+    let mut stream = open(app, id, &token, "", 0).await;
+    assert_eq!(stream.append().await, b"hello ");
+    // The job runs: the stream waits for more (three poll ticks here, and without shutdown it
+    // would wait as long as the job runs).
+    let quiet = tokio::time::timeout(3 * Duration::from_millis(500), stream.next_event()).await;
+    assert!(
+        quiet.is_err(),
+        "no event while nothing is written: {quiet:?}"
+    );
+
+    let cancelled_at = std::time::Instant::now();
+    app.state.shutdown.cancel();
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends, without `end`"
+    );
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(5),
+        "promptly: {:?}",
+        cancelled_at.elapsed()
+    );
+    // A stream opened on this server after that ends at once too.
+    let mut late = open(app, id, &token, "", 0).await;
+    assert!(late.next().await.is_none());
+
+    // Elsewhere (a process not shutting down, same stores) the client resumes from its id.
+    app.patch(id, &token, 6, b"world").await;
+    let elsewhere = buildlogs::api::router(buildlogs::api::AppState {
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        ..app.state.clone()
+    });
+    let request = Request::get(format!("/api/v4/jobs/{id}/trace/stream"))
+        .header("job-token", &token)
+        .header("last-event-id", stream.at.to_string())
+        .body(Body::empty())
+        .unwrap();
+    let mut resumed = Events::new(elsewhere.oneshot(request).await.unwrap(), stream.at);
+    assert_eq!(resumed.append().await, b"world", "exactly the rest");
+}
+
 on_both_stacks!(
+    open_streams_end_at_once_when_the_server_shuts_down,
     a_tailed_log_arrives_while_it_is_written_and_ends_after_the_final_put,
     a_client_resuming_from_last_event_id_gets_exactly_the_rest,
     a_stream_follows_the_bytes_when_they_are_flushed_and_archived_mid_stream,
@@ -515,7 +561,18 @@ async fn own_stack() -> (
     Arc<buildlogs::traces::service::TraceService>,
     (support::sql::TestSqlite, support::objects::TestObjects),
 ) {
-    use buildlogs::api::{AppState, router};
+    let (app, state, keep) = own_stack_with_state().await;
+    (app, state.traces, keep)
+}
+
+/// [`own_stack`], with the router's state (its shutdown token).
+async fn own_stack_with_state() -> (
+    axum::Router,
+    buildlogs::api::AppState,
+    (support::sql::TestSqlite, support::objects::TestObjects),
+) {
+    use buildlogs::api::{AppState, BacklogHistory, router};
+    use buildlogs::jobs::cron::Scheduler;
     use buildlogs::jobs::sqlite::SqliteBroker;
     use buildlogs::jobs::{Broker, JobClient};
     use buildlogs::stores::sql_live::SqlLiveChunks;
@@ -527,19 +584,26 @@ async fn own_stack() -> (
     let objects = support::objects::TestObjects::local();
     let broker: Arc<dyn Broker> = Arc::new(SqliteBroker::new(db.pool.clone()));
     let clock = Arc::new(SystemClock);
+    let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
+    let jobs = JobClient::new(broker.clone(), clock.clone());
     let traces = Arc::new(TraceService::new(
-        Arc::new(SqlMetadata::sqlite(db.pool.clone())),
+        meta.clone(),
         Arc::new(SqlLiveChunks::sqlite(db.pool.clone())),
         DataStore::Database,
         objects.config("").open().expect("object store").store,
-        JobClient::new(broker, clock.clone()),
-        clock,
+        jobs.clone(),
+        clock.clone(),
     ));
-    let app = router(AppState {
-        traces: traces.clone(),
+    let state = AppState {
+        traces,
         admin_token: ADMIN.into(),
-    });
-    (app, traces, (db, objects))
+        jobs,
+        meta,
+        cron: Arc::new(Scheduler::new(broker, clock, Vec::new())),
+        backlog: Arc::new(BacklogHistory::default()),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    (router(state.clone()), state, (db, objects))
 }
 
 /// Dropping the response (a client going away) drops the poll loop: nothing keeps the service.
@@ -623,4 +687,73 @@ async fn a_client_closing_its_connection_ends_the_stream_on_the_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.abort();
+}
+
+/// `buildlogs web` on SIGTERM: axum's graceful shutdown waits for open responses, so a client
+/// tailing a running job would keep the server up for as long as the job runs. With the
+/// stream ended on the shutdown token, the server finishes at once and the client sees its
+/// response end (the chunked body's last chunk), not an `end` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_tailing_a_running_job_does_not_hold_up_graceful_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (app, state, _keep) = own_stack_with_state().await;
+    let new = state.traces.create_build().await.unwrap();
+    let id = new.build.id;
+    state
+        .traces
+        .append(id, &new.token, 0, b"hello")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = state.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/v4/jobs/{id}/trace/stream HTTP/1.1\r\nhost: test\r\njob-token: {}\r\n\r\n",
+        new.token
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let hello = format!("data: {}", BASE64.encode(b"hello"));
+    while !String::from_utf8_lossy(&seen).contains(&hello) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(EVENT_TIMEOUT, client.read(&mut buf))
+            .await
+            .expect("the first event in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+
+    state.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server finished its graceful shutdown with a client still tailing")
+        .unwrap()
+        .unwrap();
+    // The client reads its response to the end, then the closed connection.
+    loop {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the connection closes")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.ends_with("0\r\n\r\n"),
+        "the body ended cleanly: {text:?}"
+    );
+    assert!(!text.contains("event: end"), "no `end`: the job still runs");
 }

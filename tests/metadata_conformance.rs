@@ -799,6 +799,167 @@ async fn values_beyond_bigint_are_refused_and_write_nothing(f: &Fixture) {
     assert_eq!(f.store.trace_artifact(b.id).await.unwrap(), None);
 }
 
+// --- Artifact expiry: expired artifacts, deleting one, leases ---------------------------------
+
+/// A build archived with `expire_at_ms` (`None`: kept forever).
+async fn archived(f: &Fixture, expire_at_ms: Option<i64>) -> Artifact {
+    let b = f.build().await;
+    let new = NewArtifact {
+        expire_at_ms,
+        ..new_artifact(b.id, &format!("traces/{}/job.log", b.id))
+    };
+    f.store.record_archive(&new, 21_000).await.unwrap()
+}
+
+fn ids(artifacts: &[Artifact]) -> Vec<i64> {
+    artifacts.iter().map(|a| a.id).collect()
+}
+
+async fn expired_artifacts_are_the_unlocked_ones_due_oldest_first(f: &Fixture) {
+    let forever = archived(f, None).await;
+    let later = archived(f, Some(50_000)).await;
+    let due_late = archived(f, Some(40_000)).await;
+    let due_early = archived(f, Some(30_000)).await;
+    let due_same = archived(f, Some(30_000)).await;
+    let due_exactly = archived(f, Some(45_000)).await;
+    let locked = archived(f, Some(10_000)).await;
+    f.db.execute("UPDATE job_artifacts SET locked = true WHERE expire_at = 10000")
+        .await;
+    let expired = f.store.expired_artifacts(45_000, 100).await.unwrap();
+    // (expire_at, id) order; `expire_at <= now` includes now.
+    assert_eq!(
+        ids(&expired),
+        vec![due_early.id, due_same.id, due_late.id, due_exactly.id]
+    );
+    assert_eq!(expired[0], due_early, "whole artifacts");
+    for kept in [&forever, &later, &locked] {
+        assert!(!ids(&expired).contains(&kept.id), "{kept:?}");
+    }
+    // The limit takes the oldest.
+    assert_eq!(
+        ids(&f.store.expired_artifacts(45_000, 2).await.unwrap()),
+        vec![due_early.id, due_same.id]
+    );
+    assert!(
+        f.store
+            .expired_artifacts(29_999, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn deleting_an_artifact_keeps_the_build_archived_without_it(f: &Fixture) {
+    let gone = archived(f, Some(30_000)).await;
+    let other = archived(f, Some(30_000)).await;
+    assert!(f.store.delete_artifact(gone.id).await.unwrap());
+    assert_eq!(f.store.trace_artifact(gone.build_id).await.unwrap(), None);
+    let m = f
+        .store
+        .trace_metadata(gone.build_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.trace_artifact_id, m.archived_at_ms, m.checksum),
+        (None, Some(21_000), Some(0xdead_beef)),
+        "the metadata stays, without its artifact"
+    );
+    assert_eq!(
+        ids(&f.store.expired_artifacts(30_000, 10).await.unwrap()),
+        vec![other.id]
+    );
+    assert_eq!(
+        f.store.trace_artifact(other.build_id).await.unwrap(),
+        Some(other)
+    );
+    // Again, or an id that never was: nothing to delete.
+    assert!(!f.store.delete_artifact(gone.id).await.unwrap());
+    assert!(!f.store.delete_artifact(UNKNOWN).await.unwrap());
+    // Stale-trace recovery does not see the build again: it stays archived.
+    let finished = f
+        .store
+        .finish_build(gone.build_id, BuildStatus::Success, None, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(finished.status, BuildStatus::Success);
+    assert!(
+        f.store
+            .stale_traces(0, i64::MAX, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_lease_has_one_holder_until_it_expires_or_is_released(f: &Fixture) {
+    let s = &f.store;
+    assert!(s.take_lease("expiry", "a", 1_000, 61_000).await.unwrap());
+    assert!(
+        !s.take_lease("expiry", "b", 2_000, 62_000).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        s.take_lease("other", "b", 2_000, 62_000).await.unwrap(),
+        "names are independent"
+    );
+    // The holder renews; until the renewed expiry nobody else takes it.
+    assert!(s.take_lease("expiry", "a", 50_000, 110_000).await.unwrap());
+    assert!(!s.take_lease("expiry", "b", 100_000, 160_000).await.unwrap());
+    // Only the holder releases.
+    assert!(!s.release_lease("expiry", "b").await.unwrap());
+    assert!(!s.take_lease("expiry", "b", 100_000, 160_000).await.unwrap());
+    assert!(s.release_lease("expiry", "a").await.unwrap());
+    assert!(!s.release_lease("expiry", "a").await.unwrap(), "once");
+    assert!(s.take_lease("expiry", "b", 100_000, 160_000).await.unwrap());
+    // Expired at `now`: free for another holder, and the old holder can no longer renew or
+    // release it.
+    assert!(s.take_lease("expiry", "c", 160_000, 220_000).await.unwrap());
+    assert!(!s.take_lease("expiry", "b", 160_001, 220_001).await.unwrap());
+    assert!(!s.release_lease("expiry", "b").await.unwrap());
+    assert!(s.release_lease("expiry", "c").await.unwrap());
+}
+
+async fn of_concurrent_takers_of_a_lease_exactly_one_holds_it(f: &Fixture) {
+    // Free, then expired: each time, of ten takers one wins.
+    for (round, now) in [(0, 1_000i64), (1, 100_000)] {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let store = f.store.clone();
+                tokio::spawn(async move {
+                    let holder = format!("r{round}-{i}");
+                    let won = store
+                        .take_lease("expiry", &holder, now, now + 60_000)
+                        .await
+                        .unwrap();
+                    (holder, won)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (holder, won) = t.await.unwrap();
+            if won {
+                winners.push(holder);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        // The winner holds it: it renews, others are refused.
+        assert!(
+            f.store
+                .take_lease("expiry", &winners[0], now + 1, now + 60_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !f.store
+                .take_lease("expiry", "late", now + 1, now + 60_000)
+                .await
+                .unwrap()
+        );
+    }
+}
+
 // --- The SQL live chunk store and the metadata on one database -------------------------------
 
 async fn appended(live: &SqlLiveChunks, build: i64, offset: u64, data: &[u8]) {
@@ -928,6 +1089,10 @@ on_every_sql_store!(
     concurrent_record_archives_write_one_artifact,
     record_archive_for_an_unknown_build_is_no_build_and_writes_nothing,
     values_beyond_bigint_are_refused_and_write_nothing,
+    expired_artifacts_are_the_unlocked_ones_due_oldest_first,
+    deleting_an_artifact_keeps_the_build_archived_without_it,
+    a_lease_has_one_holder_until_it_expires_or_is_released,
+    of_concurrent_takers_of_a_lease_exactly_one_holds_it,
     rows_the_live_store_writes_are_the_rows_the_metadata_lists,
     a_flush_that_read_a_chunk_before_an_append_loses,
 );

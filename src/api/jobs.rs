@@ -1,6 +1,8 @@
 //! Job registration (standing in for the CI coordinator) and reading: `POST /api/v4/jobs`
 //! (admin token), `GET /api/v4/jobs/:id` and `GET /api/v4/jobs/:id/trace` (admin or job token;
-//! HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`).
+//! HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
+//! archive expired is 404 `{"message": "trace expired"}` (the job itself still reads, with
+//! `trace.state` `expired`): an empty 200 would pass for a log that was empty.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -13,7 +15,8 @@ use super::{ApiError, AppState};
 use crate::traces::model::Build;
 use crate::traces::service::TraceError;
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The `Authorization: Bearer …` token, if any.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -21,12 +24,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+/// Does the caller hold the admin token? (Compared in constant time.)
+pub(super) fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
     bearer(headers).is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())))
 }
 
-/// The build, if the caller holds the admin token or its job token.
-async fn authorize_read(
+/// The build, if the caller holds the admin token (404 for an unknown job) or its job token
+/// (`JOB-TOKEN` or `?token=`; 403 otherwise, unknown jobs included). The trace GET and the
+/// trace stream both authorize with it.
+pub(super) async fn authorize_read(
     state: &AppState,
     id: i64,
     headers: &HeaderMap,
@@ -120,6 +126,9 @@ pub async fn trace(
 ) -> Result<Response, ApiError> {
     authorize_read(&state, id, &headers, &query).await?;
     let len = state.traces.length(id).await?;
+    if len == 0 && state.traces.expired(id).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "trace expired"));
+    }
     let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned())];
     let Some(raw) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         let body = state.traces.read(id, 0, len).await?;

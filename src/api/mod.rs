@@ -1,7 +1,11 @@
 //! The HTTP API: GitLab's runner wire format (`runner`), job registration and reading
-//! (`jobs`), one error shape (`error`). Handlers are thin: they parse the wire format and call
-//! the [`TraceService`](crate::traces::service::TraceService).
+//! (`jobs`), live tailing (`stream`), the operator dashboard (`admin`, with its backlog chart's
+//! samples in `backlog`), one error shape (`error`). Handlers are thin: they parse the wire
+//! format and call the [`TraceService`](crate::traces::service::TraceService), or, for the
+//! dashboard, the broker and the metadata store.
 
+mod admin;
+pub mod backlog;
 mod error;
 mod jobs;
 mod runner;
@@ -12,9 +16,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
+use tokio_util::sync::CancellationToken;
 
+use crate::jobs::JobClient;
+use crate::jobs::cron::Scheduler;
+use crate::traces::metadata::MetadataStore;
 use crate::traces::service::TraceService;
 
+pub use backlog::BacklogHistory;
 pub use error::ApiError;
 
 /// A PATCH body may be this large: 4x the runner's own 1 MiB limit per PATCH.
@@ -24,8 +33,20 @@ pub const MAX_PATCH_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub traces: Arc<TraceService>,
-    /// `BUILDLOGS_ADMIN_TOKEN`: registers jobs and reads any of them.
+    /// `BUILDLOGS_ADMIN_TOKEN`: registers jobs, reads any of them, opens the dashboard.
     pub admin_token: Arc<str>,
+    /// The job queue and its clock: the dashboard's queues, dead jobs and limits.
+    pub jobs: JobClient,
+    /// The dashboard's object store breaker and stale-trace recovery cursor.
+    pub meta: Arc<dyn MetadataStore>,
+    /// The cron schedules the scheduler role fires (the binary builds them from the same
+    /// settings), for the dashboard's cron view; only [`Scheduler::status`] is called.
+    pub cron: Arc<Scheduler>,
+    /// The backlog chart's samples; [`BacklogHistory::run`] fills it, the dashboard reads it.
+    pub backlog: Arc<BacklogHistory>,
+    /// Cancelled when the server shuts down: open trace streams end (clients resume from
+    /// `Last-Event-ID` elsewhere), so a tailed job cannot hold the process up.
+    pub shutdown: CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,6 +58,7 @@ pub fn router(state: AppState) -> Router {
             patch(runner::append_trace).get(jobs::trace),
         )
         .route("/api/v4/jobs/{id}/trace/stream", get(stream::trace_stream))
+        .merge(admin::routes(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_PATCH_BYTES))
         .with_state(state)
 }

@@ -1,9 +1,9 @@
 //! `GET /api/v4/jobs/:id/trace/stream`: a job's log, tailed live as Server-Sent Events.
 //!
 //! Duties:
-//! 1. Authorize like `GET /api/v4/jobs/:id/trace`: the admin token (`Authorization: Bearer …`)
-//!    or the job's token (`JOB-TOKEN` or `?token=`); otherwise 403 (404 only for the admin
-//!    asking for an unknown job).
+//! 1. Authorize as `GET /api/v4/jobs/:id/trace` does (the same function): the admin token
+//!    (`Authorization: Bearer …`) or the job's token (`JOB-TOKEN` or `?token=`); otherwise 403
+//!    (404 only for the admin asking for an unknown job).
 //! 2. Start at a byte offset: `Last-Event-ID` (what an `EventSource` sends when it reconnects;
 //!    it wins over the URL's `?offset=`, which a reconnect repeats), else `?offset=`, else 0.
 //!    Not a byte count: 400 naming the field. Past the log's current end: 416 with
@@ -32,7 +32,11 @@
 //!
 //! Guarantees: no task is spawned; the poll loop is the response body's stream, so it stops
 //! when the client goes away (the body is dropped). A store error ends the stream without
-//! `end` (and is logged); the client resumes from its last `id`.
+//! `end` (and is logged); the client resumes from its last `id`. So does shutdown
+//! ([`AppState::shutdown`] cancelled, on SIGTERM): every open stream ends at once, without
+//! `end`, so a client tailing a running job cannot keep the server's graceful shutdown (which
+//! waits for open responses) from finishing; an `EventSource` reconnects with `Last-Event-ID`
+//! to another process and misses nothing.
 //!
 //! Cost per poll tick while nothing changes: 2 round trips (the live length, then the build's
 //! status: [`TraceService::tail_position`]); 4 on the tick that sees the job finished. New bytes
@@ -44,15 +48,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::StreamExt;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
-use super::runner::{TokenParam, job_token};
+use super::jobs::authorize_read;
+use super::runner::TokenParam;
 use super::{ApiError, AppState};
 use crate::traces::service::{TraceError, TraceService};
 
@@ -77,7 +82,10 @@ pub async fn trace_stream(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, id, &headers, &query).await?;
+    let token = TokenParam {
+        token: query.token.clone(),
+    };
+    authorize_read(&state, id, &headers, &token).await?;
     let offset = start_offset(&headers, &query)?;
     let (_, length) = state
         .traces
@@ -102,7 +110,9 @@ pub async fn trace_stream(
     let events = futures::stream::unfold(tail, |mut tail| async move {
         let event = tail.next_event().await?;
         Some((Ok::<_, Infallible>(event), tail))
-    });
+    })
+    // Shutdown ends the stream between events or mid-wait (a read cut short changes nothing).
+    .take_until(state.shutdown.clone().cancelled_owned());
     Ok((
         // nginx would otherwise buffer the stream.
         [("x-accel-buffering", "no")],
@@ -214,33 +224,6 @@ fn start_offset(headers: &HeaderMap, query: &StreamQuery) -> Result<u64, ApiErro
             ApiError::bad_request(format!("offset: expected a byte offset, got {raw:?}"))
         }),
     }
-}
-
-/// As the trace GET: the admin token reads any job (404 for an unknown one), a job token only
-/// its own (403 otherwise, unknown jobs included). The same rule as `jobs::authorize_read`,
-/// which is private to that module; one shared function would be better.
-async fn authorize(
-    state: &AppState,
-    id: i64,
-    headers: &HeaderMap,
-    query: &StreamQuery,
-) -> Result<(), ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes()))) {
-        return match state.traces.build(id).await? {
-            Some(_) => Ok(()),
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}"))),
-        };
-    }
-    let param = TokenParam {
-        token: query.token.clone(),
-    };
-    let token = job_token(headers, &param).ok_or(ApiError::from(TraceError::Unauthorized))?;
-    state.traces.authenticate(id, &token).await?;
-    Ok(())
 }
 
 #[cfg(test)]

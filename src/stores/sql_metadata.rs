@@ -13,6 +13,9 @@
 //!    later one gets the stored one back.
 //! 4. Trace metadata: `record_checksums` and `increment_archival_attempts` upsert the row;
 //!    `record_archive` inserts the `trace` artifact and points the metadata at it.
+//! 5. Artifact expiry: `expired_artifacts` reads a batch through the partial index
+//!    `job_artifacts_expirable`; `delete_artifact` deletes one row (the metadata's foreign key is
+//!    `ON DELETE SET NULL`); `take_lease` / `release_lease` keep two runs from overlapping.
 //!
 //! Callers: the runner API (builds, pending states, checksums), the chunk flush
 //! (`ensure_chunks` for a live chunk's first row, `chunks`, `flip_chunk`), readers (`chunks`,
@@ -39,6 +42,10 @@
 //!   (`finish_build` and `record_archive` find no row; inserts fail their foreign key, so
 //!   SQLite pools must keep sqlx's default `foreign_keys = ON`). Reads, deletes and flips of an
 //!   unknown build find nothing (`None`, no rows, `false`).
+//! - `take_lease` is one upsert whose `DO UPDATE … WHERE` applies only over an expired lease or
+//!   the taker's own: PostgreSQL's `ON CONFLICT` either inserts or locks the existing row and
+//!   re-checks the condition on its latest version, and SQLite has one writer, so of concurrent
+//!   takers exactly one sees a row count of 1. `release_lease` deletes only the holder's row.
 //! - Integers are checked both ways: a `u64` beyond BIGINT, or a stored value outside its Rust
 //!   type (a negative size, a CRC32 past `u32`), is [`MetadataError::Corrupt`], never wrapped.
 //!
@@ -184,6 +191,14 @@ struct Statements {
     breaker: &'static str,
     /// $1 name, $2 state, $3 reason, $4 now.
     set_breaker: &'static str,
+    /// $1 now, $2 limit → expired, unlocked trace artifacts in (expire_at, id) order.
+    expired_artifacts: &'static str,
+    /// $1 artifact id.
+    delete_artifact: &'static str,
+    /// $1 name, $2 holder, $3 expires at, $4 now → 1 row if $2 holds the lease now.
+    take_lease: &'static str,
+    /// $1 name, $2 holder → 1 row if $2 held it.
+    release_lease: &'static str,
 }
 
 /// SQLite: `BEGIN IMMEDIATE` takes the write lock at once (a deferred transaction that read
@@ -274,6 +289,20 @@ const SQLITE: Statements = Statements {
          ON CONFLICT (name) DO UPDATE SET state = excluded.state, reason = excluded.reason, \
          changed_at = CASE WHEN circuit_breakers.state = excluded.state \
          THEN circuit_breakers.changed_at ELSE excluded.changed_at END",
+    // `locked = false` repeats the partial index's predicate word for word (both planners
+    // need that); `expire_at <= $1` implies its `expire_at IS NOT NULL`.
+    expired_artifacts: concat!(
+        "SELECT ",
+        artifact_columns!(),
+        " FROM job_artifacts WHERE expire_at <= $1 AND locked = false AND kind = 'trace' \
+         ORDER BY expire_at, id LIMIT $2"
+    ),
+    delete_artifact: "DELETE FROM job_artifacts WHERE id = $1",
+    take_lease: "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+         expires_at = excluded.expires_at \
+         WHERE leases.holder = excluded.holder OR leases.expires_at <= $4",
+    release_lease: "DELETE FROM leases WHERE name = $1 AND holder = $2",
 };
 
 /// PostgreSQL (READ COMMITTED): `lock_build` takes the build row's `FOR NO KEY UPDATE` lock,
@@ -305,6 +334,10 @@ const POSTGRES: Statements = Statements {
     set_cursor: SQLITE.set_cursor,
     breaker: SQLITE.breaker,
     set_breaker: SQLITE.set_breaker,
+    expired_artifacts: SQLITE.expired_artifacts,
+    delete_artifact: SQLITE.delete_artifact,
+    take_lease: SQLITE.take_lease,
+    release_lease: SQLITE.release_lease,
 };
 
 enum Db {
@@ -830,6 +863,64 @@ impl MetadataStore for SqlMetadata {
                 .await?;
         });
         Ok(())
+    }
+
+    async fn expired_artifacts(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Artifact>, MetadataError> {
+        let rows: Vec<ArtifactTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.expired_artifacts)
+                .bind(now_ms)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(to_artifact).collect()
+    }
+
+    async fn delete_artifact(&self, id: i64) -> Result<bool, MetadataError> {
+        let deleted = on_db!(&self.db, |pool, q| {
+            sqlx::query(q.delete_artifact)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(deleted == 1)
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<bool, MetadataError> {
+        let taken = on_db!(&self.db, |pool, q| {
+            sqlx::query(q.take_lease)
+                .bind(name)
+                .bind(holder)
+                .bind(expires_at_ms)
+                .bind(now_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(taken == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, MetadataError> {
+        let released = on_db!(&self.db, |pool, q| {
+            sqlx::query(q.release_lease)
+                .bind(name)
+                .bind(holder)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(released == 1)
     }
 
     async fn breaker(&self, name: &str) -> Result<Option<BreakerRecord>, MetadataError> {

@@ -7,10 +7,18 @@
 //! Safe to repeat: the object key is deterministic (a rerun overwrites a partial upload's
 //! place), `record_archive` is once per build, and chunk deletion tolerates what is gone.
 //! A build already archived is done at once (its leftover chunks are cleaned up).
+//!
+//! Retention: with [`ArchiveService::with_expire_in`] the artifact is recorded with an
+//! `expire_at` (record time + the retention), after which artifact expiry deletes it
+//! ([`super::expiry`]); without, it is kept forever (GitLab's default for traces). A build
+//! whose archive expired stays archived (`archived_at` is kept): archiving it again is
+//! [`ArchiveOutcome::Expired`], never a new, empty archive.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
@@ -56,6 +64,8 @@ pub enum ArchiveError {
 pub enum ArchiveOutcome {
     Archived(Artifact),
     AlreadyArchived(Artifact),
+    /// Archived once, and the archive expired since (deleted by artifact expiry): nothing to do.
+    Expired,
 }
 
 /// Where a build's archived log lives.
@@ -70,6 +80,9 @@ pub fn archive_path(build_id: i64, finished_at_ms: i64) -> Path {
     ))
 }
 
+/// Chunks read ahead of the upload.
+const READ_AHEAD: usize = 8;
+
 pub struct ArchiveService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
@@ -77,6 +90,8 @@ pub struct ArchiveService {
     objects: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<ObjectStoreBreaker>>,
+    /// How long an archive is kept (`None`: forever).
+    expire_in: Option<Duration>,
 }
 
 impl ArchiveError {
@@ -104,12 +119,19 @@ impl ArchiveService {
             objects,
             clock,
             breaker: None,
+            expire_in: None,
         }
     }
 
     /// Refuses to start while `breaker` is open, and tells it how the store answers.
     pub fn with_breaker(mut self, breaker: Arc<ObjectStoreBreaker>) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+
+    /// Records each archive with `expire_at` = now + `expire_in` (`None`: kept forever).
+    pub fn with_expire_in(mut self, expire_in: Option<Duration>) -> Self {
+        self.expire_in = expire_in;
         self
     }
 
@@ -138,15 +160,28 @@ impl ArchiveService {
         if !build.status.is_finished() {
             return Err(ArchiveError::NotFinished(build_id));
         }
+        // `archived_at` is set with the artifact, in one transaction, and outlives it: an
+        // archived build without an artifact is one whose archive expired. It is read before
+        // the artifact, so an archive committed between the two reads (a concurrent run) is
+        // seen as archived, never as expired.
+        let archived_before = self
+            .meta
+            .trace_metadata(build_id)
+            .await?
+            .is_some_and(|m| m.archived_at_ms.is_some());
         if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
             self.delete_chunks(build_id).await?;
             return Ok(ArchiveOutcome::AlreadyArchived(artifact));
+        }
+        if archived_before {
+            self.delete_chunks(build_id).await?;
+            return Ok(ArchiveOutcome::Expired);
         }
         self.meta
             .increment_archival_attempts(build_id, self.clock.now_ms())
             .await?;
         let length = self.live.length(build_id).await?;
-        let mut rows = self.meta.chunks(build_id).await?;
+        let rows = self.meta.chunks(build_id).await?;
         // Another run may have archived the log since the check above, and deleted its chunks
         // and live length: what is left must not replace its object. (If it archives from
         // here on, it deletes nothing before this run has read the length and the rows; a
@@ -163,9 +198,16 @@ impl ArchiveService {
         let mut crc = crc32fast::Hasher::new();
         let mut sha = Sha256::new();
         let mut expected = Vec::new();
-        for index in 0..length.div_ceil(CHUNK_SIZE) {
-            let bytes = match self.chunk_bytes(build_id, index, &mut rows).await {
-                Ok(b) => b,
+        // Chunks are read a few ahead of the upload (on S3 each is a request of its own), in
+        // order; memory stays a few chunks whatever the log's size.
+        let rows = &rows;
+        let reads = futures::stream::iter(0..length.div_ceil(CHUNK_SIZE))
+            .map(|index| self.chunk_bytes(build_id, index, rows))
+            .buffered(READ_AHEAD);
+        futures::pin_mut!(reads);
+        while let Some(read) = reads.next().await {
+            let (bytes, row_crc) = match read {
+                Ok(read) => read,
                 Err(e) => {
                     let _ = upload.abort().await;
                     return Err(e);
@@ -173,10 +215,6 @@ impl ArchiveService {
             };
             crc.update(&bytes);
             sha.update(&bytes);
-            let row_crc = rows
-                .iter()
-                .find(|r| r.chunk_index == index)
-                .and_then(|r| r.crc32);
             expected.push((
                 row_crc.unwrap_or_else(|| crc32fast::hash(&bytes)),
                 bytes.len() as u64,
@@ -204,6 +242,10 @@ impl ArchiveService {
             });
         }
         let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let now = self.clock.now_ms();
+        let expire_at_ms = self
+            .expire_in
+            .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
         let artifact = self
             .meta
             .record_archive(
@@ -213,9 +255,9 @@ impl ArchiveService {
                     size,
                     crc32: archived,
                     sha256,
-                    expire_at_ms: None,
+                    expire_at_ms,
                 },
-                self.clock.now_ms(),
+                now,
             )
             .await?;
         self.delete_chunks(build_id).await?;
@@ -223,32 +265,39 @@ impl ArchiveService {
         Ok(ArchiveOutcome::Archived(artifact))
     }
 
-    /// Chunk `index` where `rows` place it; where they place it when read again if a flush
-    /// moved it meanwhile (it deletes the live copy after flipping the row), and then `rows`
-    /// are the fresh ones.
+    /// Chunk `index` where `rows` place it, with its row's CRC32 if flushed; where the rows
+    /// place it when read again if a flush moved it meanwhile (it deletes the live copy after
+    /// flipping the row).
     async fn chunk_bytes(
         &self,
         build_id: i64,
         index: u64,
-        rows: &mut Vec<ChunkRow>,
-    ) -> Result<Vec<u8>, ArchiveError> {
+        rows: &[ChunkRow],
+    ) -> Result<(Vec<u8>, Option<u32>), ArchiveError> {
         let source = ChunkSource {
             meta: self.meta.clone(),
             live: self.live.clone(),
             live_kind: self.live_kind,
             objects: self.objects.clone(),
         };
+        let crc_in = |rows: &[ChunkRow]| {
+            rows.iter()
+                .find(|r| r.chunk_index == index)
+                .and_then(|r| r.crc32)
+        };
         if let Some(bytes) = source.read(build_id, index, rows).await? {
-            return Ok(bytes);
+            return Ok((bytes, crc_in(rows)));
         }
-        *rows = self.meta.chunks(build_id).await?;
-        source
-            .read(build_id, index, rows)
-            .await?
-            .ok_or(ArchiveError::MissingChunk {
-                build: build_id,
-                index,
-            })
+        let fresh = self.meta.chunks(build_id).await?;
+        let bytes =
+            source
+                .read(build_id, index, &fresh)
+                .await?
+                .ok_or(ArchiveError::MissingChunk {
+                    build: build_id,
+                    index,
+                })?;
+        Ok((bytes, crc_in(&fresh)))
     }
 
     /// Deletes every copy of the chunks: flushed objects, live bytes, rows (in that order, so a

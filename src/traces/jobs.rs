@@ -92,3 +92,52 @@ impl Job for RecoverStaleTraces {
         Some("run".to_owned())
     }
 }
+
+/// One run of artifact expiry ([`super::expiry::ArtifactExpiry::run`]), fired by cron (every 7
+/// minutes by default, like GitLab's `ExpireBuildArtifactsWorker`). Dedup until executed keeps
+/// a second copy out of the queue while one waits or runs; the run's own lease keeps two runs
+/// apart even if one copy is delivered twice. A run stops at its time budget (5 minutes), so
+/// the timeout only catches a hung store; the next tick retries anyway, hence few attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireArtifacts {}
+
+impl Job for ExpireArtifacts {
+    const NAME: &'static str = "expire_artifacts";
+
+    fn options() -> JobOptions {
+        JobOptions {
+            max_attempts: 3,
+            retry: RetrySchedule::Exponential {
+                min: Duration::from_secs(10),
+                factor: 2.0,
+                max: Duration::from_secs(120),
+                jitter: true,
+            },
+            dedup: Dedup::until_executed(Duration::from_secs(3600)),
+            timeout: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    fn dedup_key(&self) -> Option<String> {
+        Some("run".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stores::redis_live::LIVE_TTL;
+
+    /// The archive's retries outlast a storage outage of several days and end while the live
+    /// chunks (7-day TTL) are still there to archive.
+    #[test]
+    fn archive_retries_span_days_and_end_inside_the_live_ttl() {
+        let options = ArchiveTrace::options();
+        let total: Duration = (1..options.max_attempts)
+            .map(|attempt| options.retry.delay_after(attempt))
+            .sum();
+        assert!(total > Duration::from_secs(5 * 24 * 3600), "{total:?}");
+        assert!(total < LIVE_TTL, "{total:?}");
+    }
+}

@@ -10,6 +10,12 @@
 //!    locking): two flushes of one chunk, or a flush racing an append, cannot both win.
 //! 4. `record_archive` writes the artifact and the trace metadata in one transaction, once per
 //!    build: a second call for an archived build returns the existing artifact.
+//! 5. `expired_artifacts` lists only trace artifacts with an `expire_at` at or before the given
+//!    time and not `locked`, in (expire_at, id) order; `delete_artifact` deletes one row (the
+//!    trace metadata keeps `archived_at` and loses its artifact id), and is false if it was gone.
+//! 6. `take_lease` is atomic: of any number of holders, at most one holds a name until its
+//!    `expires_at` passes; the holder renews by taking again. `release_lease` frees it only for
+//!    its holder.
 
 use async_trait::async_trait;
 
@@ -138,6 +144,32 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn set_cursor(&self, name: &str, position: i64, now_ms: i64)
     -> Result<(), MetadataError>;
+
+    /// Artifact expiry's batch: trace artifacts expired at `now_ms` (`expire_at <= now_ms`) and
+    /// not locked, oldest `expire_at` first (then id), at most `limit`. An index range scan
+    /// over expirable artifacts only (neither the ones kept forever nor locked ones).
+    async fn expired_artifacts(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Artifact>, MetadataError>;
+
+    /// Deletes an artifact's row (its object must be deleted first); the build's trace metadata
+    /// keeps `archived_at` and its `trace_artifact_id` becomes `None`. False if there was no row.
+    async fn delete_artifact(&self, id: i64) -> Result<bool, MetadataError>;
+
+    /// Takes lease `name` for `holder` until `expires_at_ms`, if it is free, expired at `now_ms`
+    /// or already `holder`'s (then it is renewed). True if `holder` holds it now.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<bool, MetadataError>;
+
+    /// Frees lease `name` if `holder` holds it; true if it did.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, MetadataError>;
 
     /// A circuit breaker's shared state (`None`: never opened, so closed).
     async fn breaker(&self, name: &str) -> Result<Option<BreakerRecord>, MetadataError>;

@@ -11,7 +11,8 @@
 //! - [`chunk_source`]: reading a chunk from wherever it is (readers and the archiver).
 //! - [`flush`]: moving a chunk from the live store to the object store, crash-safe.
 //! - [`breaker`]: the object store's circuit breaker (database fallback, snoozed archives,
-//!   release when storage is back); [`recovery`]: the stale-trace sweep, in bounded batches.
+//!   release when storage is back); [`recovery`]: the stale-trace sweep, in bounded batches;
+//!   [`expiry`]: deleting expired archives, in bounded runs under a lease.
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
@@ -19,6 +20,7 @@ pub mod archive;
 pub mod breaker;
 pub mod chunk;
 pub mod chunk_source;
+pub mod expiry;
 pub mod flush;
 pub mod jobs;
 pub mod live;

@@ -14,10 +14,16 @@
 //!    for each (deduplicated against archives already queued) and move the cursor.
 //! 3. When the queue is full, wait for it to drain; when the walk reaches the end, start over
 //!    from 0 next time (`remaining_work` is 0); stop at the time budget in any case.
+//! 4. While the object store is down (its circuit breaker's shared row says open), enqueue
+//!    nothing and end the run: an archive enqueued then could only snooze, and a snoozing job
+//!    is scheduled, not ready or running, so it would not count against the capacity and the
+//!    walk would move the whole backlog into the queue (then released all at once when the
+//!    store is back). The next cron tick looks again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::breaker::OBJECT_STORE_BREAKER;
 use super::jobs::ArchiveTrace;
 use super::metadata::{MetadataError, MetadataStore};
 use crate::jobs::broker::{BrokerError, EnqueueOutcome};
@@ -72,6 +78,8 @@ pub enum Step {
     },
     /// The archive queue is at capacity; nothing read.
     QueueFull { backlog: u64, capacity: u32 },
+    /// The object store's circuit breaker is open: archives could only wait; nothing read.
+    StorageDown,
     /// Nothing stale above the cursor; it starts over from 0.
     Done,
 }
@@ -134,6 +142,14 @@ impl TraceRecovery {
         let (capacity, backlog) = self.archive_queue().await?;
         if backlog >= u64::from(capacity) {
             return Ok((Step::QueueFull { backlog, capacity }, backlog));
+        }
+        if self
+            .meta
+            .breaker(OBJECT_STORE_BREAKER)
+            .await?
+            .is_some_and(|b| b.open)
+        {
+            return Ok((Step::StorageDown, backlog));
         }
         let cursor = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0);
         let ids = self
@@ -206,6 +222,10 @@ impl TraceRecovery {
                 }
                 Step::Done => {
                     report.completed = true;
+                    break;
+                }
+                Step::StorageDown => {
+                    tracing::info!("object store down: stale-trace recovery waits for it");
                     break;
                 }
                 Step::QueueFull { .. } => {

@@ -224,13 +224,17 @@ impl TraceService {
         Ok(live)
     }
 
-    /// Where the log is: `live`, `flushing` (finished, chunks being moved) or `archived`.
+    /// Where the log is: `live`, `flushing` (finished, chunks being moved), `archived`, or
+    /// `expired` (archived, then deleted by artifact expiry).
     pub async fn trace_state(
         &self,
         build: &Build,
     ) -> Result<(&'static str, Option<Artifact>), TraceError> {
         if let Some(artifact) = self.meta.trace_artifact(build.id).await? {
             return Ok(("archived", Some(artifact)));
+        }
+        if build.status.is_finished() && self.expired(build.id).await? {
+            return Ok(("expired", None));
         }
         Ok((
             if build.status.is_finished() {
@@ -240,6 +244,19 @@ impl TraceService {
             },
             None,
         ))
+    }
+
+    /// Whether the log was archived and the archive has expired since (artifact expiry deleted
+    /// it): nothing is left to read. `archived_at` is written with the artifact, in one
+    /// transaction, and outlives it; it is read first, so an archive completing meanwhile is
+    /// seen as archived, never as expired.
+    pub async fn expired(&self, build_id: i64) -> Result<bool, TraceError> {
+        let archived = self
+            .meta
+            .trace_metadata(build_id)
+            .await?
+            .is_some_and(|m| m.archived_at_ms.is_some());
+        Ok(archived && self.meta.trace_artifact(build_id).await?.is_none())
     }
 
     pub async fn trace_metadata(&self, build_id: i64) -> Result<Option<TraceMetadata>, TraceError> {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use buildlogs::api::{AppState, router};
+use buildlogs::api::{AppState, BacklogHistory, router};
+use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::redis::RedisBroker;
 use buildlogs::jobs::sqlite::SqliteBroker;
 use buildlogs::jobs::{Broker, JobClient, SystemClock};
@@ -17,21 +18,29 @@ use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::archive::ArchiveService;
 use buildlogs::traces::flush::FlushService;
+use buildlogs::traces::jobs::RecoverStaleTraces;
 use buildlogs::traces::live::LiveChunkStore;
 use buildlogs::traces::metadata::MetadataStore;
 use buildlogs::traces::model::DataStore;
 use buildlogs::traces::service::TraceService;
 use http_body_util::BodyExt;
 use object_store::ObjectStore;
+use tokio_util::sync::CancellationToken;
 
 use super::objects::TestObjects;
 use super::sql::{TestPostgres, TestSqlite};
 
 pub const ADMIN: &str = "test-admin-token";
 
-/// What `TestApp::build` wires: the router, the broker, the job services, the stores.
+/// The cron schedule the test stack's dashboard shows (the production one's name and
+/// default expression).
+pub const RECOVERY_SCHEDULE: &str = "recover_stale_traces";
+pub const RECOVERY_CRON: &str = "0 */5 * * * *";
+
+/// What `TestApp::build` wires: the router, its state, the broker, the job services, the stores.
 type Built = (
     Router,
+    AppState,
     Arc<dyn Broker>,
     (Arc<FlushService>, Arc<ArchiveService>),
     Parts,
@@ -75,6 +84,9 @@ impl Parts {
 
 pub struct TestApp {
     pub router: Router,
+    /// What the router's handlers share: its shutdown token (cancel it to end trace streams),
+    /// the backlog ring the dashboard reads (nothing samples it unless a test does).
+    pub state: AppState,
     pub broker: Arc<dyn Broker>,
     pub kind: &'static str,
     /// The job handlers a worker of this stack runs (`flush_trace_chunk`, …).
@@ -125,7 +137,7 @@ impl TestApp {
         let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
         let live = Arc::new(SqlLiveChunks::sqlite(db.pool.clone()));
         let objects = TestObjects::local();
-        let (router, broker, (flush, archive), parts) = Self::build(
+        let (router, state, broker, (flush, archive), parts) = Self::build(
             broker,
             meta,
             live,
@@ -135,6 +147,7 @@ impl TestApp {
         );
         TestApp {
             router,
+            state,
             broker,
             kind: "embedded",
             flush,
@@ -158,7 +171,7 @@ impl TestApp {
         let meta = Arc::new(SqlMetadata::postgres(pg.pool.clone()));
         let live = Arc::new(RedisLiveChunks::new(conn, &prefix));
         let objects = TestObjects::s3(test).unwrap_or_else(TestObjects::local);
-        let (router, broker, (flush, archive), parts) = Self::build(
+        let (router, state, broker, (flush, archive), parts) = Self::build(
             broker,
             meta,
             live,
@@ -168,6 +181,7 @@ impl TestApp {
         );
         TestApp {
             router,
+            state,
             broker,
             kind: "production",
             flush,
@@ -190,6 +204,13 @@ impl TestApp {
         let objects: Arc<dyn ObjectStore> =
             test_objects.config("").open().expect("object store").store;
         let jobs = JobClient::new(broker.clone(), clock.clone());
+        let recovery = CronEntry::new(RECOVERY_SCHEDULE, RECOVERY_CRON, RecoverStaleTraces {})
+            .expect("cron expression");
+        let cron = Arc::new(Scheduler::new(
+            broker.clone(),
+            clock.clone(),
+            vec![recovery],
+        ));
         let flush = Arc::new(FlushService::new(
             meta.clone(),
             live.clone(),
@@ -209,7 +230,7 @@ impl TestApp {
             live.clone(),
             kind,
             objects.clone(),
-            jobs,
+            jobs.clone(),
             clock,
         );
         if let Some(max) = max_trace_size {
@@ -218,7 +239,7 @@ impl TestApp {
         let traces = Arc::new(traces);
         let parts = Parts {
             traces: traces.clone(),
-            meta,
+            meta: meta.clone(),
             live,
             live_kind: kind,
             store: objects,
@@ -226,8 +247,19 @@ impl TestApp {
         let state = AppState {
             traces,
             admin_token: ADMIN.into(),
+            jobs,
+            meta,
+            cron,
+            backlog: Arc::new(BacklogHistory::default()),
+            shutdown: CancellationToken::new(),
         };
-        (router(state), broker, (flush, archive), parts)
+        (
+            router(state.clone()),
+            state,
+            broker,
+            (flush, archive),
+            parts,
+        )
     }
 
     /// The first column of the first row of `sql` on this stack's database, as an integer

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use buildlogs::api::AppState;
+use buildlogs::api::{AppState, BacklogHistory};
 use buildlogs::config::{Settings, Stack};
-use buildlogs::jobs::cron::Scheduler;
+use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::breaker::BreakerConfig;
+use buildlogs::traces::expiry::ExpiryConfig;
 use buildlogs::traces::recovery::RecoveryConfig;
 use buildlogs::traces::service::TraceService;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,8 @@ pub struct WorkerArgs {
     pub metrics_listen: String,
     #[command(flatten)]
     pub outage: OutageArgs,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
 }
 
 /// How flushes and archives ride out an object-store outage, and how stale traces are found.
@@ -70,7 +73,55 @@ impl OutageArgs {
                 default_capacity: self.archive_capacity.max(1),
                 ..RecoveryConfig::default()
             },
+            ..HandlerConfig::default()
         }
+    }
+}
+
+/// How long archived logs are kept, and how artifact expiry deletes them (in bounded runs;
+/// GitLab's `DestroyAllExpiredService` numbers by default).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExpiryArgs {
+    /// Days an archived log is kept; unset: forever (GitLab's default for traces). Applies to
+    /// logs archived from then on (each archive records its expiry date).
+    #[arg(long, env = "BUILDLOGS_TRACE_EXPIRE_DAYS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub trace_expire_days: Option<u64>,
+    /// Expired archives read and deleted per batch.
+    #[arg(long, env = "BUILDLOGS_EXPIRY_BATCH", default_value_t = 100)]
+    pub expiry_batch: u32,
+    /// Batches per expiry run at most (with the batch size, the most one run deletes).
+    #[arg(long, env = "BUILDLOGS_EXPIRY_LOOP_LIMIT", default_value_t = 500)]
+    pub expiry_loop_limit: u32,
+    /// Seconds after which an expiry run starts no new batch (keep it below the cron
+    /// interval); the run's lease is held for this plus a minute.
+    #[arg(long, env = "BUILDLOGS_EXPIRY_BUDGET_SECONDS", default_value_t = 300)]
+    pub expiry_budget_seconds: u64,
+}
+
+impl ExpiryArgs {
+    /// `config` with these settings.
+    pub fn apply(&self, config: HandlerConfig) -> HandlerConfig {
+        let budget = Duration::from_secs(self.expiry_budget_seconds.max(1));
+        HandlerConfig {
+            expiry: ExpiryConfig {
+                batch: self.expiry_batch.max(1),
+                loop_limit: self.expiry_loop_limit.max(1),
+                budget,
+                // Outlasts the budget and the batch in progress when it runs out.
+                lease: budget + Duration::from_secs(60),
+            },
+            trace_expire_in: self
+                .trace_expire_days
+                .map(|days| Duration::from_secs(days.saturating_mul(24 * 3600))),
+            ..config
+        }
+    }
+}
+
+impl WorkerArgs {
+    /// What the job handlers are tuned by.
+    pub fn handler_config(&self) -> HandlerConfig {
+        self.expiry.apply(self.outage.handler_config())
     }
 }
 
@@ -80,6 +131,9 @@ pub struct SchedulerArgs {
     /// When stale-trace recovery runs (cron, with seconds: `sec min hour dom month dow`).
     #[arg(long, env = "BUILDLOGS_RECOVERY_CRON", default_value = "0 */5 * * * *")]
     pub recovery_cron: String,
+    /// When artifact expiry runs (GitLab: every 7 minutes, above its 5-minute budget).
+    #[arg(long, env = "BUILDLOGS_EXPIRY_CRON", default_value = "0 */7 * * * *")]
+    pub expiry_cron: String,
 }
 
 impl SchedulerArgs {
@@ -159,7 +213,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WebArgs {
-    /// Where the API, `/metrics` and (later) the dashboard listen.
+    /// Where the API, `/metrics` and the dashboard (`/admin`) listen.
     #[arg(long, env = "BUILDLOGS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Registers jobs and reads any of them; generated and printed when unset.
@@ -184,7 +238,7 @@ async fn run_worker(stack: &Stack, args: &WorkerArgs, shutdown: CancellationToke
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..RuntimeConfig::default()
     };
-    let (registry, breaker) = crate::jobs::registry(stack, &args.outage.handler_config());
+    let (registry, breaker) = crate::jobs::registry(stack, &args.handler_config());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let probe = tokio::spawn(breaker.run_probe(
         stack.objects.clone(),
@@ -214,7 +268,10 @@ pub async fn scheduler(settings: &Settings, args: SchedulerArgs) -> anyhow::Resu
 
 pub async fn web(settings: &Settings, args: WebArgs) -> anyhow::Result<()> {
     let stack = settings.open_stack().await.context("opening the stores")?;
-    serve_web(&stack, &args, shutdown_on_signal()).await
+    // The dashboard shows the scheduler role's schedules: built from the same settings (the
+    // environment both roles read).
+    let cron = crate::schedules::entries(&SchedulerArgs::parse_defaults())?;
+    serve_web(&stack, &args, cron, shutdown_on_signal()).await
 }
 
 /// Web, worker and scheduler in one process: the embedded default.
@@ -226,22 +283,22 @@ pub async fn all(
 ) -> anyhow::Result<()> {
     let stack = settings.open_stack().await.context("opening the stores")?;
     let shutdown = shutdown_on_signal();
-    let scheduler = Scheduler::new(
-        stack.broker.clone(),
-        Arc::new(SystemClock),
-        crate::schedules::entries(&scheduler_args)?,
-    );
+    let cron = crate::schedules::entries(&scheduler_args)?;
+    let scheduler = Scheduler::new(stack.broker.clone(), Arc::new(SystemClock), cron.clone());
     let (web, (), ()) = tokio::join!(
-        serve_web(&stack, &web_args, shutdown.clone()),
+        serve_web(&stack, &web_args, cron, shutdown.clone()),
         run_worker(&stack, &worker_args, shutdown.clone()),
         scheduler.run(shutdown.clone()),
     );
     web
 }
 
+/// The API, the dashboard (showing `cron`'s schedules) and `/metrics`, until `shutdown`; the
+/// dashboard's backlog sampler runs alongside.
 async fn serve_web(
     stack: &Stack,
     args: &WebArgs,
+    cron: Vec<CronEntry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -262,14 +319,20 @@ async fn serve_web(
         stack.live.clone(),
         stack.live_kind,
         stack.objects.clone(),
-        jobs,
-        clock,
+        jobs.clone(),
+        clock.clone(),
     )
     .with_max_trace_size(args.max_trace_size);
     let state = AppState {
         traces: Arc::new(traces),
         admin_token: admin_token.into(),
+        jobs: jobs.clone(),
+        meta: stack.meta.clone(),
+        cron: Arc::new(Scheduler::new(stack.broker.clone(), clock, cron)),
+        backlog: Arc::new(BacklogHistory::default()),
+        shutdown: shutdown.clone(),
     };
+    let backlog = state.backlog.clone();
     let app = buildlogs::api::router(state).route(
         "/metrics",
         axum::routing::get(move || std::future::ready(metrics.render())),
@@ -278,8 +341,12 @@ async fn serve_web(
         .await
         .with_context(|| format!("BUILDLOGS_LISTEN: cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, "web started");
-    axum::serve(listener, app)
+    let sampling = shutdown.child_token();
+    let sampler = tokio::spawn(backlog.run(jobs, sampling.clone()));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    Ok(())
+        .await;
+    sampling.cancel();
+    let _ = sampler.await;
+    served.context("serving the API")
 }

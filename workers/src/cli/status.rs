@@ -10,8 +10,10 @@ use buildlogs::traces::recovery::RECOVERY_CURSOR;
 use super::table;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
-    let stack = settings.open_stack().await.context("opening the stores")?;
-    let broker = stack.broker.clone();
+    let broker = settings
+        .open_broker()
+        .await
+        .context("opening the job queue")?;
     let now = SystemClock.now_ms();
     let mut rows = Vec::new();
     for queue in broker.queues().await? {
@@ -52,6 +54,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             )
         );
     }
+    let stack = settings.open_stack().await.context("opening the stores")?;
     outage(&stack).await
 }
 

@@ -26,6 +26,13 @@ impl JobHandler for ArchiveTraceHandler {
                 Ok(())
             }
             Ok(ArchiveOutcome::AlreadyArchived(_)) => Ok(()),
+            Ok(ArchiveOutcome::Expired) => {
+                tracing::info!(
+                    build_id = job.build_id,
+                    "trace archived before and expired since; nothing to do"
+                );
+                Ok(())
+            }
             Err(ArchiveError::StorageUnavailable) => {
                 tracing::debug!(build_id = job.build_id, "object store down; archive waits");
                 Err(JobError::Snooze(self.snooze))

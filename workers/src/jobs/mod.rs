@@ -2,16 +2,19 @@
 //! domain service.
 
 pub mod archive_trace;
+pub mod expire_artifacts;
 pub mod flush_trace_chunk;
 pub mod noop;
 pub mod recover_stale_traces;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use buildlogs::config::Stack;
 use buildlogs::jobs::{Clock, JobClient, Registry, SystemClock};
 use buildlogs::traces::archive::ArchiveService;
 use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
+use buildlogs::traces::expiry::{ArtifactExpiry, ExpiryConfig};
 use buildlogs::traces::flush::FlushService;
 use buildlogs::traces::recovery::{RecoveryConfig, TraceRecovery};
 
@@ -20,6 +23,10 @@ use buildlogs::traces::recovery::{RecoveryConfig, TraceRecovery};
 pub struct HandlerConfig {
     pub breaker: BreakerConfig,
     pub recovery: RecoveryConfig,
+    /// Artifact expiry's runs (batch, loop limit, budget, lease).
+    pub expiry: ExpiryConfig,
+    /// How long an archived log is kept (`None`: forever).
+    pub trace_expire_in: Option<Duration>,
 }
 
 /// Every job type a `buildlogs worker` runs, over the process's stores, and the object store
@@ -49,8 +56,15 @@ pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectS
             stack.objects.clone(),
             clock.clone(),
         )
-        .with_breaker(breaker.clone()),
+        .with_breaker(breaker.clone())
+        .with_expire_in(config.trace_expire_in),
     );
+    let expiry = Arc::new(ArtifactExpiry::new(
+        stack.meta.clone(),
+        stack.objects.clone(),
+        clock.clone(),
+        config.expiry.clone(),
+    ));
     let recovery = Arc::new(TraceRecovery::new(
         stack.meta.clone(),
         JobClient::new(stack.broker.clone(), clock.clone()),
@@ -64,6 +78,7 @@ pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectS
             archive,
             snooze: config.breaker.snooze,
         })
-        .register(recover_stale_traces::RecoverStaleTracesHandler { recovery });
+        .register(recover_stale_traces::RecoverStaleTracesHandler { recovery })
+        .register(expire_artifacts::ExpireArtifactsHandler { expiry });
     (registry, breaker)
 }
