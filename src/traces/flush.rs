@@ -48,7 +48,8 @@ pub enum FlushOutcome {
         size: u64,
         crc32: u32,
     },
-    /// Already in the object store (a repeated flush); any leftover live copy was dropped.
+    /// Already in the object store, or in the database during an outage (a repeated flush);
+    /// any leftover live copy was dropped.
     AlreadyFlushed,
     /// The object store is down (breaker open): the chunk went to the database instead.
     FlushedToDatabase {
@@ -132,7 +133,11 @@ impl FlushService {
             && row.data_store == DataStore::Database
             && row.crc32.is_some()
         {
-            // Flushed to the database during an outage: the archive moves it on.
+            // Flushed to the database during an outage: the archive moves it on. A flush that
+            // crashed between its flip and deleting the live copy left that copy in Redis:
+            // drop it, as for a chunk in the object store (memory stays bounded while the
+            // store is down).
+            self.live.delete_chunk(build_id, index).await?;
             return Ok(FlushOutcome::AlreadyFlushed);
         }
         if row.data_store == DataStore::Object {
