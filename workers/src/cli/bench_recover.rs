@@ -1,9 +1,10 @@
 //! `buildlogs bench recover`: the seed incident replayed. `--builds` finished builds (26,811 by
 //! default) whose logs are still live in Redis, with no archive job queued (the queue was lost),
 //! on the production stack: a private redis-server, a throwaway PostgreSQL schema, a local
-//! object folder. Then one worker process's worth of runtime (the real handlers) runs a
-//! stale-trace recovery, which feeds the archive queue in batches while it has room, until every
-//! log is archived. Prints seconds to the last archive, traces/s, MB/s, peak RSS (of the
+//! object folder. Then one worker process's worth of runtime (the real handlers) runs
+//! stale-trace recovery (fired every 50 ms instead of every 5 minutes; a run stops at its
+//! 4-minute budget and the next resumes at the cursor), which feeds the archive queue in
+//! batches while it has room, until every log is archived. Prints seconds to the last archive, traces/s, MB/s, peak RSS (of the
 //! recovery: the seeding's peak is reset first), the archive queue's longest length, and Redis
 //! commands and SQL statements per trace.
 //!
@@ -225,8 +226,6 @@ async fn drive(args: &RecoverArgs, settings: &Settings, redis_url: &str) -> anyh
         .await?;
     let mut config = HandlerConfig::default();
     config.recovery.batch = args.batch;
-    // One run drains the whole backlog (the cron's runs stop at 4 minutes and resume).
-    config.recovery.budget = Duration::from_secs(24 * 3600);
     let (registry, _breaker) = crate::jobs::registry(&stack, &config);
     let runtime = Runtime::new(
         stack.broker.clone(),
@@ -243,12 +242,13 @@ async fn drive(args: &RecoverArgs, settings: &Settings, redis_url: &str) -> anyh
     let started = Instant::now();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(runtime.run(shutdown.clone()));
-    JobClient::new(stack.broker.clone(), clock.clone())
-        .enqueue(&RecoverStaleTraces {})
-        .await?;
+    let jobs = JobClient::new(stack.broker.clone(), clock.clone());
     let (mut max_queue, mut polls) = (0u64, 0u64);
     let mut last_report = Instant::now();
     loop {
+        // The cron, fired every poll instead of every 5 minutes: a run stops at its budget (4
+        // minutes) and the next resumes at the cursor; one at a time (dedup until executed).
+        jobs.enqueue(&RecoverStaleTraces {}).await?;
         let s = stack
             .broker
             .stats(ArchiveTrace::NAME, clock.now_ms())
@@ -271,9 +271,11 @@ async fn drive(args: &RecoverArgs, settings: &Settings, redis_url: &str) -> anyh
     }
     let elapsed = started.elapsed().as_secs_f64();
     let sql = SQL_STATEMENTS.load(Ordering::Relaxed) - sql_before;
-    // The monitor's stats call is a handful of commands; subtract it rather than guess.
+    // The monitor's poll (a deduplicated enqueue, a stats call) is a handful of commands;
+    // subtract it rather than guess.
     let per_poll = {
         let a = redis_commands(&mut monitor).await?;
+        jobs.enqueue(&RecoverStaleTraces {}).await?;
         stack
             .broker
             .stats(ArchiveTrace::NAME, clock.now_ms())
