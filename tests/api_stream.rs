@@ -546,7 +546,32 @@ async fn open_streams_end_at_once_when_the_server_shuts_down(app: &TestApp) {
     assert_eq!(resumed.append().await, b"world", "exactly the rest");
 }
 
+/// GitLab's update interval: a runner PATCHing a log nobody tails comes back in 60 s; once a
+/// reader tails it, in 3 s (so the tail is live within seconds).
+async fn a_tailed_log_tells_the_runner_to_patch_every_3_seconds(app: &TestApp) {
+    let (id, token) = app.create_job().await;
+    let interval = |reply: &support::app::Reply| {
+        reply
+            .header("x-gitlab-trace-update-interval")
+            .map(str::to_owned)
+    };
+    let first = app.patch(id, &token, 0, b"before ").await;
+    assert_eq!(first.status, 202);
+    assert_eq!(
+        interval(&first).as_deref(),
+        Some("60"),
+        "nobody tails it yet"
+    );
+    let stream = stream_request(app, id, "", &[("job-token", &token)]).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let second = app.patch(id, &token, 7, b"while tailed").await;
+    assert_eq!(second.status, 202);
+    assert_eq!(interval(&second).as_deref(), Some("3"), "a reader tails it");
+    drop(stream);
+}
+
 on_both_stacks!(
+    a_tailed_log_tells_the_runner_to_patch_every_3_seconds,
     open_streams_end_at_once_when_the_server_shuts_down,
     a_tailed_log_arrives_while_it_is_written_and_ends_after_the_final_put,
     a_client_resuming_from_last_event_id_gets_exactly_the_rest,

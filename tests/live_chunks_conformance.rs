@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use buildlogs::stores::redis_live::RedisLiveChunks;
 use buildlogs::stores::sql_live::SqlLiveChunks;
@@ -95,6 +96,7 @@ async fn appended(f: &Fixture, offset: u64, data: &[u8]) -> (u64, Vec<u64>, Vec<
             length,
             started,
             filled,
+            ..
         } => (length, started, filled),
         other => panic!("append at {offset} refused: {other:?}"),
     }
@@ -432,7 +434,23 @@ async fn a_closed_trace_takes_no_more_bytes_even_after_deletion(f: &Fixture) {
     );
 }
 
+/// While a reader tails the log, appends say so (the runner is told to PATCH sooner); the mark
+/// lapses after its TTL.
+async fn appends_report_a_tailed_log_until_the_mark_lapses(f: &Fixture) {
+    let watched = |o: AppendOutcome| match o {
+        AppendOutcome::Appended { watched, .. } => watched,
+        other => panic!("append refused: {other:?}"),
+    };
+    assert!(!watched(f.store.append(B, 0, b"a").await.unwrap()));
+    f.store.watch(B, Duration::from_secs(60)).await.unwrap();
+    assert!(watched(f.store.append(B, 1, b"b").await.unwrap()));
+    f.store.watch(B, Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!watched(f.store.append(B, 2, b"c").await.unwrap()));
+}
+
 on_every_live_store!(
+    appends_report_a_tailed_log_until_the_mark_lapses,
     a_closed_trace_takes_no_more_bytes_even_after_deletion,
     appends_at_the_end_and_reads_back,
     a_gap_or_an_overlap_is_refused_and_writes_nothing,

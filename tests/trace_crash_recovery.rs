@@ -885,6 +885,10 @@ impl LiveChunkStore for PausingLive {
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError> {
         self.inner.delete_build(build).await
     }
+
+    async fn watch(&self, build: i64, ttl: std::time::Duration) -> Result<(), LiveStoreError> {
+        self.inner.watch(build, ttl).await
+    }
 }
 
 /// A second archive of the build reads the log's length only after the first one completed

@@ -23,6 +23,9 @@ use crate::traces::service::{FinishOutcome, FinishRequest};
 /// Seconds a runner waits between PATCHes (GitLab's default when nobody tails the log).
 const UPDATE_INTERVAL_S: u32 = 60;
 
+/// Seconds between PATCHes while someone tails the log (`GET …/trace/stream`), as GitLab's.
+const WATCHED_UPDATE_INTERVAL_S: u32 = 3;
+
 #[derive(Debug, Default, Deserialize)]
 pub struct TokenParam {
     pub token: Option<String>,
@@ -70,7 +73,12 @@ pub async fn append_trace(
             ("job-status", done.status.to_string()),
             (
                 "x-gitlab-trace-update-interval",
-                UPDATE_INTERVAL_S.to_string(),
+                if done.watched {
+                    WATCHED_UPDATE_INTERVAL_S
+                } else {
+                    UPDATE_INTERVAL_S
+                }
+                .to_string(),
             ),
         ],
     )

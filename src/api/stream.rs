@@ -38,8 +38,13 @@
 //! waits for open responses) from finishing; an `EventSource` reconnects with `Last-Event-ID`
 //! to another process and misses nothing.
 //!
+//! While a stream waits on a running job it keeps the log marked as tailed
+//! ([`TraceService::watch`], renewed every 5 s): the runner's PATCHes then answer
+//! `X-GitLab-Trace-Update-Interval: 3` instead of 60, so new output arrives within seconds.
+//!
 //! Cost per poll tick while nothing changes: 2 round trips (the live length, then the build's
-//! status: [`TraceService::tail_position`]); 4 on the tick that sees the job finished. New bytes
+//! status: [`TraceService::tail_position`]), plus the mark's one write every 5 s; 4 on the
+//! tick that sees the job finished. New bytes
 //! add one [`TraceService::read`] per event (the artifact lookup, the live length, the chunk
 //! rows, the chunk).
 
@@ -65,6 +70,9 @@ use crate::traces::service::{TraceError, TraceService};
 /// while a log is tailed), so half a second adds little delay, for 2 round trips a tick.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a stream's "someone tails this log" mark lasts; the stream renews it at half.
+pub const WATCH_TTL: Duration = Duration::from_secs(10);
+
 /// Bytes of log an event carries at most (about 87 KiB of base64), so a big backlog arrives
 /// as many events a client can handle one by one. It divides the 128 KiB chunk size, and an
 /// event never crosses a multiple of it, so each event's read touches a single chunk.
@@ -87,7 +95,7 @@ pub async fn trace_stream(
     };
     authorize_read(&state, id, &headers, &token).await?;
     let offset = start_offset(&headers, &query)?;
-    let (_, length) = state
+    let (status, length) = state
         .traces
         .tail_position(id)
         .await?
@@ -100,13 +108,18 @@ pub async fn trace_stream(
         .header("content-range", format!("bytes */{length}")));
     }
     tracing::debug!(build_id = id, offset, length, "trace stream opened");
-    let tail = Tail {
+    let mut tail = Tail {
         traces: state.traces.clone(),
         build_id: id,
         sent: offset,
         known: length,
         done: false,
+        renew_watch_at: None,
     };
+    if !status.is_finished() {
+        // From the runner's next PATCH on, it is told to come back in 3 s.
+        tail.keep_watching().await;
+    }
     let events = futures::stream::unfold(tail, |mut tail| async move {
         let event = tail.next_event().await?;
         Some((Ok::<_, Infallible>(event), tail))
@@ -131,6 +144,8 @@ struct Tail {
     known: u64,
     /// `end` was sent, or the stream failed.
     done: bool,
+    /// When to renew the mark that tells the runner someone tails the log (`None`: now).
+    renew_watch_at: Option<tokio::time::Instant>,
 }
 
 impl Tail {
@@ -179,7 +194,8 @@ impl Tail {
                                 .data(end.to_string()),
                         );
                     }
-                    Ok(Some(_)) => {}
+                    // Running, nothing new: make sure the runner PATCHes often.
+                    Ok(Some(_)) => self.keep_watching().await,
                     Ok(None) => {
                         tracing::warn!(build_id = self.build_id, "trace stream: the job is gone");
                         self.done = true;
@@ -189,6 +205,22 @@ impl Tail {
                 }
             }
             tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Marks the log as tailed for [`WATCH_TTL`], renewed at half of it: while the mark is on,
+    /// a PATCH answers `X-GitLab-Trace-Update-Interval: 3` instead of 60. A failure only
+    /// costs that (the runner keeps its usual pace), so it is logged, not fatal.
+    async fn keep_watching(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.renew_watch_at.is_some_and(|at| now < at) {
+            return;
+        }
+        match self.traces.watch(self.build_id, WATCH_TTL).await {
+            Ok(()) => self.renew_watch_at = Some(now + WATCH_TTL / 2),
+            Err(e) => {
+                tracing::warn!(build_id = self.build_id, error = %e, "trace stream: cannot mark the log as tailed")
+            }
         }
     }
 

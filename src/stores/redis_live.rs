@@ -77,6 +77,7 @@ impl LiveChunkStore for RedisLiveChunks {
                 length: reply.get(1).and_then(int).unwrap_or(0) as u64,
                 started: reply.get(2).map(ints).unwrap_or_default(),
                 filled: reply.get(3).map(ints).unwrap_or_default(),
+                watched: reply.get(4).and_then(int) == Some(1),
             }),
             Some(2) => Ok(AppendOutcome::Closed),
             Some(0) => Ok(AppendOutcome::Mismatch {
@@ -127,6 +128,16 @@ impl LiveChunkStore for RedisLiveChunks {
             .conn
             .clone()
             .del(self.chunk_key(build, chunk_index))
+            .await?;
+        Ok(())
+    }
+
+    async fn watch(&self, build: i64, ttl: Duration) -> Result<(), LiveStoreError> {
+        let key = format!("{}watched", self.base(build));
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(key, 1, ttl.as_millis() as u64)
             .await?;
         Ok(())
     }

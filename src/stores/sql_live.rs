@@ -62,7 +62,8 @@ pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
 struct Statements {
     /// Opens the append's write transaction.
     begin: &'static str,
-    /// $1 build, $2 expected length, $3 new length → 1 row if the length was $2.
+    /// $1 build, $2 expected length, $3 new length → the row's `trace_watched_until` if the
+    /// length was $2 (no row otherwise).
     advance_length: &'static str,
     /// $1 build → trace_length (no row: no build).
     length: &'static str,
@@ -86,6 +87,8 @@ struct Statements {
     closed: &'static str,
     /// $1 build.
     close: &'static str,
+    /// $1 build, $2 watched until.
+    watch: &'static str,
 }
 
 /// SQLite: `BEGIN IMMEDIATE` takes the write lock at once (a deferred transaction that read
@@ -94,10 +97,12 @@ struct Statements {
 const SQLITE: Statements = Statements {
     begin: "BEGIN IMMEDIATE",
     advance_length: "UPDATE builds SET trace_length = $3 \
-         WHERE id = $1 AND trace_length = $2 AND trace_closed = 0",
+         WHERE id = $1 AND trace_length = $2 AND trace_closed = 0 \
+         RETURNING trace_watched_until",
     length: "SELECT trace_length FROM builds WHERE id = $1",
     closed: "SELECT trace_closed FROM builds WHERE id = $1",
     close: "UPDATE builds SET trace_closed = 1 WHERE id = $1",
+    watch: "UPDATE builds SET trace_watched_until = $2 WHERE id = $1",
     start_chunk: "INSERT INTO build_trace_chunks \
          (build_id, chunk_index, data_store, raw_data, size, created_at, updated_at) \
          VALUES ($1, $2, 'database', $3, $4, $5, $5) \
@@ -130,6 +135,7 @@ const POSTGRES: Statements = Statements {
     length: SQLITE.length,
     closed: SQLITE.closed,
     close: SQLITE.close,
+    watch: SQLITE.watch,
     start_chunk: SQLITE.start_chunk,
     extend_chunk: "UPDATE build_trace_chunks SET raw_data = raw_data || $3, \
          size = size + $4, lock_version = lock_version + 1, updated_at = $5 \
@@ -233,14 +239,13 @@ impl LiveChunkStore for SqlLiveChunks {
         let now = self.clock.now_ms();
         on_db!(&self.db, |pool, q| {
             let mut tx = pool.begin_with(q.begin).await?;
-            let moved = sqlx::query(q.advance_length)
+            let moved: Option<Option<i64>> = sqlx::query_scalar(q.advance_length)
                 .bind(build)
                 .bind(from)
                 .bind(to)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if moved != 1 {
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(watched_until) = moved else {
                 let closed: Option<i64> = sqlx::query_scalar(q.closed)
                     .bind(build)
                     .fetch_optional(&mut *tx)
@@ -263,7 +268,7 @@ impl LiveChunkStore for SqlLiveChunks {
                         "no builds row (a build is registered before its trace is written)".into(),
                     )),
                 };
-            }
+            };
             let (mut started, mut filled) = (Vec::new(), Vec::new());
             for piece in &pieces {
                 let bytes = &data[piece.start..piece.end];
@@ -324,6 +329,7 @@ impl LiveChunkStore for SqlLiveChunks {
                 length: end,
                 started,
                 filled,
+                watched: watched_until.is_some_and(|until| until > now),
             })
         })
     }
@@ -352,6 +358,21 @@ impl LiveChunkStore for SqlLiveChunks {
                 .await?
         });
         Ok(data.flatten())
+    }
+
+    async fn watch(&self, build: i64, ttl: std::time::Duration) -> Result<(), LiveStoreError> {
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.watch)
+                .bind(build)
+                .bind(until)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     async fn close(&self, build: i64) -> Result<(), LiveStoreError> {

@@ -23,6 +23,8 @@ pub enum AppendOutcome {
         started: Vec<u64>,
         /// Chunks this append filled (to be flushed).
         filled: Vec<u64>,
+        /// Someone tails the log ([`LiveChunkStore::watch`]): the runner should PATCH sooner.
+        watched: bool,
     },
     /// The offset was not the current length; nothing written.
     Mismatch { length: u64 },
@@ -68,4 +70,7 @@ pub trait LiveChunkStore: Send + Sync + 'static {
 
     /// Drops everything live of a build, its length included (after archiving); it stays closed.
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError>;
+
+    /// Marks the log as tailed for `ttl` from now: appends report `watched` until then.
+    async fn watch(&self, build: i64, ttl: std::time::Duration) -> Result<(), LiveStoreError>;
 }

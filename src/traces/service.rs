@@ -104,6 +104,8 @@ pub fn finish_backoff_s(elapsed_ms: i64) -> u64 {
 pub struct Appended {
     pub length: u64,
     pub status: BuildStatus,
+    /// Someone tails the log: the runner is told to PATCH every 3 s instead of every 60 s.
+    pub watched: bool,
 }
 
 pub struct TraceService {
@@ -263,6 +265,12 @@ impl TraceService {
         Ok(self.meta.trace_metadata(build_id).await?)
     }
 
+    /// A reader tails the log (the SSE stream): appends report it for the next `ttl`, so the
+    /// runner PATCHes more often. The stream renews it while it is open.
+    pub async fn watch(&self, build_id: i64, ttl: std::time::Duration) -> Result<(), TraceError> {
+        Ok(self.live.watch(build_id, ttl).await?)
+    }
+
     pub async fn append(
         &self,
         build_id: i64,
@@ -303,7 +311,12 @@ impl TraceService {
                 Err(TraceError::NotRunning(status))
             }
             AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
-            AppendOutcome::Appended { length, filled, .. } => {
+            AppendOutcome::Appended {
+                length,
+                filled,
+                watched,
+                ..
+            } => {
                 // No SQL here: a live chunk needs no row (readers and the final PUT go by the
                 // live length); the flush creates the row when the chunk leaves the live store.
                 if !filled.is_empty() {
@@ -320,6 +333,7 @@ impl TraceService {
                 Ok(Appended {
                     length,
                     status: BuildStatus::Running,
+                    watched,
                 })
             }
         }
