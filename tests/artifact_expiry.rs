@@ -218,7 +218,7 @@ async fn only_expired_unlocked_artifacts_go_object_and_row(f: &Fixture) {
     }
     assert!(
         f.meta
-            .stale_traces(0, i64::MAX, 100)
+            .stale_traces(0, i64::MAX, u32::MAX, 100)
             .await
             .unwrap()
             .is_empty(),
@@ -542,6 +542,7 @@ async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp)
     for reply in [
         app.trace(id, &token).await,
         get(app, format!("/api/v4/jobs/{id}/trace")).await,
+        get(app, format!("/api/v4/jobs/{id}/trace/stream")).await,
     ] {
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
         assert_eq!(reply.json()["message"], "trace expired");
@@ -565,7 +566,7 @@ async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp)
     assert!(
         !parts
             .meta
-            .stale_traces(0, i64::MAX, 1_000)
+            .stale_traces(0, i64::MAX, u32::MAX, 1_000)
             .await
             .unwrap()
             .contains(&id)

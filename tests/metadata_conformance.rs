@@ -885,7 +885,7 @@ async fn deleting_an_artifact_keeps_the_build_archived_without_it(f: &Fixture) {
     assert_eq!(finished.status, BuildStatus::Success);
     assert!(
         f.store
-            .stale_traces(0, i64::MAX, 100)
+            .stale_traces(0, i64::MAX, u32::MAX, 100)
             .await
             .unwrap()
             .is_empty()

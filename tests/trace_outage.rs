@@ -337,6 +337,16 @@ async fn recovery_enqueues_stale_traces_in_batches_under_the_archive_capacity(ap
         .await
         .unwrap();
 
+    // Nor one whose archive used every attempt (it is in the dead set, for an operator).
+    let gave_up = finished_builds(app, 1, now - 3 * 3_600_000).await[0];
+    for _ in 0..ArchiveTrace::options().max_attempts {
+        app.parts
+            .meta
+            .increment_archival_attempts(gave_up, now)
+            .await
+            .unwrap();
+    }
+
     let first = recovery(app, 10, 5);
     assert_eq!(
         first.dry_run(1_000).await.unwrap(),
@@ -462,7 +472,57 @@ async fn a_recovery_run_drains_the_backlog_with_a_bounded_queue(app: &TestApp) {
     assert_eq!(archived, stale, "each stale build once");
 }
 
+/// A job whose state was committed at the accept timeout (its runner's checksum unchecked)
+/// and whose live length is gone (Redis keeps it 7 days from the last PATCH): the archive
+/// takes the length from the flushed chunks, keeps every byte, and checks the runner's CRC32.
+async fn a_late_archive_keeps_every_flushed_byte_and_checks_the_runners_checksum(app: &TestApp) {
+    for runner_is_right in [true, false] {
+        let (id, token) = app.create_job().await;
+        let log = log_bytes(2 * CHUNK_SIZE as usize + 777);
+        for (n, piece) in log.chunks(100_000).enumerate() {
+            assert_eq!(
+                app.patch(id, &token, n as u64 * 100_000, piece)
+                    .await
+                    .status,
+                202
+            );
+        }
+        let sent = if runner_is_right {
+            log.clone()
+        } else {
+            b"not this log".to_vec()
+        };
+        assert_eq!(put_success(app, id, &token, &sent).await, 202);
+        for index in 0..3 {
+            assert!(matches!(
+                app.flush.flush(id, index).await.unwrap(),
+                FlushOutcome::Flushed { .. }
+            ));
+        }
+        // The accept timeout's commit (no checksum check), then the live length is lost.
+        app.parts
+            .meta
+            .finish_build(id, BuildStatus::Success, None, SystemClock.now_ms())
+            .await
+            .unwrap();
+        app.parts.live.delete_build(id).await.unwrap();
+        assert_eq!(app.parts.live.length(id).await.unwrap(), 0);
+
+        let ArchiveOutcome::Archived(artifact) = app.archive.archive(id).await.unwrap() else {
+            panic!("archived")
+        };
+        assert_eq!(artifact.size, log.len() as u64, "{}", app.kind);
+        assert_eq!(artifact.crc32, crc32fast::hash(&log));
+        assert_eq!(app.trace(id, &token).await.body, log);
+        let meta = app.parts.meta.trace_metadata(id).await.unwrap().unwrap();
+        assert_eq!(meta.checksum_valid, Some(runner_is_right), "{meta:?}");
+        assert_eq!(meta.remote_checksum, Some(crc32fast::hash(&sent)));
+        assert_eq!(meta.invalid, !runner_is_right);
+    }
+}
+
 on_both_stacks!(
+    a_late_archive_keeps_every_flushed_byte_and_checks_the_runners_checksum,
     an_outage_sends_flushes_to_the_database_and_the_archive_waits_for_storage,
     the_breaker_is_shared_and_closing_it_releases_waiting_archives,
     recovery_enqueues_stale_traces_in_batches_under_the_archive_capacity,

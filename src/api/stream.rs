@@ -100,6 +100,10 @@ pub async fn trace_stream(
         .tail_position(id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+    // As the trace GET: an expired archive is gone, not an empty log.
+    if status.is_finished() && length == 0 && state.traces.expired(id).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "trace expired"));
+    }
     if offset > length {
         return Err(ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,

@@ -181,7 +181,7 @@ struct Statements {
     record_archived: &'static str,
     /// $1 build, $2 now.
     mark_trace_archived: &'static str,
-    /// $1 after id, $2 finished before, $3 limit → build ids.
+    /// $1 after id, $2 finished before, $3 limit, $4 attempts that mean "gave up" → build ids.
     stale_traces: &'static str,
     /// $1 name → position.
     cursor: &'static str,
@@ -278,7 +278,10 @@ const SQLITE: Statements = Statements {
     // The partial index `builds_unarchived_traces` holds exactly the rows this walks.
     stale_traces: "SELECT id FROM builds \
          WHERE finished_at IS NOT NULL AND trace_archived_at IS NULL \
-         AND id > $1 AND finished_at < $2 ORDER BY id LIMIT $3",
+         AND id > $1 AND finished_at < $2 \
+         AND NOT EXISTS (SELECT 1 FROM build_trace_metadata m \
+         WHERE m.build_id = builds.id AND m.archival_attempts >= $4) \
+         ORDER BY id LIMIT $3",
     cursor: "SELECT position FROM cursors WHERE name = $1",
     set_cursor: "INSERT INTO cursors (name, position, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
@@ -827,6 +830,7 @@ impl MetadataStore for SqlMetadata {
         &self,
         after_id: i64,
         finished_before_ms: i64,
+        gave_up_after: u32,
         limit: u32,
     ) -> Result<Vec<i64>, MetadataError> {
         Ok(on_db!(&self.db, |pool, q| {
@@ -834,6 +838,7 @@ impl MetadataStore for SqlMetadata {
                 .bind(after_id)
                 .bind(finished_before_ms)
                 .bind(i64::from(limit))
+                .bind(i64::from(gave_up_after))
                 .fetch_all(pool)
                 .await?
         }))

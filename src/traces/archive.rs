@@ -24,7 +24,7 @@ use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::breaker::ObjectStoreBreaker;
-use super::chunk::{CHUNK_SIZE, combine_crc32};
+use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
 use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::flush::chunk_path;
 use super::live::{LiveChunkStore, LiveStoreError};
@@ -97,10 +97,13 @@ pub struct ArchiveService {
 impl ArchiveError {
     /// An error of the object store itself (what the circuit breaker counts).
     pub fn is_object_store(&self) -> bool {
-        matches!(
-            self,
-            ArchiveError::Objects(_) | ArchiveError::ChunkRead(ChunkReadError::Objects(_))
-        )
+        // Not found is an answer (a concurrent run deleted a chunk), not an outage.
+        match self {
+            ArchiveError::Objects(e) | ArchiveError::ChunkRead(ChunkReadError::Objects(e)) => {
+                !objects::is_not_found(e)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -164,10 +167,9 @@ impl ArchiveService {
         // archived build without an artifact is one whose archive expired. It is read before
         // the artifact, so an archive committed between the two reads (a concurrent run) is
         // seen as archived, never as expired.
-        let archived_before = self
-            .meta
-            .trace_metadata(build_id)
-            .await?
+        let metadata = self.meta.trace_metadata(build_id).await?;
+        let archived_before = metadata
+            .as_ref()
             .is_some_and(|m| m.archived_at_ms.is_some());
         if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
             self.delete_chunks(build_id).await?;
@@ -180,8 +182,16 @@ impl ArchiveService {
         self.meta
             .increment_archival_attempts(build_id, self.clock.now_ms())
             .await?;
-        let length = self.live.length(build_id).await?;
+        let live_length = self.live.length(build_id).await?;
         let rows = self.meta.chunks(build_id).await?;
+        // The live length, unless chunks that left the live store reach further: Redis's
+        // length key lives 7 days from the last PATCH, and an archive waiting out a longer
+        // outage (or found by recovery) must not take a lost key for an empty log.
+        let length = rows
+            .iter()
+            .filter(|r| r.crc32.is_some())
+            .map(|r| r.chunk_index * CHUNK_SIZE + r.size)
+            .fold(live_length, u64::max);
         // Another run may have archived the log since the check above, and deleted its chunks
         // and live length: what is left must not replace its object. (If it archives from
         // here on, it deletes nothing before this run has read the length and the rows; a
@@ -241,6 +251,9 @@ impl ArchiveService {
                 chunks,
             });
         }
+        if metadata.as_ref().is_none_or(|m| m.checksum_valid.is_none()) {
+            self.check_runner_checksum(build_id, archived).await?;
+        }
         let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let now = self.clock.now_ms();
         let expire_at_ms = self
@@ -263,6 +276,29 @@ impl ArchiveService {
         self.delete_chunks(build_id).await?;
         metrics::counter!("buildlogs_traces_archived_total").increment(1);
         Ok(ArchiveOutcome::Archived(artifact))
+    }
+
+    /// The final PUT validates the runner's CRC32 when every chunk is flushed; a state committed
+    /// at the accept timeout (chunks still live) was not, so the archive does it, against the
+    /// whole log. A mismatch is recorded (flag, metric, log line), never fatal.
+    async fn check_runner_checksum(&self, build_id: i64, ours: u32) -> Result<(), ArchiveError> {
+        let Some(theirs) = self
+            .meta
+            .pending_state(build_id)
+            .await?
+            .and_then(|p| p.trace_checksum)
+        else {
+            return Ok(());
+        };
+        let valid = theirs == ours;
+        if !valid {
+            tracing::warn!(build_id, ours = %format_crc32(ours), theirs = %format_crc32(theirs), "trace checksum mismatch (found by the archive)");
+            metrics::counter!("buildlogs_trace_checksum_mismatches_total").increment(1);
+        }
+        self.meta
+            .record_checksums(build_id, ours, Some(theirs), Some(valid))
+            .await?;
+        Ok(())
     }
 
     /// Chunk `index` where `rows` place it, with its row's CRC32 if flushed; where the rows

@@ -1,6 +1,6 @@
 //! Reading one chunk's bytes from wherever its row says they are: the live store, the
 //! database (a chunk flushed there during an outage) or the object store. A chunk without a
-//! row is live (appends write no rows: a chunk gets its row from its first flush). Shared by readers and
+//! row is live (Redis appends write no rows: such a chunk gets its row from its first flush). Shared by readers and
 //! the archiver, so both find a chunk the same way.
 
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! `persist_data!`).
 //!
 //! Order, so that a crash at any step loses nothing and a rerun finishes the job:
-//! 1. read the chunk row (its store and `lock_version`) and the live bytes;
+//! 1. read the chunk row (its store and `lock_version`) and the live bytes; a live Redis chunk
+//!    has no row yet: create it at `lock_version` 0, unless the live chunk is gone (archived);
 //! 2. write `chunks/<build_id>/<index>.log` (a deterministic key: a rerun overwrites it);
 //! 3. flip the row to `object` with its size and CRC32, only if `lock_version` is unchanged
 //!    (two flushes, or a flush racing a late append, cannot both win; the loser finds the chunk

@@ -19,7 +19,8 @@ pub enum AppendOutcome {
     Appended {
         /// The trace length after the append.
         length: u64,
-        /// Chunks this append wrote the first bytes of (no row yet: the flush writes it).
+        /// Chunks this append wrote the first bytes of (Redis writes no row for them: the
+        /// flush does; the database store's row is the chunk itself).
         started: Vec<u64>,
         /// Chunks this append filled (to be flushed).
         filled: Vec<u64>,

@@ -66,7 +66,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Build, MetadataError>;
 
-    /// Creates the rows of chunks first written to `store` (Redis: size 0 until flushed).
+    /// Creates missing chunk rows in `store`, leaving existing ones alone: a flush's first write
+    /// for a live Redis chunk (size 0 until the flip).
     async fn ensure_chunks(
         &self,
         build_id: i64,
@@ -130,12 +131,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn trace_artifact(&self, build_id: i64) -> Result<Option<Artifact>, MetadataError>;
 
     /// Stale-trace recovery's batch: ids of finished builds whose log is not archived, finished
-    /// before `finished_before_ms`, above `after_id`; at most `limit`, ascending. Costs an index
-    /// range scan over unarchived builds only, however many builds there are.
+    /// before `finished_before_ms`, above `after_id`, with fewer than `gave_up_after` archival
+    /// attempts (an archive that used them all is in the dead set: an operator re-runs or
+    /// discards it, recovery does not); at most `limit`, ascending. Costs an index range scan
+    /// over unarchived builds only, however many builds there are.
     async fn stale_traces(
         &self,
         after_id: i64,
         finished_before_ms: i64,
+        gave_up_after: u32,
         limit: u32,
     ) -> Result<Vec<i64>, MetadataError>;
 

@@ -154,7 +154,12 @@ impl TraceRecovery {
         let cursor = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0);
         let ids = self
             .meta
-            .stale_traces(cursor, self.stale_before(), self.config.batch)
+            .stale_traces(
+                cursor,
+                self.stale_before(),
+                ArchiveTrace::options().max_attempts,
+                self.config.batch,
+            )
             .await?;
         let now = self.clock.now_ms();
         let Some(&last) = ids.last() else {
@@ -251,7 +256,10 @@ impl TraceRecovery {
         let mut ids = Vec::new();
         while (ids.len() as u64) < max {
             let want = (max - ids.len() as u64).min(u64::from(self.config.batch)) as u32;
-            let batch = self.meta.stale_traces(cursor, before, want).await?;
+            let batch = self
+                .meta
+                .stale_traces(cursor, before, ArchiveTrace::options().max_attempts, want)
+                .await?;
             let Some(&last) = batch.last() else { break };
             cursor = last;
             let short = batch.len() < want as usize;
