@@ -121,6 +121,17 @@ async fn job_of_a_sigkilled_worker_is_redelivered_after_its_lease() {
         vec!["7:2"],
         "re-delivered once, the lost run counted as attempt 1"
     );
+    // The handler records "done" before its worker acks the job (acks are batched): wait for
+    // the ack rather than reading the counts in between.
+    wait_for("the second worker's ack", SECS, || async {
+        b.broker
+            .stats("probe", SystemClock.now_ms())
+            .await
+            .unwrap()
+            .processed
+            == 1
+    })
+    .await;
     let s = b.broker.stats("probe", SystemClock.now_ms()).await.unwrap();
     assert_eq!((s.processed, s.running, s.dead), (1, 0, 0));
 }
