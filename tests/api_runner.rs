@@ -319,69 +319,6 @@ async fn past_the_size_limit_the_job_fails_with_403() {
     }
 }
 
-/// Runs every queued archive the way a worker would.
-async fn run_archives(app: &TestApp) -> usize {
-    use buildlogs::jobs::broker::Ack;
-    use buildlogs::traces::jobs::ArchiveTrace;
-    let now = SystemClock.now_ms();
-    let got = app
-        .broker
-        .fetch(
-            ArchiveTrace::NAME,
-            100,
-            std::time::Duration::from_secs(30),
-            now,
-        )
-        .await
-        .unwrap();
-    let mut acks = Vec::new();
-    for d in &got {
-        let job: ArchiveTrace = serde_json::from_str(&d.envelope.payload).unwrap();
-        app.archive.archive(job.build_id).await.unwrap();
-        acks.push(Ack::Complete {
-            lease: d.lease.clone(),
-        });
-    }
-    app.broker.ack(ArchiveTrace::NAME, acks, now).await.unwrap();
-    got.len()
-}
-
-/// Runs every queued flush the way a worker would (straight through the service).
-async fn run_flushes(app: &TestApp) -> usize {
-    use buildlogs::jobs::broker::Ack;
-    let mut done = 0;
-    loop {
-        let now = SystemClock.now_ms();
-        let got = app
-            .broker
-            .fetch(
-                FlushTraceChunk::NAME,
-                100,
-                std::time::Duration::from_secs(30),
-                now,
-            )
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return done;
-        }
-        let mut acks = Vec::new();
-        for d in got {
-            let job: FlushTraceChunk = serde_json::from_str(&d.envelope.payload).unwrap();
-            app.flush
-                .flush(job.build_id, job.chunk_index)
-                .await
-                .unwrap();
-            acks.push(Ack::Complete { lease: d.lease });
-            done += 1;
-        }
-        app.broker
-            .ack(FlushTraceChunk::NAME, acks, now)
-            .await
-            .unwrap();
-    }
-}
-
 async fn reads_are_identical_before_and_after_full_chunks_are_flushed(app: &TestApp) {
     let (id, token) = app.create_job().await;
     let log: Vec<u8> = (0..(3 * CHUNK_SIZE as usize + 99))
@@ -396,7 +333,7 @@ async fn reads_are_identical_before_and_after_full_chunks_are_flushed(app: &Test
         at += piece.len() as u64;
     }
     assert_eq!(app.trace(id, &token).await.body, log, "live");
-    assert_eq!(run_flushes(app).await, 3, "three full chunks");
+    assert_eq!(app.run_flushes().await, 3, "three full chunks");
     assert_eq!(
         app.trace(id, &token).await.body,
         log,
@@ -483,7 +420,7 @@ async fn the_runner_finishes_a_job_put_202_then_200_and_the_log_is_intact(app: &
         "the log the checksum covers cannot grow"
     );
     assert_eq!(
-        run_flushes(app).await,
+        app.run_flushes().await,
         2,
         "the full chunk and the final partial one"
     );
@@ -511,7 +448,7 @@ async fn the_runner_finishes_a_job_put_202_then_200_and_the_log_is_intact(app: &
     );
 
     // The final PUT enqueued the archive; a worker runs it.
-    assert_eq!(run_archives(app).await, 1);
+    assert_eq!(app.run_archives().await, 1);
     let show = app
         .send(
             Request::get(format!("/api/v4/jobs/{id}"))
@@ -601,7 +538,7 @@ async fn bad_puts_get_400_and_change_nothing(app: &TestApp) {
             .unwrap()
     };
     assert_eq!(app.send(form("failed")).await.status, StatusCode::ACCEPTED);
-    run_flushes(app).await;
+    app.run_flushes().await;
     assert_eq!(app.send(form("failed")).await.status, StatusCode::OK);
     assert_eq!(job_status(app, id).await, "failed");
     let show = app

@@ -12,9 +12,8 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use buildlogs::jobs::{Clock, Job, SystemClock};
+use buildlogs::jobs::SystemClock;
 use buildlogs::traces::chunk::CHUNK_SIZE;
-use buildlogs::traces::jobs::FlushTraceChunk;
 use http_body_util::BodyExt;
 use support::app::{ADMIN, TestApp};
 use tower::ServiceExt;
@@ -251,61 +250,8 @@ async fn put(app: &TestApp, id: i64, token: &str, log: &[u8]) -> StatusCode {
 /// The runner's final PUT until 200, running the flushes it waits for the way a worker would.
 async fn finish(app: &TestApp, id: i64, token: &str, log: &[u8]) {
     assert_eq!(put(app, id, token, log).await, StatusCode::ACCEPTED);
-    run_flushes(app).await;
+    app.run_flushes().await;
     assert_eq!(put(app, id, token, log).await, StatusCode::OK);
-}
-
-/// Runs every queued flush the way a worker would.
-async fn run_flushes(app: &TestApp) -> usize {
-    use buildlogs::jobs::broker::Ack;
-    let mut done = 0;
-    loop {
-        let now = SystemClock.now_ms();
-        let got = app
-            .broker
-            .fetch(FlushTraceChunk::NAME, 100, Duration::from_secs(30), now)
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return done;
-        }
-        let mut acks = Vec::new();
-        for d in got {
-            let job: FlushTraceChunk = serde_json::from_str(&d.envelope.payload).unwrap();
-            app.flush
-                .flush(job.build_id, job.chunk_index)
-                .await
-                .unwrap();
-            acks.push(Ack::Complete { lease: d.lease });
-            done += 1;
-        }
-        app.broker
-            .ack(FlushTraceChunk::NAME, acks, now)
-            .await
-            .unwrap();
-    }
-}
-
-/// Runs every queued archive the way a worker would.
-async fn run_archives(app: &TestApp) -> usize {
-    use buildlogs::jobs::broker::Ack;
-    use buildlogs::traces::jobs::ArchiveTrace;
-    let now = SystemClock.now_ms();
-    let got = app
-        .broker
-        .fetch(ArchiveTrace::NAME, 100, Duration::from_secs(30), now)
-        .await
-        .unwrap();
-    let mut acks = Vec::new();
-    for d in &got {
-        let job: ArchiveTrace = serde_json::from_str(&d.envelope.payload).unwrap();
-        app.archive.archive(job.build_id).await.unwrap();
-        acks.push(Ack::Complete {
-            lease: d.lease.clone(),
-        });
-    }
-    app.broker.ack(ArchiveTrace::NAME, acks, now).await.unwrap();
-    got.len()
 }
 
 async fn a_tailed_log_arrives_while_it_is_written_and_ends_after_the_final_put(app: &TestApp) {
@@ -402,7 +348,7 @@ async fn a_stream_follows_the_bytes_when_they_are_flushed_and_archived_mid_strea
     let mut got = stream.append().await;
     assert_eq!(got.len(), EVENT_BYTES, "a backlog comes in full events");
     assert_eq!(
-        run_flushes(app).await,
+        app.run_flushes().await,
         3,
         "three full chunks leave the live store"
     );
@@ -411,7 +357,7 @@ async fn a_stream_follows_the_bytes_when_they_are_flushed_and_archived_mid_strea
     assert_eq!(got, log[..got.len()], "read back from the flushed chunks");
 
     finish(app, id, &token, &log).await;
-    assert_eq!(run_archives(app).await, 1, "chunks deleted, one archive");
+    assert_eq!(app.run_archives().await, 1, "chunks deleted, one archive");
     let end = stream.until_end(&mut got).await;
     assert_eq!(got, log, "the rest read from the archive");
     assert_eq!(

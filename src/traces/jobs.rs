@@ -64,6 +64,24 @@ impl Job for ArchiveTrace {
     }
 }
 
+/// The options of a cron-fired maintenance run (recovery, expiry): one at a time (dedup until
+/// executed, one key), a run bounded by its own time budget, so the 10-minute timeout only
+/// catches a hung store, and few attempts, since the next tick runs it again anyway.
+fn periodic_run_options() -> JobOptions {
+    JobOptions {
+        max_attempts: 3,
+        retry: RetrySchedule::Exponential {
+            min: Duration::from_secs(10),
+            factor: 2.0,
+            max: Duration::from_secs(120),
+            jitter: true,
+        },
+        dedup: Dedup::until_executed(Duration::from_secs(3600)),
+        timeout: Duration::from_secs(600),
+        lease: Duration::from_secs(60),
+    }
+}
+
 /// One run of stale-trace recovery ([`super::recovery::TraceRecovery::run`]), fired by cron
 /// (every 5 minutes by default) or `buildlogs recover`. One at a time: dedup until executed.
 /// A run stops at its time budget, so the job's timeout only catches a hung store.
@@ -74,18 +92,7 @@ impl Job for RecoverStaleTraces {
     const NAME: &'static str = "recover_stale_traces";
 
     fn options() -> JobOptions {
-        JobOptions {
-            max_attempts: 3,
-            retry: RetrySchedule::Exponential {
-                min: Duration::from_secs(10),
-                factor: 2.0,
-                max: Duration::from_secs(120),
-                jitter: true,
-            },
-            dedup: Dedup::until_executed(Duration::from_secs(3600)),
-            timeout: Duration::from_secs(600),
-            lease: Duration::from_secs(60),
-        }
+        periodic_run_options()
     }
 
     fn dedup_key(&self) -> Option<String> {
@@ -105,18 +112,7 @@ impl Job for ExpireArtifacts {
     const NAME: &'static str = "expire_artifacts";
 
     fn options() -> JobOptions {
-        JobOptions {
-            max_attempts: 3,
-            retry: RetrySchedule::Exponential {
-                min: Duration::from_secs(10),
-                factor: 2.0,
-                max: Duration::from_secs(120),
-                jitter: true,
-            },
-            dedup: Dedup::until_executed(Duration::from_secs(3600)),
-            timeout: Duration::from_secs(600),
-            lease: Duration::from_secs(60),
-        }
+        periodic_run_options()
     }
 
     fn dedup_key(&self) -> Option<String> {

@@ -9,16 +9,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use buildlogs::api::{AppState, BacklogHistory, router};
+use buildlogs::jobs::broker::Ack;
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::redis::RedisBroker;
 use buildlogs::jobs::sqlite::SqliteBroker;
-use buildlogs::jobs::{Broker, JobClient, SystemClock};
+use buildlogs::jobs::{Broker, Clock, Job, JobClient, SystemClock};
 use buildlogs::stores::redis_live::RedisLiveChunks;
 use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::archive::ArchiveService;
 use buildlogs::traces::flush::FlushService;
 use buildlogs::traces::jobs::RecoverStaleTraces;
+use buildlogs::traces::jobs::{ArchiveTrace, FlushTraceChunk};
 use buildlogs::traces::live::LiveChunkStore;
 use buildlogs::traces::metadata::MetadataStore;
 use buildlogs::traces::model::DataStore;
@@ -31,6 +33,9 @@ use super::objects::TestObjects;
 use super::sql::{TestPostgres, TestSqlite};
 
 pub const ADMIN: &str = "test-admin-token";
+
+/// The lease `run_flushes` and `run_archives` take their jobs under.
+const WORK_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The cron schedule the test stack's dashboard shows (the production one's name and
 /// default expression).
@@ -276,6 +281,60 @@ impl TestApp {
                 .map(Option::flatten),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Runs every queued flush the way a worker would (straight through the service), until
+    /// none is left; how many ran.
+    pub async fn run_flushes(&self) -> usize {
+        let mut done = 0;
+        loop {
+            let now = SystemClock.now_ms();
+            let got = self
+                .broker
+                .fetch(FlushTraceChunk::NAME, 100, WORK_LEASE, now)
+                .await
+                .unwrap();
+            if got.is_empty() {
+                return done;
+            }
+            let mut acks = Vec::new();
+            for d in got {
+                let job: FlushTraceChunk = serde_json::from_str(&d.envelope.payload).unwrap();
+                self.flush
+                    .flush(job.build_id, job.chunk_index)
+                    .await
+                    .unwrap();
+                acks.push(Ack::Complete { lease: d.lease });
+                done += 1;
+            }
+            self.broker
+                .ack(FlushTraceChunk::NAME, acks, now)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Runs every queued archive (one batch) the way a worker would; how many ran.
+    pub async fn run_archives(&self) -> usize {
+        let now = SystemClock.now_ms();
+        let got = self
+            .broker
+            .fetch(ArchiveTrace::NAME, 100, WORK_LEASE, now)
+            .await
+            .unwrap();
+        let mut acks = Vec::new();
+        for d in &got {
+            let job: ArchiveTrace = serde_json::from_str(&d.envelope.payload).unwrap();
+            self.archive.archive(job.build_id).await.unwrap();
+            acks.push(Ack::Complete {
+                lease: d.lease.clone(),
+            });
+        }
+        self.broker
+            .ack(ArchiveTrace::NAME, acks, now)
+            .await
+            .unwrap();
+        got.len()
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {

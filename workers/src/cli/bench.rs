@@ -81,6 +81,71 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
 }
 
 /// A private Redis server, stopped on drop.
+/// A throwaway production stack for a benchmark: a private redis-server, a fresh PostgreSQL
+/// schema (dropped by [`Self::tear_down`]), and a temp dir for the data dir and, unless an
+/// object store URL is given, the objects.
+pub(crate) struct BenchStack {
+    pub(crate) redis: PrivateRedis,
+    pub(crate) settings: buildlogs::config::Settings,
+    admin: sqlx::PgConnection,
+    schema: String,
+    dir: std::path::PathBuf,
+}
+
+impl BenchStack {
+    pub(crate) async fn start(
+        name: &str,
+        database_url: &str,
+        redis_server: &str,
+        object_store_url: Option<String>,
+    ) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let redis = PrivateRedis::start(redis_server).await?;
+        let dir =
+            std::env::temp_dir().join(format!("buildlogs-bench-{name}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut admin = sqlx::PgConnection::connect(database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+            .execute(&mut admin)
+            .await?;
+        let sep = if database_url.contains('?') { '&' } else { '?' };
+        let settings = buildlogs::config::Settings {
+            database_url: Some(format!(
+                "{database_url}{sep}options=-c%20search_path%3D{schema}"
+            )),
+            redis_url: Some(redis.url.clone()),
+            data_dir: dir.clone(),
+            redis_prefix: PREFIX.into(),
+            object_store_url: Some(
+                object_store_url
+                    .unwrap_or_else(|| format!("file://{}", dir.join("objects").display())),
+            ),
+        };
+        Ok(Self {
+            redis,
+            settings,
+            admin,
+            schema,
+            dir,
+        })
+    }
+
+    /// Drops the schema and the temp dir (the private Redis goes with `self`).
+    pub(crate) async fn tear_down(mut self) -> anyhow::Result<()> {
+        let schema = &self.schema;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&mut self.admin)
+        .await?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
 pub(crate) struct PrivateRedis {
     child: Child,
     pub(crate) url: String,

@@ -33,9 +33,8 @@ use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::flush::{FlushOutcome, FlushService};
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use super::bench::PrivateRedis;
+use super::bench::BenchStack;
 
 /// One append: what a runner PATCHes when it has a lot of output (under the API's 4 MiB cap).
 const APPEND_BYTES: usize = 1024 * 1024;
@@ -85,38 +84,15 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
         (Objects::File, Some(_)) => bail!("--s3-url needs --objects s3"),
         (Objects::File, None) => None,
     };
-    let redis = PrivateRedis::start(&args.redis_server).await?;
-    let dir = std::env::temp_dir().join(format!("buildlogs-bench-archive-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let mut admin = PgConnection::connect(&args.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&mut admin)
-        .await?;
-    let sep = if args.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let settings = Settings {
-        database_url: Some(format!(
-            "{}{sep}options=-c%20search_path%3D{schema}",
-            args.database_url
-        )),
-        redis_url: Some(redis.url.clone()),
-        data_dir: dir.clone(),
-        redis_prefix: "bench".into(),
-        object_store_url: Some(
-            object_store_url.unwrap_or_else(|| format!("file://{}", dir.join("objects").display())),
-        ),
-    };
-    let result = drive(&args, &settings).await;
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .execute(&mut admin)
-        .await?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let stack = BenchStack::start(
+        "archive",
+        &args.database_url,
+        &args.redis_server,
+        object_store_url,
+    )
+    .await?;
+    let result = drive(&args, &stack.settings).await;
+    stack.tear_down().await?;
     result
 }
 

@@ -26,10 +26,10 @@ use buildlogs::jobs::{Clock, Job, JobClient, SystemClock};
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::jobs::{ArchiveTrace, RecoverStaleTraces};
 use futures::StreamExt;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::bench::PrivateRedis;
+use super::bench::BenchStack;
 use crate::jobs::HandlerConfig;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -91,36 +91,9 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         args.min_kib >= 1 && args.min_kib <= args.max_kib,
         "--min-kib must be at least 1 and at most --max-kib"
     );
-    let redis = PrivateRedis::start(&args.redis_server).await?;
-    let dir = std::env::temp_dir().join(format!("buildlogs-bench-recover-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let mut admin = PgConnection::connect(&args.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-        .execute(&mut admin)
-        .await?;
-    let sep = if args.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let settings = Settings {
-        database_url: Some(format!(
-            "{}{sep}options=-c%20search_path%3D{schema}",
-            args.database_url
-        )),
-        redis_url: Some(redis.url.clone()),
-        data_dir: dir.clone(),
-        redis_prefix: "bench".into(),
-        object_store_url: Some(format!("file://{}", dir.join("objects").display())),
-    };
-    let result = drive(&args, &settings, &redis.url).await;
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .execute(&mut admin)
-        .await?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let stack = BenchStack::start("recover", &args.database_url, &args.redis_server, None).await?;
+    let result = drive(&args, &stack.settings, &stack.redis.url).await;
+    stack.tear_down().await?;
     result
 }
 
