@@ -11,5 +11,6 @@
 pub mod fault_injection;
 pub mod objects;
 pub mod redis_live;
+mod sql;
 pub mod sql_live;
 pub mod sql_metadata;

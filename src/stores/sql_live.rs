@@ -43,6 +43,8 @@ use async_trait::async_trait;
 use sqlx::migrate::MigrateError;
 use sqlx::{PgPool, SqlitePool};
 
+use super::sql::{Db, on_db};
+
 use crate::jobs::clock::{Clock, SystemClock};
 use crate::traces::chunk::{self, CHUNK_SIZE};
 use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
@@ -148,28 +150,6 @@ const POSTGRES: Statements = Statements {
     delete_build_chunks: SQLITE.delete_build_chunks,
     reset_length: SQLITE.reset_length,
 };
-
-enum Db {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Expands `$body` once per database, with `$pool` that database's pool and `$q` its
-/// [`Statements`]: the logic is written (and reviewed) once, type-checked against each driver.
-macro_rules! on_db {
-    ($db:expr, |$pool:ident, $q:ident| $body:block) => {
-        match $db {
-            Db::Sqlite($pool) => {
-                let $q = &SQLITE;
-                $body
-            }
-            Db::Postgres($pool) => {
-                let $q = &POSTGRES;
-                $body
-            }
-        }
-    };
-}
 
 pub struct SqlLiveChunks {
     db: Db,

@@ -58,6 +58,8 @@ use async_trait::async_trait;
 use sqlx::migrate::MigrateError;
 use sqlx::{PgPool, SqlitePool};
 
+use super::sql::{Db, on_db};
+
 use super::sql_live::{migrate_postgres, migrate_sqlite};
 use crate::traces::metadata::{BreakerRecord, ChunkFlip, MetadataError, MetadataStore};
 use crate::traces::model::{
@@ -342,28 +344,6 @@ const POSTGRES: Statements = Statements {
     take_lease: SQLITE.take_lease,
     release_lease: SQLITE.release_lease,
 };
-
-enum Db {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Expands `$body` once per database, with `$pool` that database's pool and `$q` its
-/// [`Statements`]: the logic is written (and reviewed) once, type-checked against each driver.
-macro_rules! on_db {
-    ($db:expr, |$pool:ident, $q:ident| $body:block) => {
-        match $db {
-            Db::Sqlite($pool) => {
-                let $q = &SQLITE;
-                $body
-            }
-            Db::Postgres($pool) => {
-                let $q = &POSTGRES;
-                $body
-            }
-        }
-    };
-}
 
 pub struct SqlMetadata {
     db: Db,
