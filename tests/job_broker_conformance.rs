@@ -748,6 +748,150 @@ async fn twenty_thousand_retries_due_at_once_drain_without_errors(b: &TestBroker
     );
 }
 
+/// Settles one job along `path`, from its enqueue to its end (completed, or discarded from the
+/// dead set). `now` moves forward as the job's time passes.
+async fn drive(b: &TestBroker, new: NewJob, path: &str, now: &mut i64) {
+    let mut next = |step: i64| {
+        *now += step;
+        *now
+    };
+    let t = next(1);
+    assert_eq!(
+        b.broker.enqueue(vec![new], t).await.unwrap(),
+        vec![EnqueueOutcome::Enqueued],
+        "{path}"
+    );
+    let t = next(1);
+    let d = b.broker.fetch(Q, 1, LEASE, t).await.unwrap().remove(0);
+    let lease = d.lease.clone();
+    let settle = match path {
+        "complete" => Ack::Complete { lease },
+        "retry" => Ack::Retry {
+            lease,
+            run_at_ms: t + 1_000,
+            error: "boom".into(),
+        },
+        "snooze" => Ack::Snooze {
+            lease,
+            run_at_ms: t + 1_000,
+        },
+        "release" => Ack::Release { lease },
+        "dead" | "dead-retried" => Ack::Dead {
+            lease,
+            error: "fatal".into(),
+        },
+        "lost" | "lost-last" => {
+            // The worker died: nothing acks; the reaper finds the lease expired.
+            let t = next(LEASE.as_millis() as i64 + 1);
+            let report = b.broker.reap_expired(Q, 10, t).await.unwrap();
+            assert_eq!(
+                (report.redelivered, report.dead),
+                if path == "lost" { (1, 0) } else { (0, 1) },
+                "{path}"
+            );
+            if path == "lost-last" {
+                assert!(b.broker.dead_discard(Q, &d.envelope.id).await.unwrap());
+            } else {
+                complete_next(b, next(1)).await;
+            }
+            return;
+        }
+        other => panic!("unknown path {other}"),
+    };
+    let t = next(1);
+    b.broker.ack(Q, vec![settle], t).await.unwrap();
+    match path {
+        "complete" => {}
+        "dead" => assert!(b.broker.dead_discard(Q, &d.envelope.id).await.unwrap()),
+        "dead-retried" => {
+            assert!(b.broker.dead_retry(Q, &d.envelope.id, t).await.unwrap());
+            complete_next(b, next(1)).await;
+        }
+        _ => complete_next(b, next(1_000)).await,
+    }
+}
+
+/// Fetches the one due job and completes it.
+async fn complete_next(b: &TestBroker, t: i64) {
+    let got = b.broker.fetch(Q, 10, LEASE, t).await.unwrap();
+    assert_eq!(got.len(), 1, "one job due");
+    let acks = vec![Ack::Complete {
+        lease: got[0].lease.clone(),
+    }];
+    b.broker.ack(Q, acks, t).await.unwrap();
+}
+
+/// What a queue may keep once every job is gone: per-queue bookkeeping only (the registry of
+/// queue names and the lifetime counters; limits and cron ticks too, unused here).
+fn per_queue(line: &str) -> bool {
+    line == ":queues no ttl"
+        || line == &format!(":{{{Q}}}:stats no ttl")
+        || line == &format!("job_queues: {Q}")
+}
+
+async fn settled_jobs_leave_nothing_behind(b: &TestBroker) {
+    let modes = [
+        DedupMode::None,
+        DedupMode::UntilExecuting,
+        DedupMode::UntilExecuted,
+        DedupMode::UntilExecutedRescheduleOnce,
+    ];
+    let paths = [
+        "complete",
+        "retry",
+        "snooze",
+        "release",
+        "dead",
+        "dead-retried",
+        "lost",
+        "lost-last",
+    ];
+    let mut now = T0;
+    for mode in modes {
+        for path in paths {
+            let key = format!("{mode:?}-{path}");
+            let mut new = if mode == DedupMode::None {
+                job(&key)
+            } else {
+                deduped(&key, mode, &key)
+            };
+            if path == "lost-last" {
+                new.envelope.max_attempts = 1;
+            }
+            drive(b, new, path, &mut now).await;
+        }
+    }
+    // A reschedule_once job asked to run again while it runs, and its rerun.
+    let j = || deduped("flush", DedupMode::UntilExecutedRescheduleOnce, "rerun");
+    b.broker.enqueue(vec![j()], now).await.unwrap();
+    let d = b.broker.fetch(Q, 1, LEASE, now).await.unwrap().remove(0);
+    let during = b.stored().await;
+    assert!(
+        during
+            .iter()
+            .filter(|k| k.contains(":active:") || k.contains(":dedup:"))
+            .all(|k| !k.ends_with("no ttl")),
+        "a running job's own keys expire by themselves if nothing deletes them: {during:#?}"
+    );
+    assert_eq!(
+        b.broker.enqueue(vec![j()], now).await.unwrap(),
+        vec![EnqueueOutcome::RescheduledOnce]
+    );
+    let acks = vec![Ack::Complete { lease: d.lease }];
+    b.broker.ack(Q, acks, now).await.unwrap();
+    complete_next(b, now + 1).await;
+
+    let s = b.broker.stats(Q, now + 10_000).await.unwrap();
+    assert_eq!((s.ready, s.scheduled, s.running, s.dead), (0, 0, 0, 0));
+    let stored = b.stored().await;
+    let left: Vec<&String> = stored.iter().filter(|l| !per_queue(l)).collect();
+    assert!(
+        left.is_empty(),
+        "{}: jobs left keys or rows behind: {left:#?}",
+        b.kind
+    );
+}
+
 on_both_brokers!(
     enqueue_then_fetch_delivers_in_order_as_attempt_one,
     fetch_takes_at_most_max,
@@ -774,4 +918,5 @@ on_both_brokers!(
     stats_report_depths_latency_and_queues,
     invalid_envelope_is_refused_and_nothing_is_stored,
     twenty_thousand_retries_due_at_once_drain_without_errors,
+    settled_jobs_leave_nothing_behind,
 );

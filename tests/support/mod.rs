@@ -26,8 +26,14 @@ pub struct TestBroker {
 }
 
 enum Cleanup {
-    Redis { url: String, prefix: String },
-    Sqlite { _dir: tempfile::TempDir },
+    Redis {
+        url: String,
+        prefix: String,
+    },
+    Sqlite {
+        url: String,
+        _dir: tempfile::TempDir,
+    },
 }
 
 impl TestBroker {
@@ -53,7 +59,7 @@ impl TestBroker {
         Self {
             broker: Arc::new(broker),
             kind: "sqlite",
-            cleanup: Cleanup::Sqlite { _dir: dir },
+            cleanup: Cleanup::Sqlite { url, _dir: dir },
         }
     }
 
@@ -64,6 +70,73 @@ impl TestBroker {
             Cleanup::Sqlite { .. } => None,
         }
     }
+
+    /// Everything the broker stores, one line each, sorted: Redis, every key under the prefix
+    /// (the prefix cut off) with `ttl` or `no ttl`; SQLite, every row of the queue tables.
+    pub async fn stored(&self) -> Vec<String> {
+        let mut out = match &self.cleanup {
+            Cleanup::Redis { url, prefix } => redis_keys_with_ttl(url, prefix).await,
+            Cleanup::Sqlite { url, .. } => {
+                let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+                let mut out = Vec::new();
+                for (table, sql) in [
+                    (
+                        "jobs",
+                        "SELECT queue || ' ' || id || ' ' || state FROM jobs",
+                    ),
+                    (
+                        "job_dedup",
+                        "SELECT queue || ' ' || dedup_key || ' ' || holder_id FROM job_dedup",
+                    ),
+                    (
+                        "job_reruns",
+                        "SELECT queue || ' ' || holder_id FROM job_reruns",
+                    ),
+                    ("job_queues", "SELECT queue FROM job_queues"),
+                    ("job_cron", "SELECT queue || ' ' || schedule FROM job_cron"),
+                ] {
+                    let rows: Vec<String> = sqlx::query_scalar(sql)
+                        .fetch_all(&pool)
+                        .await
+                        .expect("queue table");
+                    out.extend(rows.into_iter().map(|r| format!("{table}: {r}")));
+                }
+                pool.close().await;
+                out
+            }
+        };
+        out.sort();
+        out
+    }
+}
+
+/// Every key under `prefix:` (the prefix cut off), with `ttl` or `no ttl`, sorted.
+pub async fn redis_keys_with_ttl(url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        let name = key.strip_prefix(prefix).unwrap_or(&key).to_owned();
+        out.push(match ttl {
+            -1 => format!("{name} no ttl"),
+            ms => format!("{name} ttl {ms}"),
+        });
+    }
+    out.sort();
+    out
 }
 
 impl Drop for TestBroker {

@@ -6,6 +6,15 @@
 //! id→envelope/error · `stats` HASH · `limit` STRING · `dedup:<key>` STRING→holder id ·
 //! `active:<id>` STRING (a reschedule_once job is running) · `rerun:<id>` STRING (its one
 //! pending rerun) · `cron:<schedule>` STRING→last fired tick.
+//!
+//! Who removes what (nothing per job outlives the job): a job's envelope leaves
+//! `ready`/`scheduled`/`running` when it is fetched, promoted or settled; `dedup:<key>` is
+//! deleted at fetch (`until_executing`) or when the job completes or dies, and carries the
+//! dedup TTL; `active:<id>` is deleted when the job is settled in any way (or reaped) and
+//! expires two leases after its last fetch or heartbeat; `rerun:<id>` is taken when its holder
+//! completes or dies and carries the dedup TTL; a dead job's `dead`/`dead:data`/`dead:error`
+//! entries go on retry, discard or trim. Per queue, kept for the queue's life: `stats`,
+//! `limit`, `cron:<schedule>`, and the global `queues` set.
 //! Global: `<prefix>:queues` SET of queue names.
 
 #[derive(Debug, Clone)]

@@ -301,7 +301,8 @@ impl Broker for RedisBroker {
             return Ok(());
         }
         let mut inv = self.scripts.extend.key(self.keys.base(queue));
-        inv.arg(now_ms + lease.as_millis() as i64);
+        inv.arg(now_ms + lease.as_millis() as i64)
+            .arg(lease.as_millis() as u64);
         for l in leases {
             inv.arg(&l.token);
         }

@@ -18,6 +18,11 @@
 //! fields as columns and a `state`; a partial index per state keeps fetch, promotion, reaping and
 //! trimming O(log n) per job in the backlog (the counts of `stats` walk one index range each).
 //!
+//! Nothing per job outlives the job: its `jobs` row is deleted when it completes or is
+//! discarded from the dead set (or trimmed); its `job_dedup` row when it is fetched
+//! (`until_executing`) or completes or dies; its `job_reruns` row is taken when it completes or
+//! dies. `job_queues` (limit, counters) and `job_cron` (last tick) are per queue and stay.
+//!
 //! Guarantees: every multi-statement operation is one `BEGIN IMMEDIATE` transaction, so writers
 //! (pooled connections or other processes on the same file) queue on `busy_timeout` instead of
 //! failing to upgrade a read lock, and each operation is atomic like a Lua script. Batches are

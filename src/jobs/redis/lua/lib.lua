@@ -64,6 +64,13 @@ local function enqueue_one(base, now, env, run_at, ttl, ready_batch)
   return 1
 end
 
+-- A reschedule_once job is "active" while it runs: `active:<id>` (what lets a duplicate ask
+-- for one rerun). It is deleted whenever the job is settled in any way (complete, retry,
+-- snooze, dead, release, reaped); its TTL, ACTIVE_LEASES leases from the last fetch or
+-- heartbeat, is only the backstop for a queue nobody reaps any more.
+-- Two leases: the key outlives the lease itself until the reaper takes the job back.
+local ACTIVE_LEASES = 2
+
 -- A reschedule_once job stops being "active" (running) when it is settled in any way.
 local function deactivate(base, env)
   if string.byte(env, 1) == MODE_RESCHEDULE then
@@ -120,11 +127,11 @@ local function ack_all(base, now, args, first)
       plain[#plain + 1] = env
     elseif redis.call("ZREM", base .. "running", env) == 1 then
       settled = settled + 1
+      deactivate(base, env)
       if op == "C" then
         done = done + 1
         finish(base, now, env)
       else
-        deactivate(base, env)
         if op == "R" then
           failed = failed + 1
           redis.call("ZADD", base .. "scheduled", tonumber(string.match(b, "^(%d+)")), a)
@@ -191,7 +198,7 @@ local function fetch(base, now, max, lease, promote)
       release_key(base, key, id)
     elseif byte == MODE_RESCHEDULE then
       local _, id = parse(env)
-      redis.call("SET", base .. "active:" .. id, "1")
+      redis.call("SET", base .. "active:" .. id, "1", "PX", ACTIVE_LEASES * lease)
     end
   end
   variadic("ZADD", base .. "running", zargs)
