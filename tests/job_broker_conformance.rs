@@ -825,8 +825,8 @@ async fn complete_next(b: &TestBroker, t: i64) {
 /// queue names and the lifetime counters; limits and cron ticks too, unused here).
 fn per_queue(line: &str) -> bool {
     line == ":queues no ttl"
-        || line == &format!(":{{{Q}}}:stats no ttl")
-        || line == &format!("job_queues: {Q}")
+        || line == format!(":{{{Q}}}:stats no ttl")
+        || line == format!("job_queues: {Q}")
 }
 
 async fn settled_jobs_leave_nothing_behind(b: &TestBroker) {

@@ -26,7 +26,7 @@ use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService, archive_path};
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::flush::{FlushError, FlushOutcome, chunk_path};
-use buildlogs::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+use buildlogs::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 use buildlogs::traces::metadata::ChunkFlip;
 use buildlogs::traces::model::{Artifact, BuildStatus, DataStore, NewArtifact};
 use buildlogs::traces::service::TraceService;
@@ -71,6 +71,7 @@ on_both_stacks!(
     an_archive_racing_a_flush_finds_the_chunk_where_the_flush_moved_it,
     a_flush_that_loses_to_the_archive_leaves_no_chunk_behind,
     reads_are_whole_and_identical_while_flushes_and_archives_run,
+    an_archived_log_leaves_nothing_in_redis_but_a_short_lived_closed_flag,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -110,21 +111,25 @@ async fn write_log(app: &TestApp, log: &[u8]) -> (i64, String) {
     (id, token)
 }
 
-/// The runner's final PUT (202 while chunks are live), every chunk flushed, the PUT again
-/// (200: committed, archive enqueued).
-async fn finish_and_flush(app: &TestApp, id: i64, token: &str, log: &[u8]) {
+/// The runner's final PUT (`success`, with the log's CRC32): 202 while chunks are live, 200
+/// once committed (archive enqueued).
+async fn put_final(app: &TestApp, id: i64, token: &str, log: &[u8]) -> StatusCode {
     let body = serde_json::json!({
         "token": token,
         "state": "success",
         "output": {"checksum": format!("crc32:{:08x}", crc32fast::hash(log)), "bytesize": log.len()},
     });
-    let put = || {
-        Request::put(format!("/api/v4/jobs/{id}"))
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
-    assert_eq!(app.send(put()).await.status, StatusCode::ACCEPTED);
+    let put = Request::put(format!("/api/v4/jobs/{id}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    app.send(put).await.status
+}
+
+/// The runner's final PUT (202 while chunks are live), every chunk flushed, the PUT again
+/// (200: committed, archive enqueued).
+async fn finish_and_flush(app: &TestApp, id: i64, token: &str, log: &[u8]) {
+    assert_eq!(put_final(app, id, token, log).await, StatusCode::ACCEPTED);
     for index in 0..chunk_count(log) {
         let outcome = app.flush.flush(id, index).await.unwrap();
         assert!(
@@ -132,8 +137,28 @@ async fn finish_and_flush(app: &TestApp, id: i64, token: &str, log: &[u8]) {
             "{outcome:?}"
         );
     }
-    let done = app.send(put()).await;
-    assert_eq!(done.status, StatusCode::OK, "{}", app.kind);
+    let done = put_final(app, id, token, log).await;
+    assert_eq!(done, StatusCode::OK, "{}", app.kind);
+}
+
+/// What is left in Redis of build `id`'s live log that should not be: any key but `closed`
+/// with a TTL of at most [`CLOSED_AFTER_DELETE`].
+async fn live_leftovers(app: &TestApp, id: i64) -> Vec<String> {
+    let base = format!(":trace:{{{id}}}:");
+    app.redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(&base) && !short_lived_closed_flag(k))
+        .collect()
+}
+
+fn short_lived_closed_flag(key: &str) -> bool {
+    let bound = CLOSED_AFTER_DELETE.as_millis() as i64;
+    key.contains(":trace:{")
+        && key
+            .split_once("}:closed ttl ")
+            .and_then(|(_, ms)| ms.parse::<i64>().ok())
+            .is_some_and(|ms| ms > 0 && ms <= bound)
 }
 
 fn chunk_count(log: &[u8]) -> u64 {
@@ -399,6 +424,18 @@ async fn assert_archived(app: &TestApp, id: i64, token: &str, log: &[u8]) -> Art
         keys(parts.store.as_ref(), &format!("chunks/{id}")).await,
         Vec::<String>::new(),
         "{}: flushed chunk objects left",
+        app.kind
+    );
+    assert_eq!(
+        parts.live.length(id).await.unwrap(),
+        0,
+        "{}: live length",
+        app.kind
+    );
+    assert_eq!(
+        live_leftovers(app, id).await,
+        Vec::<String>::new(),
+        "{}: live keys left",
         app.kind
     );
     let folder = path.to_string();
@@ -1126,4 +1163,72 @@ async fn reads_are_whole_and_identical_while_flushes_and_archives_run(app: &Test
         assert!(failures.is_empty(), "{}: {failures:?}", app.kind);
         assert_archived(app, id, &token, &log).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing left behind
+// ---------------------------------------------------------------------------------------------
+
+/// A log streamed, tailed, flushed by its queued jobs, finished and archived by its queued job:
+/// afterwards Redis holds nothing of the build or of its jobs but per-queue bookkeeping (the
+/// queue registry and counters) and the trace's `closed` flag, for at most
+/// [`CLOSED_AFTER_DELETE`]; the database store keeps no live bytes and a zero length.
+async fn an_archived_log_leaves_nothing_in_redis_but_a_short_lived_closed_flag(app: &TestApp) {
+    let log = log_bytes(3 * CHUNK + 999, 12);
+    let (id, token) = write_log(app, &log).await;
+    app.parts
+        .traces
+        .watch(id, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        app.run_flushes().await >= 3,
+        "{}: full chunks' flushes",
+        app.kind
+    );
+    assert_eq!(put_final(app, id, &token, &log).await, StatusCode::ACCEPTED);
+    assert!(
+        app.run_flushes().await >= 1,
+        "{}: the last chunk's flush",
+        app.kind
+    );
+    assert_eq!(put_final(app, id, &token, &log).await, StatusCode::OK);
+    assert_eq!(app.run_archives().await, 1);
+    assert_archived(app, id, &token, &log).await;
+    let left: Vec<String> = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| {
+            !(k == ":queues no ttl"
+                || (k.starts_with(":{") && k.ends_with("}:stats no ttl"))
+                || short_lived_closed_flag(k))
+        })
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "{}: keys left in Redis",
+        app.kind
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT count(*) FROM build_trace_chunks")
+            .await,
+        Some(0),
+        "{}",
+        app.kind
+    );
+    // Still refused: the build is not running, and the trace is closed.
+    let late = app.patch(id, &token, log.len() as u64, b"late").await;
+    assert_eq!(late.status, StatusCode::FORBIDDEN, "{}", app.kind);
+    assert_eq!(
+        app.parts
+            .live
+            .append(id, log.len() as u64, b"late")
+            .await
+            .unwrap(),
+        AppendOutcome::Closed,
+        "{}: closed after archiving",
+        app.kind
+    );
 }

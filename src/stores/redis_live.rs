@@ -1,6 +1,12 @@
 //! Live chunks in Redis: one Lua script per append checks the offset against the trace length
 //! and writes every piece (see `lua/append_trace.lua` for the contract). Per PATCH: one round
 //! trip, whatever the number of chunks it touches.
+//!
+//! Keys of build B, under `<prefix>:trace:{B}:` (one hash tag): `len`, `chunk:<i>`, `closed`
+//! (each with [`LIVE_TTL`] from the last write), `watched` (the tail's short TTL). Nothing left
+//! behind: a flush deletes its chunk; `delete_build` (after archiving) deletes `len`, every
+//! chunk and `watched` and leaves only `closed`, with its TTL cut to [`CLOSED_AFTER_DELETE`]
+//! (longer than the append path's one-minute cache of "running"), in one atomic step.
 
 use std::time::Duration;
 
@@ -9,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
 use crate::traces::chunk::CHUNK_SIZE;
-use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+use crate::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 
 /// GitLab's `CHUNK_REDIS_TTL`: a live trace untouched for a week is abandoned. Archiving
 /// retries are scheduled to finish well inside it.
@@ -145,10 +151,23 @@ impl LiveChunkStore for RedisLiveChunks {
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError> {
         let mut conn = self.conn.clone();
         let len = self.length(build).await?;
-        let mut keys = vec![format!("{}len", self.base(build))];
-        let chunks = len.div_ceil(CHUNK_SIZE);
-        keys.extend((0..chunks).map(|i| self.chunk_key(build, i)));
-        for batch in keys.chunks(500) {
+        let base = self.base(build);
+        let mut keys = vec![format!("{base}len"), format!("{base}watched")];
+        keys.extend((0..len.div_ceil(CHUNK_SIZE)).map(|i| self.chunk_key(build, i)));
+        let closed = format!("{base}closed");
+        let ttl_ms = CLOSED_AFTER_DELETE.as_millis() as u64;
+        // Closed before anything goes (one MULTI): an append never lands between the two.
+        let mut batches = keys.chunks(500);
+        let first = batches.next().unwrap_or_default();
+        let _: () = redis::pipe()
+            .atomic()
+            .pset_ex(&closed, 1, ttl_ms)
+            .ignore()
+            .del(first)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        for batch in batches {
             let _: () = conn.del(batch).await?;
         }
         Ok(())

@@ -11,9 +11,11 @@
 //! 2. `read_chunk` / `delete_chunk`: a chunk is live while its row's `data_store` is `database`
 //!    and `raw_data` is set; deleting clears `raw_data` (the row and its `size` stay: the flush
 //!    flips `data_store` and keeps the metadata).
-//! 3. `delete_build`: deletes the build's `database` chunk rows and resets its length to 0.
-//!    Called once the log is archived: by then a `database` row is either live or a chunk
-//!    flushed to the database while the object store was down, and both are in the archive.
+//! 3. `delete_build`: deletes the build's `database` chunk rows, resets its length to 0 and
+//!    its watch mark, and closes the trace (for good: the flag is a column of the build's own
+//!    row, which stays as the build's record). Called once the log is archived: by then a
+//!    `database` row is either live or a chunk flushed to the database while the object store
+//!    was down, and both are in the archive. Nothing of the live log is left behind.
 //!
 //! Callers: the runner API's append path (`append`, `length`), readers (`read_chunk`), the
 //! chunk flush (`delete_chunk`) and the archiver (`delete_build`).
@@ -83,7 +85,7 @@ struct Statements {
     delete_chunk: &'static str,
     /// $1 build.
     delete_build_chunks: &'static str,
-    /// $1 build.
+    /// $1 build: length 0, closed, not watched.
     reset_length: &'static str,
     /// $1 build → trace_closed (0/1).
     closed: &'static str,
@@ -126,7 +128,8 @@ const SQLITE: Statements = Statements {
          AND raw_data IS NOT NULL",
     delete_build_chunks: "DELETE FROM build_trace_chunks \
          WHERE build_id = $1 AND data_store = 'database'",
-    reset_length: "UPDATE builds SET trace_length = 0 WHERE id = $1",
+    reset_length: "UPDATE builds SET trace_length = 0, trace_closed = 1, \
+         trace_watched_until = NULL WHERE id = $1",
 };
 
 /// PostgreSQL (READ COMMITTED): the conditional UPDATE locks the build row; a concurrent append

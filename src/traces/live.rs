@@ -9,9 +9,22 @@
 //! 3. The length survives the deletion of flushed chunks (it is the trace's length, not the sum
 //!    of what is still live).
 //! 4. Bytes are kept exactly (any byte values, not only UTF-8).
-//! 5. Once closed, a trace takes no more bytes, even after its live data is deleted.
+//! 5. Once closed, a trace takes no more bytes, even after its live data is deleted
+//!    ([`LiveChunkStore::delete_build`]), for at least [`CLOSED_AFTER_DELETE`].
+//! 6. Nothing left behind: once `delete_build` ran (the log is archived), the store keeps
+//!    nothing of the build but, at most, its closed flag, and only for [`CLOSED_AFTER_DELETE`]
+//!    when it keeps it outside the build's own row (Redis).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+
+/// How long a trace stays closed after its live data was deleted (archived): the append path
+/// trusts a "running" answer from the database for up to a minute (`RUNNING_CACHE_MS` in
+/// `service.rs`) and relies on the closed flag to refuse appends to a finished build meanwhile.
+/// Five minutes outlasts that cache, plus a request stalled between its check and its append,
+/// with room to spare; after it nothing of the build is left in Redis.
+pub const CLOSED_AFTER_DELETE: Duration = Duration::from_secs(5 * 60);
 
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +82,11 @@ pub trait LiveChunkStore: Send + Sync + 'static {
     /// Drops a chunk's live copy (after it was flushed elsewhere).
     async fn delete_chunk(&self, build: i64, chunk_index: u64) -> Result<(), LiveStoreError>;
 
-    /// Drops everything live of a build, its length included (after archiving); it stays closed.
+    /// Drops everything live of a build, its length included (after archiving). It stays
+    /// closed for at least [`CLOSED_AFTER_DELETE`] (closed now if it was not), then nothing of
+    /// it is left. Idempotent.
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError>;
 
     /// Marks the log as tailed for `ttl` from now: appends report `watched` until then.
-    async fn watch(&self, build: i64, ttl: std::time::Duration) -> Result<(), LiveStoreError>;
+    async fn watch(&self, build: i64, ttl: Duration) -> Result<(), LiveStoreError>;
 }

@@ -130,6 +130,9 @@ pub struct TraceService {
 /// bounds how stale the cache may be: one SQL read per build per minute on the PATCH path.
 const RUNNING_CACHE_MS: i64 = 60_000;
 
+// An archived build's trace must stay closed longer than a "running" answer is trusted.
+const _: () = assert!(super::live::CLOSED_AFTER_DELETE.as_millis() > 2 * RUNNING_CACHE_MS as u128);
+
 /// Entries kept at most (then the cache starts over): bounded memory with any number of jobs.
 const RUNNING_CACHE_MAX: usize = 100_000;
 

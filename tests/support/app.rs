@@ -283,6 +283,17 @@ impl TestApp {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Every Redis key under this stack's prefix, with `ttl <ms>` or `no ttl` (see
+    /// [`super::redis_keys_with_ttl`]); none on the embedded stack.
+    pub async fn redis_keys(&self) -> Vec<String> {
+        match &self._keep {
+            Keep::Production(_, prefix) => {
+                super::redis_keys_with_ttl(&super::redis_url(), prefix).await
+            }
+            Keep::Sqlite(_) => Vec::new(),
+        }
+    }
+
     /// Runs every queued flush the way a worker would (straight through the service), until
     /// none is left; how many ran.
     pub async fn run_flushes(&self) -> usize {
