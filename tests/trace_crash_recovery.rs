@@ -697,6 +697,12 @@ async fn an_archive_recovers_from_a_failure_or_crash_mid_upload(app: &TestApp) {
     );
     assert_eq!(switch.calls(Op::CompleteMultipart), 0);
     assert_eq!(object(parts.store.as_ref(), &path).await, None);
+    assert_eq!(
+        app.objects.pending_uploads(),
+        Vec::<String>::new(),
+        "{}: the failed upload is aborted",
+        app.kind
+    );
     assert_not_archived(app, id, &token, &log, "after a failed part").await;
     assert_eq!(
         parts
@@ -722,6 +728,29 @@ async fn an_archive_recovers_from_a_failure_or_crash_mid_upload(app: &TestApp) {
     switch.heal();
     assert_eq!(object(parts.store.as_ref(), &path).await, None);
     assert_not_archived(app, id, &token, &log, "after a crash mid-upload").await;
+    // A dropped archive (its job timed out, its task was cancelled) aborts its upload too.
+    support::runtime::wait_for(
+        "the dropped upload aborted",
+        std::time::Duration::from_secs(10),
+        || async { app.objects.pending_uploads().is_empty() },
+    )
+    .await;
+
+    // Every part is stored, the completion fails: nothing at the key, no upload left.
+    switch.fail_only(&[Op::CompleteMultipart]);
+    match archive.archive(id).await {
+        Err(ArchiveError::Objects(e)) if is_injected(&e) => {}
+        other => panic!("{}: expected the injected failure, got {other:?}", app.kind),
+    }
+    switch.heal();
+    assert_eq!(object(parts.store.as_ref(), &path).await, None);
+    assert_eq!(
+        app.objects.pending_uploads(),
+        Vec::<String>::new(),
+        "{}: the upload whose completion failed is aborted",
+        app.kind
+    );
+    assert_not_archived(app, id, &token, &log, "after a failed completion").await;
 
     // The retry completes it.
     let outcome = app.archive.archive(id).await.unwrap();
@@ -739,8 +768,9 @@ async fn an_archive_recovers_from_a_failure_or_crash_mid_upload(app: &TestApp) {
             .unwrap()
             .unwrap()
             .archival_attempts,
-        3
+        4
     );
+    assert_eq!(app.objects.pending_uploads(), Vec::<String>::new());
 }
 
 async fn an_archive_recovers_from_a_crash_after_the_object_or_the_transaction(app: &TestApp) {

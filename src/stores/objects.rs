@@ -379,11 +379,14 @@ pub fn is_not_found(error: &object_store::Error) -> bool {
 /// appears; uploaded parts are discarded).
 ///
 /// Memory stays bounded: at most [`MAX_PARTS_IN_FLIGHT`] parts of [`PART_SIZE`] are uploading
-/// while the next one fills. After an error from `write`, call `abort`. Dropped without either
-/// call, a local upload's staging file is removed, but an S3 upload stays incomplete (invisible,
-/// still stored) until the bucket's lifecycle rule for incomplete multipart uploads removes it.
+/// while the next one fills. After an error from `write`, call `abort`; a failed `finish`
+/// aborts by itself. Dropped without either (a job timeout, a cancelled task), it aborts the
+/// upload in the background, so no incomplete upload stays stored (S3 keeps one, invisible
+/// but billed, until aborted; a local upload's staging file). Only a killed process leaves
+/// one behind: the bucket's lifecycle rule for incomplete multipart uploads removes those.
 pub struct MultipartWriter {
-    upload: WriteMultipart,
+    /// `None` once finished or aborted.
+    upload: Option<WriteMultipart>,
     path: Path,
     written: u64,
 }
@@ -393,19 +396,26 @@ impl MultipartWriter {
     pub async fn start(store: &dyn ObjectStore, path: &Path) -> object_store::Result<Self> {
         let upload = store.put_multipart(path).await?;
         Ok(Self {
-            upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
             path: path.clone(),
             written: 0,
         })
     }
 
+    fn upload(&mut self) -> object_store::Result<&mut WriteMultipart> {
+        let path = &self.path;
+        self.upload.as_mut().ok_or_else(|| ended(path))
+    }
+
     /// Appends `chunk`; waits while [`MAX_PARTS_IN_FLIGHT`] parts are uploading. An error is a
     /// failed part upload: the upload cannot complete, so `abort` it.
     pub async fn write(&mut self, chunk: impl Into<Bytes>) -> object_store::Result<()> {
-        self.upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
         let chunk = chunk.into();
-        self.written += chunk.len() as u64;
-        self.upload.put(chunk);
+        let len = chunk.len() as u64;
+        let upload = self.upload()?;
+        upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
+        upload.put(chunk);
+        self.written += len;
         Ok(())
     }
 
@@ -420,14 +430,53 @@ impl MultipartWriter {
     }
 
     /// Uploads what is buffered and completes the upload: the object is now at `path`, whole.
-    /// On failure the upload is aborted (best effort) and nothing new is at `path`.
-    pub async fn finish(self) -> object_store::Result<PutResult> {
-        self.upload.finish().await
+    /// On failure the upload is aborted (by object_store, best effort) and nothing new is at
+    /// `path`.
+    pub async fn finish(mut self) -> object_store::Result<PutResult> {
+        match self.upload.take() {
+            Some(upload) => upload.finish().await,
+            None => Err(ended(&self.path)),
+        }
     }
 
     /// Discards the upload and any parts already sent.
-    pub async fn abort(self) -> object_store::Result<()> {
-        self.upload.abort().await
+    pub async fn abort(mut self) -> object_store::Result<()> {
+        match self.upload.take() {
+            Some(upload) => upload.abort().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A call on a writer whose upload was finished or aborted (never happens: both take it).
+fn ended(path: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "MultipartWriter",
+        source: format!("the upload to {path} already ended").into(),
+    }
+}
+
+impl Drop for MultipartWriter {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        let path = self.path.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    match upload.abort().await {
+                        Ok(()) => tracing::debug!(%path, "dropped multipart upload aborted"),
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "could not abort a dropped multipart upload")
+                        }
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%path, "multipart upload dropped outside a runtime; not aborted")
+            }
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! transaction, then the chunks deleted.
 //!
 //! Any storage error is returned (never swallowed): the archive job retries with its backoff.
+//! A failed upload is aborted (a failed part or read here, a failed completion by
+//! `MultipartWriter::finish`, a run dropped by its job's timeout by the writer's `Drop`), so
+//! no incomplete multipart upload stays stored.
 //! Safe to repeat: the object key is deterministic (a rerun overwrites a partial upload's
 //! place), `record_archive` is once per build, and chunk deletion tolerates what is gone.
 //! A build already archived is done at once (its leftover chunks are cleaned up).
@@ -78,6 +81,14 @@ pub fn archive_path(build_id: i64, finished_at_ms: i64) -> Path {
         "traces/{}/{build_id}/job.log",
         day.format("%Y/%m/%d")
     ))
+}
+
+/// Discards a failed upload's parts (S3 would keep them, billed, until aborted). Best effort:
+/// the archive's own error is what the job reports.
+async fn abort(upload: MultipartWriter, build_id: i64) {
+    if let Err(e) = upload.abort().await {
+        tracing::warn!(build_id, error = %e, "could not abort the failed archive upload");
+    }
 }
 
 /// Chunks read ahead of the upload.
@@ -219,7 +230,7 @@ impl ArchiveService {
             let (bytes, row_crc) = match read {
                 Ok(read) => read,
                 Err(e) => {
-                    let _ = upload.abort().await;
+                    abort(upload, build_id).await;
                     return Err(e);
                 }
             };
@@ -230,7 +241,7 @@ impl ArchiveService {
                 bytes.len() as u64,
             ));
             if let Err(e) = upload.write(bytes).await {
-                let _ = upload.abort().await;
+                abort(upload, build_id).await;
                 return Err(e.into());
             }
         }

@@ -154,6 +154,62 @@ impl TestObjects {
     pub fn open(&self, prefix: &str) -> OpenedStore {
         self.config(prefix).open().expect("open test object store")
     }
+
+    /// Multipart uploads begun and neither completed nor aborted, as files on disk: a local
+    /// store's staging files (`<key>#<n>`); on s3s-fs, the upload records it keeps in its root
+    /// (`.bucket-<base64url bucket>.object-<key>.upload-<id>.metadata.json`, this bucket's only).
+    pub fn pending_uploads(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        match &self.backend {
+            Backend::Local { dir } => staging_files(dir.path(), &mut found),
+            Backend::S3 {
+                bucket, bucket_dir, ..
+            } => {
+                let root = bucket_dir
+                    .parent()
+                    .expect("the bucket dir is under the root");
+                let mine = format!(".bucket-{}.", base64url(bucket.as_bytes()));
+                for entry in std::fs::read_dir(root).expect("s3s-fs root").flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&mine) && name.contains(".upload-") {
+                        found.push(name);
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+fn staging_files(dir: &Path, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            staging_files(&path, found);
+        } else if entry.file_name().to_string_lossy().contains('#') {
+            found.push(path.display().to_string());
+        }
+    }
+}
+
+/// Unpadded URL-safe base64, as s3s-fs names its metadata files.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=group.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 impl Drop for TestObjects {
