@@ -119,7 +119,10 @@ async fn a_gap_or_an_overlap_is_refused_and_writes_nothing(f: &Fixture) {
     for offset in [4, 100, 2, 0] {
         assert_eq!(
             f.store.append(B, offset, b"xyz").await.unwrap(),
-            AppendOutcome::Mismatch { length: 3 },
+            AppendOutcome::Mismatch {
+                length: 3,
+                unflushed: vec![]
+            },
             "offset {offset}"
         );
     }
@@ -130,7 +133,10 @@ async fn a_retried_append_changes_nothing(f: &Fixture) {
     appended(f, 0, b"line 1\n").await;
     assert_eq!(
         f.store.append(B, 0, b"line 1\n").await.unwrap(),
-        AppendOutcome::Mismatch { length: 7 }
+        AppendOutcome::Mismatch {
+            length: 7,
+            unflushed: vec![]
+        }
     );
     assert_eq!(f.store.length(B).await.unwrap(), 7);
 }
@@ -149,7 +155,7 @@ async fn of_concurrent_appends_at_one_offset_exactly_one_wins(f: &Fixture) {
                 wins += 1;
                 assert_eq!(length, 100);
             }
-            AppendOutcome::Mismatch { length } => assert_eq!(length, 100),
+            AppendOutcome::Mismatch { length, .. } => assert_eq!(length, 100),
             AppendOutcome::Closed => panic!("nobody closed this trace"),
         }
     }
@@ -257,7 +263,10 @@ async fn an_empty_append_at_the_end_is_accepted_and_writes_nothing(f: &Fixture) 
     assert_eq!(appended(f, 3, b"").await, (3, vec![], vec![]));
     assert_eq!(
         f.store.append(B, 5, b"").await.unwrap(),
-        AppendOutcome::Mismatch { length: 3 }
+        AppendOutcome::Mismatch {
+            length: 3,
+            unflushed: vec![]
+        }
     );
     assert_eq!(f.store.read_chunk(B, 0).await.unwrap().unwrap(), b"abc");
 }
@@ -449,6 +458,50 @@ async fn appends_report_a_tailed_log_until_the_mark_lapses(f: &Fixture) {
     assert!(!watched(f.store.append(B, 2, b"c").await.unwrap()));
 }
 
+/// A refused append reports the full chunks of its range that are still live (the caller
+/// enqueues their flushes again: see `AppendOutcome::Mismatch`), never a partial chunk, one
+/// already flushed, or one past the range.
+async fn a_refused_append_reports_the_full_live_chunks_it_covers(f: &Fixture) {
+    let log = vec![7u8; 2 * C + 100];
+    appended(f, 0, &log).await;
+    let refused = |offset: u64, len: usize| {
+        let store = f.store.clone();
+        let data = vec![7u8; len];
+        async move {
+            match store.append(B, offset, &data).await.unwrap() {
+                AppendOutcome::Mismatch { length, unflushed } => {
+                    assert_eq!(length, (2 * C + 100) as u64);
+                    unflushed
+                }
+                other => panic!("append at {offset} accepted: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(
+        refused(0, log.len()).await,
+        vec![0, 1],
+        "the whole log resent"
+    );
+    assert_eq!(
+        refused(C as u64 + 5, 10).await,
+        Vec::<u64>::new(),
+        "no chunk filled"
+    );
+    assert_eq!(
+        refused(C as u64 + 5, C).await,
+        vec![1],
+        "the range ends in chunk 2"
+    );
+    assert_eq!(refused(10, C).await, vec![0], "the range ends in chunk 1");
+    f.store.delete_chunk(B, 0).await.unwrap();
+    assert_eq!(refused(0, log.len()).await, vec![1], "chunk 0 was flushed");
+    assert_eq!(
+        refused(3 * C as u64, 10).await,
+        Vec::<u64>::new(),
+        "past the end"
+    );
+}
+
 on_every_live_store!(
     appends_report_a_tailed_log_until_the_mark_lapses,
     a_closed_trace_takes_no_more_bytes_even_after_deletion,
@@ -464,6 +517,7 @@ on_every_live_store!(
     appends_continuing_a_chunk_keep_any_bytes,
     an_append_filling_a_chunk_exactly_reports_it_and_the_next_starts_one,
     an_empty_append_at_the_end_is_accepted_and_writes_nothing,
+    a_refused_append_reports_the_full_live_chunks_it_covers,
 );
 
 on_every_sql_store!(

@@ -20,7 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use buildlogs::jobs::{Clock, JobClient, SystemClock};
+use buildlogs::jobs::broker::{
+    Ack, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob, QueueStats,
+    ReapReport,
+};
+use buildlogs::jobs::{Broker, Clock, JobClient, SystemClock};
 use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op, is_injected};
 use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService, archive_path};
@@ -29,7 +33,7 @@ use buildlogs::traces::flush::{FlushError, FlushOutcome, chunk_path};
 use buildlogs::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 use buildlogs::traces::metadata::ChunkFlip;
 use buildlogs::traces::model::{Artifact, BuildStatus, DataStore, NewArtifact};
-use buildlogs::traces::service::TraceService;
+use buildlogs::traces::service::{TraceError, TraceService};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -72,6 +76,7 @@ on_both_stacks!(
     a_flush_that_loses_to_the_archive_leaves_no_chunk_behind,
     reads_are_whole_and_identical_while_flushes_and_archives_run,
     an_archived_log_leaves_nothing_in_redis_but_a_short_lived_closed_flag,
+    a_full_chunk_whose_flush_enqueue_failed_is_enqueued_when_the_runner_resends,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1261,4 +1266,168 @@ async fn an_archived_log_leaves_nothing_in_redis_but_a_short_lived_closed_flag(a
         "{}: closed after archiving",
         app.kind
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A flush enqueue lost after the append landed
+// ---------------------------------------------------------------------------------------------
+
+/// The stack's real broker, except that `enqueue` fails while `down` is set (the queue's Redis
+/// unreachable for a moment, after the live store took the bytes).
+struct EnqueueOutage {
+    inner: Arc<dyn Broker>,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl Broker for EnqueueOutage {
+    async fn enqueue(
+        &self,
+        jobs: Vec<NewJob>,
+        now_ms: i64,
+    ) -> Result<Vec<EnqueueOutcome>, BrokerError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BrokerError::Invalid {
+                field: "connection",
+                detail: "injected queue outage".into(),
+            });
+        }
+        self.inner.enqueue(jobs, now_ms).await
+    }
+    async fn fetch(
+        &self,
+        queue: &str,
+        max: usize,
+        lease: std::time::Duration,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        self.inner.fetch(queue, max, lease, now_ms).await
+    }
+    async fn ack(&self, queue: &str, acks: Vec<Ack>, now_ms: i64) -> Result<(), BrokerError> {
+        self.inner.ack(queue, acks, now_ms).await
+    }
+    async fn extend_leases(
+        &self,
+        queue: &str,
+        leases: &[Lease],
+        lease: std::time::Duration,
+        now_ms: i64,
+    ) -> Result<(), BrokerError> {
+        self.inner.extend_leases(queue, leases, lease, now_ms).await
+    }
+    async fn reap_expired(
+        &self,
+        queue: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<ReapReport, BrokerError> {
+        self.inner.reap_expired(queue, limit, now_ms).await
+    }
+    async fn set_limit(&self, queue: &str, limit: Option<u32>) -> Result<(), BrokerError> {
+        self.inner.set_limit(queue, limit).await
+    }
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        self.inner.queues().await
+    }
+    async fn stats(&self, queue: &str, now_ms: i64) -> Result<QueueStats, BrokerError> {
+        self.inner.stats(queue, now_ms).await
+    }
+    async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, BrokerError> {
+        self.inner.dead_list(queue, limit).await
+    }
+    async fn dead_retry(&self, queue: &str, id: &str, now_ms: i64) -> Result<bool, BrokerError> {
+        self.inner.dead_retry(queue, id, now_ms).await
+    }
+    async fn dead_discard(&self, queue: &str, id: &str) -> Result<bool, BrokerError> {
+        self.inner.dead_discard(queue, id).await
+    }
+    async fn release_scheduled(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        self.inner.release_scheduled(queue, max, now_ms).await
+    }
+    async fn dead_trim(
+        &self,
+        queue: &str,
+        bounds: DeadSetBounds,
+        now_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        self.inner.dead_trim(queue, bounds, now_ms).await
+    }
+    async fn cron_fire(
+        &self,
+        schedule: &str,
+        tick_ms: i64,
+        job: NewJob,
+        now_ms: i64,
+    ) -> Result<bool, BrokerError> {
+        self.inner.cron_fire(schedule, tick_ms, job, now_ms).await
+    }
+    async fn cron_last(&self, schedule: &str, queue: &str) -> Result<Option<i64>, BrokerError> {
+        self.inner.cron_last(schedule, queue).await
+    }
+}
+
+/// A PATCH fills chunk 0; its bytes land, then enqueueing the chunk's flush fails, so the
+/// runner gets an error (no `Range`) and sends the same bytes again: that resend is refused
+/// (416, the bytes are there) and enqueues the flush, instead of the full chunk waiting in the
+/// live store until the final PUT.
+async fn a_full_chunk_whose_flush_enqueue_failed_is_enqueued_when_the_runner_resends(
+    app: &TestApp,
+) {
+    let (id, token) = app.create_job().await;
+    let parts = &app.parts;
+    let broker = Arc::new(EnqueueOutage {
+        inner: app.broker.clone(),
+        down: AtomicBool::new(true),
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let traces = TraceService::new(
+        parts.meta.clone(),
+        parts.live.clone(),
+        parts.live_kind,
+        parts.store.clone(),
+        JobClient::new(broker.clone(), clock.clone()),
+        clock,
+    );
+    let log = log_bytes(CHUNK + 100, 13);
+    match traces.append(id, &token, 0, &log).await {
+        Err(TraceError::Queue(_)) => {}
+        other => panic!("{}: expected the queue outage, got {other:?}", app.kind),
+    }
+    broker.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        app.run_flushes().await,
+        0,
+        "{}: no flush was enqueued",
+        app.kind
+    );
+    assert!(
+        chunk_state(app, id, 0).await.1,
+        "{}: chunk 0 live",
+        app.kind
+    );
+
+    // The runner resends what it did not get a reply for.
+    match traces.append(id, &token, 0, &log).await {
+        Err(TraceError::RangeMismatch { length }) => assert_eq!(length, log.len() as u64),
+        other => panic!("{}: expected 416, got {other:?}", app.kind),
+    }
+    assert_eq!(
+        app.run_flushes().await,
+        1,
+        "{}: the resend enqueued the flush",
+        app.kind
+    );
+    assert_flushed(app, id, 0, chunk_of(&log, 0)).await;
+    // Once flushed, a refused resend has nothing to enqueue; the partial chunk 1 never counts.
+    match traces.append(id, &token, 0, &log).await {
+        Err(TraceError::RangeMismatch { .. }) => {}
+        other => panic!("{}: expected 416, got {other:?}", app.kind),
+    }
+    assert_eq!(app.run_flushes().await, 0, "{}", app.kind);
+    assert_reads(app, id, &token, &log, "after the resend").await;
 }

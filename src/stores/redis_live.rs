@@ -88,6 +88,7 @@ impl LiveChunkStore for RedisLiveChunks {
             Some(2) => Ok(AppendOutcome::Closed),
             Some(0) => Ok(AppendOutcome::Mismatch {
                 length: reply.get(1).and_then(int).unwrap_or(0) as u64,
+                unflushed: reply.get(2).map(ints).unwrap_or_default(),
             }),
             Some(-1) => Err(bad(format!(
                 "chunk {} holds {} bytes, not what the trace length implies",

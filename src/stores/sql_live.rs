@@ -79,6 +79,8 @@ struct Statements {
     extend_chunk: &'static str,
     /// $1 build, $2 index → the live bytes' count (for the error of a refused extension).
     live_chunk_size: &'static str,
+    /// $1 build, $2 first index, $3 last index → the indexes of live, unflushed chunks.
+    unflushed: &'static str,
     /// $1 build, $2 index → raw_data of a live row.
     read_chunk: &'static str,
     /// $1 build, $2 index, $3 now.
@@ -120,6 +122,9 @@ const SQLITE: Statements = Statements {
          AND length(raw_data) = $6",
     live_chunk_size: "SELECT length(raw_data) FROM build_trace_chunks \
          WHERE build_id = $1 AND chunk_index = $2 AND data_store = 'database'",
+    unflushed: "SELECT chunk_index FROM build_trace_chunks \
+         WHERE build_id = $1 AND chunk_index BETWEEN $2 AND $3 AND data_store = 'database' \
+         AND raw_data IS NOT NULL AND crc32 IS NULL ORDER BY chunk_index",
     read_chunk: "SELECT raw_data FROM build_trace_chunks \
          WHERE build_id = $1 AND chunk_index = $2 AND data_store = 'database'",
     delete_chunk: "UPDATE build_trace_chunks SET raw_data = NULL, \
@@ -148,6 +153,7 @@ const POSTGRES: Statements = Statements {
          AND octet_length(raw_data) = $6",
     live_chunk_size: "SELECT octet_length(raw_data)::BIGINT FROM build_trace_chunks \
          WHERE build_id = $1 AND chunk_index = $2 AND data_store = 'database'",
+    unflushed: SQLITE.unflushed,
     read_chunk: SQLITE.read_chunk,
     delete_chunk: SQLITE.delete_chunk,
     delete_build_chunks: SQLITE.delete_build_chunks,
@@ -241,10 +247,28 @@ impl LiveChunkStore for SqlLiveChunks {
                     .bind(build)
                     .fetch_optional(&mut *tx)
                     .await?;
+                // As the Redis store: the refused range's full chunks still live (a resent
+                // PATCH whose first copy landed but whose flush enqueue may have failed).
+                let mut unflushed: Vec<i64> = Vec::new();
+                if let Some(length) = length
+                    && from < length
+                {
+                    let size = to_sql(build, "chunk size", CHUNK_SIZE)?;
+                    let last = to.min(length) / size - 1;
+                    if last >= from / size {
+                        unflushed = sqlx::query_scalar(q.unflushed)
+                            .bind(build)
+                            .bind(from / size)
+                            .bind(last)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    }
+                }
                 tx.rollback().await?;
                 return match length {
                     Some(length) => Ok(AppendOutcome::Mismatch {
                         length: from_sql(build, "trace length", length)?,
+                        unflushed: unflushed.into_iter().map(|i| i as u64).collect(),
                     }),
                     None => Err(inconsistent(
                         build,

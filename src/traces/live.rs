@@ -41,7 +41,14 @@ pub enum AppendOutcome {
         watched: bool,
     },
     /// The offset was not the current length; nothing written.
-    Mismatch { length: u64 },
+    Mismatch {
+        length: u64,
+        /// Full chunks in the refused range (`offset..offset + data.len()`, below `length`)
+        /// that are still live. A runner resends a PATCH whose reply it did not get; when that
+        /// append had landed and its flush enqueue failed, these chunks would otherwise wait
+        /// in the live store until the final PUT: the caller enqueues their flushes again.
+        unflushed: Vec<u64>,
+    },
     /// The trace was closed (the job sent its final state); nothing written.
     Closed,
 }

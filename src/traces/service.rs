@@ -4,7 +4,10 @@
 //! 1. `create_build`: register a job (`running`) with a fresh job token (returned once).
 //! 2. `append`: authenticate the job token, refuse a job that is not running (403), enforce the
 //!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
-//!    the current length otherwise), and enqueue a flush of every chunk it filled.
+//!    the current length otherwise), and enqueue a flush of every chunk it filled. A refused
+//!    append (416) enqueues again the flushes of the full chunks it covers that are still live:
+//!    a runner resends a PATCH whose reply it lost, and that reply may have been the error of a
+//!    failed flush enqueue after the bytes landed.
 //! 3. `finish`: the runner's final PUT (close the trace, flush, validate the CRC32, commit,
 //!    enqueue the archive).
 //! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
@@ -313,7 +316,11 @@ impl TraceService {
                     .map_or(BuildStatus::Running, |b| b.status);
                 Err(TraceError::NotRunning(status))
             }
-            AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
+            AppendOutcome::Mismatch { length, unflushed } => {
+                // Only on a 416: the normal path pays nothing for this.
+                self.enqueue_flushes(build_id, &unflushed).await?;
+                Err(TraceError::RangeMismatch { length })
+            }
             AppendOutcome::Appended {
                 length,
                 filled,
@@ -322,16 +329,7 @@ impl TraceService {
             } => {
                 // No SQL here: a live chunk needs no row (readers and the final PUT go by the
                 // live length); the flush creates the row when the chunk leaves the live store.
-                if !filled.is_empty() {
-                    let flushes: Vec<FlushTraceChunk> = filled
-                        .iter()
-                        .map(|&chunk_index| FlushTraceChunk {
-                            build_id,
-                            chunk_index,
-                        })
-                        .collect();
-                    self.jobs.enqueue_bulk(&flushes).await?;
-                }
+                self.enqueue_flushes(build_id, &filled).await?;
                 metrics::counter!("buildlogs_trace_bytes_total").increment(data.len() as u64);
                 Ok(Appended {
                     length,
@@ -340,6 +338,24 @@ impl TraceService {
                 })
             }
         }
+    }
+
+    /// Enqueues the flush of each of `chunks` (none: no round trip). If this fails after the
+    /// append landed, the runner gets an error and resends the PATCH; that resend is refused
+    /// (416) and reports the chunks still live, which are enqueued then.
+    async fn enqueue_flushes(&self, build_id: i64, chunks: &[u64]) -> Result<(), TraceError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let flushes: Vec<FlushTraceChunk> = chunks
+            .iter()
+            .map(|&chunk_index| FlushTraceChunk {
+                build_id,
+                chunk_index,
+            })
+            .collect();
+        self.jobs.enqueue_bulk(&flushes).await?;
+        Ok(())
     }
 
     /// The final PUT: store the pending state, flush every live chunk, and once none is left

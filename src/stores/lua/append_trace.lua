@@ -3,7 +3,9 @@
 -- ARGV[1] offset, ARGV[2] chunk size, ARGV[3] TTL (ms), ARGV[4] the bytes
 -- returns { 1, new length, {started chunk indexes}, {filled chunk indexes}, watched (0/1) }
 --         when appended,
---         { 0, current length } when the offset is not the current length (nothing written),
+--         { 0, current length, {unflushed chunk indexes} } when the offset is not the current
+--         length (nothing written); unflushed: the full chunks of the refused range that are
+--         still live (see below),
 --         { -1, chunk index, its length } when a live chunk is not where the length says
 --         { 2 } when the trace is closed (the job sent its final state)
 -- Keys: "len" the trace length; "chunk:<i>" chunk i's bytes; "closed" set once appends end;
@@ -16,7 +18,21 @@ if redis.call("EXISTS", base .. "closed") == 1 then
 end
 local length = tonumber(redis.call("GET", base .. "len") or "0")
 if offset ~= length then
-  return { 0, length }
+  -- A runner resends a PATCH whose reply it lost; if that append landed, the flushes of the
+  -- chunks it filled may have been lost with the reply. Report the chunks the refused range
+  -- covers that are full and still live (at most the request's size over the chunk size: 32
+  -- for the API's 4 MiB body limit), so they are enqueued again; a flush that merely waits in
+  -- the queue makes a duplicate. Only refused appends pay for this.
+  local unflushed = {}
+  if offset < length then
+    local last = math.floor(math.min(offset + #data, length) / size) - 1
+    for index = math.floor(offset / size), last do
+      if redis.call("EXISTS", base .. "chunk:" .. index) == 1 then
+        unflushed[#unflushed + 1] = index
+      end
+    end
+  end
+  return { 0, length, unflushed }
 end
 local started, filled = {}, {}
 -- Check every chunk first, so a refused append writes nothing.
