@@ -29,7 +29,7 @@ use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op, is_inject
 use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService, archive_path};
 use buildlogs::traces::chunk::CHUNK_SIZE;
-use buildlogs::traces::flush::{FlushError, FlushOutcome, chunk_path};
+use buildlogs::traces::flush::{FlushError, FlushOutcome, FlushService, chunk_path};
 use buildlogs::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 use buildlogs::traces::metadata::ChunkFlip;
 use buildlogs::traces::model::{Artifact, BuildStatus, DataStore, NewArtifact};
@@ -74,6 +74,7 @@ on_both_stacks!(
     a_reader_paused_while_the_archive_completes_still_gets_the_whole_log,
     an_archive_racing_a_flush_finds_the_chunk_where_the_flush_moved_it,
     a_flush_that_loses_to_the_archive_leaves_no_chunk_behind,
+    a_flush_that_read_the_live_chunk_before_the_archive_completed_leaves_no_row,
     reads_are_whole_and_identical_while_flushes_and_archives_run,
     an_archived_log_leaves_nothing_in_redis_but_a_short_lived_closed_flag,
     a_full_chunk_whose_flush_enqueue_failed_is_enqueued_when_the_runner_resends,
@@ -903,23 +904,43 @@ async fn concurrent_archives_record_one_artifact(app: &TestApp) {
 // Interleavings held open by a paused live store
 // ---------------------------------------------------------------------------------------------
 
-/// The real live store, except that while paused `length` waits for [`Self::release`]: it holds
-/// a reader or an archiver between two of its calls while another process runs.
+/// The real live store, except that while paused `length` waits for [`Self::release`] (or,
+/// made with [`Self::after_read_chunk`], `read_chunk` waits once it has read): it holds a
+/// reader, an archiver or a flush between two of its calls while another process runs.
 struct PausingLive {
     inner: Arc<dyn LiveChunkStore>,
     pause: AtomicBool,
+    /// Pause in `read_chunk` (after reading) instead of in `length` (before).
+    on_read_chunk: bool,
     paused: watch::Sender<usize>,
     released: watch::Sender<bool>,
 }
 
 impl PausingLive {
     fn new(inner: Arc<dyn LiveChunkStore>) -> Arc<Self> {
+        Self::pausing(inner, false)
+    }
+
+    fn after_read_chunk(inner: Arc<dyn LiveChunkStore>) -> Arc<Self> {
+        Self::pausing(inner, true)
+    }
+
+    fn pausing(inner: Arc<dyn LiveChunkStore>, on_read_chunk: bool) -> Arc<Self> {
         Arc::new(Self {
             inner,
             pause: AtomicBool::new(true),
+            on_read_chunk,
             paused: watch::Sender::new(0),
             released: watch::Sender::new(false),
         })
+    }
+
+    async fn hold(&self) {
+        if self.pause.load(Ordering::SeqCst) {
+            let mut released = self.released.subscribe();
+            self.paused.send_modify(|n| *n += 1);
+            let _ = released.wait_for(|r| *r).await;
+        }
     }
 
     async fn wait_paused(&self, n: usize) {
@@ -938,10 +959,8 @@ impl LiveChunkStore for PausingLive {
         self.inner.append(b, o, d).await
     }
     async fn length(&self, build: i64) -> Result<u64, LiveStoreError> {
-        if self.pause.load(Ordering::SeqCst) {
-            let mut released = self.released.subscribe();
-            self.paused.send_modify(|n| *n += 1);
-            let _ = released.wait_for(|r| *r).await;
+        if !self.on_read_chunk {
+            self.hold().await;
         }
         self.inner.length(build).await
     }
@@ -949,7 +968,11 @@ impl LiveChunkStore for PausingLive {
         self.inner.close(build).await
     }
     async fn read_chunk(&self, b: i64, i: u64) -> Result<Option<Vec<u8>>, LiveStoreError> {
-        self.inner.read_chunk(b, i).await
+        let read = self.inner.read_chunk(b, i).await;
+        if self.on_read_chunk {
+            self.hold().await;
+        }
+        read
     }
     async fn delete_chunk(&self, b: i64, i: u64) -> Result<(), LiveStoreError> {
         self.inner.delete_chunk(b, i).await
@@ -1115,6 +1138,46 @@ async fn a_flush_that_loses_to_the_archive_leaves_no_chunk_behind(app: &TestApp)
 // ---------------------------------------------------------------------------------------------
 // Reads racing the move
 // ---------------------------------------------------------------------------------------------
+
+/// A flush reads the live chunk (there), then is held while the archive completes (reads the
+/// chunk itself, records the artifact, deletes rows, live bytes and objects); when it resumes
+/// it must not leave a row behind: on the production stack a live Redis chunk has no row
+/// until its flush creates one, which here would come after the archive deleted the rows.
+async fn a_flush_that_read_the_live_chunk_before_the_archive_completed_leaves_no_row(
+    app: &TestApp,
+) {
+    let log = log_bytes(2 * CHUNK + 500, 14);
+    let (id, token) = write_log(app, &log).await;
+    let parts = &app.parts;
+    parts.live.close(id).await.unwrap();
+    parts
+        .meta
+        .finish_build(id, BuildStatus::Success, None, SystemClock.now_ms())
+        .await
+        .unwrap();
+    let live = PausingLive::after_read_chunk(parts.live.clone());
+    let flush = FlushService::new(
+        parts.meta.clone(),
+        live.clone(),
+        parts.live_kind,
+        parts.store.clone(),
+        Arc::new(SystemClock),
+    );
+    let flushing = tokio::spawn(async move { flush.flush(id, 1).await });
+    live.wait_paused(1).await;
+    assert!(matches!(
+        app.archive.archive(id).await.unwrap(),
+        ArchiveOutcome::Archived(_)
+    ));
+    live.release();
+    let outcome = flushing.await.unwrap();
+    assert!(
+        matches!(outcome, Ok(FlushOutcome::Missing)),
+        "{}: {outcome:?}",
+        app.kind
+    );
+    assert_archived(app, id, &token, &log).await;
+}
 
 /// Readers read the whole log and a range of it, again and again, while every chunk is flushed
 /// (twice at once) and the build archived (twice at once), through a store slowed a little so

@@ -347,20 +347,36 @@ impl ArchiveService {
         Ok((bytes, crc_in(&fresh)))
     }
 
-    /// Deletes every copy of the chunks: flushed objects, live bytes, rows (in that order, so a
-    /// crash leaves rows pointing at nothing rather than objects no row names). The object of a
-    /// chunk whose row is not `object` is deleted too: a flush that crashed after writing it
-    /// left it there (deleting a missing object is cheap and not an error).
     async fn delete_chunks(&self, build_id: i64) -> Result<(), ArchiveError> {
-        for row in self.meta.chunks(build_id).await? {
-            objects::delete(
-                self.objects.as_ref(),
-                &chunk_path(build_id, row.chunk_index),
-            )
-            .await?;
-        }
-        self.live.delete_build(build_id).await?;
-        self.meta.delete_chunks(build_id).await?;
-        Ok(())
+        delete_chunk_copies(
+            self.meta.as_ref(),
+            self.live.as_ref(),
+            self.objects.as_ref(),
+            build_id,
+        )
+        .await
     }
+}
+
+/// Deletes every copy of an archived build's chunks: flushed objects, live bytes, rows (in that
+/// order, so a crash leaves rows pointing at nothing rather than objects no row names). The
+/// object of a chunk whose row is not `object` is deleted too: a flush that crashed after
+/// writing it left it there (deleting a missing object is cheap and not an error). Safe to run
+/// twice at once (the archive, and a flush that finds the build archived under it): each
+/// deletes the objects of the rows it sees before deleting rows.
+pub(crate) async fn delete_chunk_copies<E>(
+    meta: &dyn MetadataStore,
+    live: &dyn LiveChunkStore,
+    store: &dyn ObjectStore,
+    build_id: i64,
+) -> Result<(), E>
+where
+    E: From<MetadataError> + From<LiveStoreError> + From<object_store::Error>,
+{
+    for row in meta.chunks(build_id).await? {
+        objects::delete(store, &chunk_path(build_id, row.chunk_index)).await?;
+    }
+    live.delete_build(build_id).await?;
+    meta.delete_chunks(build_id).await?;
+    Ok(())
 }

@@ -10,6 +10,10 @@
 //!    flushed, or its row gone with the archive and then deletes the object it wrote);
 //! 4. delete the live copy last.
 //!
+//! Racing the archive leaves nothing behind: a flush that finds the live chunk gone after the
+//! log was archived deletes what it saw or created (a row it made after the archive deleted
+//! the rows), and one whose flip finds the row gone deletes the object it wrote.
+//!
 //! While the object store's circuit breaker is open, step 2 is skipped and step 3 flips the
 //! row to `database` with the bytes in it instead: the live copy still goes, so Redis memory
 //! stays bounded through an outage, and the archive later moves the bytes on.
@@ -148,7 +152,7 @@ impl FlushService {
             return Ok(FlushOutcome::AlreadyFlushed);
         }
         let Some(data) = self.live.read_chunk(build_id, index).await? else {
-            return Ok(FlushOutcome::Missing);
+            return self.gone(build_id).await;
         };
         if (data.len() as u64) < CHUNK_SIZE
             && !build.status.is_finished()
@@ -193,6 +197,28 @@ impl FlushService {
         }
         metrics::counter!("buildlogs_trace_chunks_flushed_total").increment(1);
         Ok(FlushOutcome::Flushed { size, crc32 })
+    }
+
+    /// The live chunk is gone while its row says it is live. If the log was archived meanwhile
+    /// (it read the chunk, then deleted the rows, live bytes and objects after this flush read
+    /// the rows, or before it created the row of a Redis chunk), what this flush saw or created
+    /// is left over: delete it as the archive does. Otherwise (a live key lost) leave it.
+    async fn gone(&self, build_id: i64) -> Result<FlushOutcome, FlushError> {
+        let archived = self
+            .meta
+            .trace_metadata(build_id)
+            .await?
+            .is_some_and(|m| m.archived_at_ms.is_some());
+        if archived {
+            super::archive::delete_chunk_copies::<FlushError>(
+                self.meta.as_ref(),
+                self.live.as_ref(),
+                self.objects.as_ref(),
+                build_id,
+            )
+            .await?;
+        }
+        Ok(FlushOutcome::Missing)
     }
 
     /// After a flip that did not apply, from where the row is now:
