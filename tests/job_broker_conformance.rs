@@ -873,6 +873,28 @@ async fn settled_jobs_leave_nothing_behind(b: &TestBroker) {
             .all(|k| !k.ends_with("no ttl")),
         "a running job's own keys expire by themselves if nothing deletes them: {during:#?}"
     );
+    // The heartbeat renews the running job's own key with its lease: a long job keeps it.
+    let long = Duration::from_secs(3600);
+    b.broker
+        .extend_leases(Q, std::slice::from_ref(&d.lease), long, now)
+        .await
+        .unwrap();
+    let ttl_ms = |stored: &[String]| -> Vec<i64> {
+        stored
+            .iter()
+            .filter(|k| k.contains(":active:"))
+            .filter_map(|k| k.rsplit_once(" ttl ").and_then(|(_, ms)| ms.parse().ok()))
+            .collect()
+    };
+    if b.kind == "redis" {
+        assert_eq!(ttl_ms(&during).len(), 1, "{during:#?}");
+        assert!(ttl_ms(&during)[0] <= 2 * LEASE.as_millis() as i64);
+        let renewed = ttl_ms(&b.stored().await);
+        assert!(
+            renewed.len() == 1 && renewed[0] > 2 * LEASE.as_millis() as i64,
+            "renewed with the lease: {renewed:?}"
+        );
+    }
     assert_eq!(
         b.broker.enqueue(vec![j()], now).await.unwrap(),
         vec![EnqueueOutcome::RescheduledOnce]
