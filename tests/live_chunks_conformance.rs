@@ -443,6 +443,27 @@ async fn a_closed_trace_takes_no_more_bytes_even_after_deletion(f: &Fixture) {
     );
 }
 
+/// Deleting a build's live data closes its trace even if nothing closed it before (an archived
+/// log takes no more bytes), and drops the tail's mark.
+async fn deleting_a_build_closes_it_and_drops_its_watch_mark(f: &Fixture) {
+    appended(f, 0, b"never closed").await;
+    f.store.watch(B, Duration::from_secs(60)).await.unwrap();
+    f.store.delete_build(B).await.unwrap();
+    assert_eq!(
+        f.store.append(B, 0, b"late").await.unwrap(),
+        AppendOutcome::Closed
+    );
+    assert_eq!(f.store.length(B).await.unwrap(), 0);
+    if let Backend::Redis { prefix } = &f.backend {
+        let keys = support::redis_keys_with_ttl(&support::redis_url(), prefix).await;
+        assert_eq!(keys.len(), 1, "only the closed flag: {keys:?}");
+        assert!(
+            keys[0].starts_with(&format!(":trace:{{{B}}}:closed ttl ")),
+            "{keys:?}"
+        );
+    }
+}
+
 /// While a reader tails the log, appends say so (the runner is told to PATCH sooner); the mark
 /// lapses after its TTL.
 async fn appends_report_a_tailed_log_until_the_mark_lapses(f: &Fixture) {
@@ -518,6 +539,7 @@ on_every_live_store!(
     an_append_filling_a_chunk_exactly_reports_it_and_the_next_starts_one,
     an_empty_append_at_the_end_is_accepted_and_writes_nothing,
     a_refused_append_reports_the_full_live_chunks_it_covers,
+    deleting_a_build_closes_it_and_drops_its_watch_mark,
 );
 
 on_every_sql_store!(
