@@ -45,9 +45,10 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-/// `given == expected`, in time that depends on the lengths only.
+/// `given == expected`, in time that depends on the lengths only. An empty token matches
+/// nothing (`Authorization: Bearer ` must never pass for a token left empty).
 fn same(given: &str, expected: &str) -> bool {
-    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+    !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// Which operator token the caller holds (compared in constant time).
@@ -77,4 +78,18 @@ pub(super) fn read_only(what: &str) -> ApiError {
             "the read-only token (BUILDLOGS_READ_TOKEN) cannot {what}: that needs the admin token"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn only_the_whole_token_matches_and_an_empty_one_never_does() {
+        assert!(same("s3cret", "s3cret"));
+        for given in ["s3cre", "s3cretx", "S3cret", ""] {
+            assert!(!same(given, "s3cret"), "{given:?}");
+        }
+        assert!(!same("", ""));
+    }
 }
