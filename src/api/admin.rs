@@ -20,10 +20,10 @@
 //!
 //! Authorization: every `/admin/api/` call needs `Authorization: Bearer <BUILDLOGS_ADMIN_TOKEN>`:
 //! 401 without it, 403 with a wrong one. The read-only token (`BUILDLOGS_READ_TOKEN`) opens the
-//! views (`GET`) and gets 403 for every change (any other method). The page itself (and its script and style) loads
-//! without the token: it holds no data. It asks for the token, keeps it in the tab's
-//! `sessionStorage` and sends it in that header on each call. A browser cannot add a header to
-//! a navigation, the token must never travel in a URL (server logs, history, `Referer`), and a
+//! views (`GET`) and gets 403 for every change (any other method). The page itself (and its
+//! script and style) loads without the token: it holds no data. It asks for the token, keeps
+//! it in the tab's `sessionStorage` and sends it in that header on each call. A browser cannot
+//! add a header to a navigation, the token must never travel in a URL (server logs, history, `Referer`), and a
 //! cookie would need a login endpoint and CSRF defences; a token only ever sent as a header by
 //! the page's own script gives another site's page nothing to ride on.
 //!

@@ -1,7 +1,6 @@
 //! Job registration (standing in for the CI coordinator) and reading: `POST /api/v4/jobs`
 //! (admin token), `GET /api/v4/jobs/:id` and `GET /api/v4/jobs/:id/trace` (admin, read-only or
-//! job token;
-//! HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
+//! job token; HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
 //! archive expired is 404 `{"message": "trace expired"}` (the job itself still reads, with
 //! `trace.state` `expired`): an empty 200 would pass for a log that was empty.
 
