@@ -3,6 +3,9 @@
 //! The binary fills [`Settings`] from flags, env vars (`DATABASE_URL`, `REDIS_URL`,
 //! `BUILDLOGS_DATA_DIR`, …) and defaults; tests build it in code. With no URLs at all the
 //! embedded default applies: SQLite in `<data dir>/buildlogs.db` holds the queue.
+//!
+//! URLs may hold passwords: they are shown (errors, logs, `Debug`) only through
+//! [`crate::redact::url`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use crate::traces::model::DataStore;
 /// Connections to PostgreSQL per process: a web process's appends are one short query each.
 const PG_MAX_CONNECTIONS: u32 = 16;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// `postgres://…` or `sqlite://…`; `None`: SQLite in the data dir.
     pub database_url: Option<String>,
@@ -36,6 +39,19 @@ pub struct Settings {
     pub redis_prefix: String,
     /// `file:///…` or `s3://bucket/prefix`; `None`: `<data dir>/objects`.
     pub object_store_url: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::redact::optional_url;
+        f.debug_struct("Settings")
+            .field("database_url", &optional_url(&self.database_url))
+            .field("redis_url", &optional_url(&self.redis_url))
+            .field("data_dir", &self.data_dir)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("object_store_url", &optional_url(&self.object_store_url))
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -83,6 +99,8 @@ pub struct Stack {
     /// Where live chunk bytes are: Redis, or the database (embedded).
     pub live_kind: DataStore,
     pub objects: Arc<dyn ObjectStore>,
+    /// Where `objects` are (`file:///…` or `s3://…`, secrets removed): for logs.
+    pub objects_at: String,
 }
 
 impl Settings {
@@ -91,7 +109,7 @@ impl Settings {
         match self.database_url.as_deref() {
             Some(url) if url.starts_with("sqlite:") => Ok(Some(url.to_owned())),
             Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => Ok(None),
-            Some(url) => Err(ConfigError::UnknownDatabase(url.to_owned())),
+            Some(url) => Err(ConfigError::UnknownDatabase(crate::redact::url(url))),
             None => {
                 std::fs::create_dir_all(&self.data_dir).map_err(|source| ConfigError::DataDir {
                     path: self.data_dir.clone(),
@@ -110,8 +128,10 @@ impl Settings {
     /// metadata is in SQLite or PostgreSQL.
     pub async fn open_stack(&self) -> Result<Stack, ConfigError> {
         let sqlite = self.sqlite_url()?;
-        let objects = open_object_store(self.object_store_url.as_deref(), &self.data_dir)?.store;
-        tracing::info!(objects = ?self.object_store_url, "object store opened");
+        let opened = open_object_store(self.object_store_url.as_deref(), &self.data_dir)?;
+        // Debug: the CLI opens the stack on every call; the roles log `objects_at` at start.
+        tracing::debug!(objects = %opened.description, "object store opened");
+        let (objects, objects_at) = (opened.store, opened.description);
         match (sqlite, &self.redis_url) {
             (Some(url), None) => {
                 let broker = SqliteBroker::connect(&url).await?;
@@ -122,6 +142,7 @@ impl Settings {
                     live: Arc::new(SqlLiveChunks::sqlite(pool)),
                     live_kind: DataStore::Database,
                     objects,
+                    objects_at,
                 })
             }
             (sqlite, Some(redis_url)) => {
@@ -147,6 +168,7 @@ impl Settings {
                     live: Arc::new(RedisLiveChunks::new(conn, &self.redis_prefix)),
                     live_kind: DataStore::Redis,
                     objects,
+                    objects_at,
                 })
             }
             (None, None) => Err(ConfigError::RedisRequired),
@@ -164,5 +186,28 @@ impl Settings {
             Some(url) => Ok(Arc::new(SqliteBroker::connect(&url).await?)),
             None => Err(ConfigError::RedisRequired),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settings;
+
+    #[test]
+    fn database_and_redis_passwords_are_never_shown() {
+        let settings = Settings {
+            database_url: Some("mysql://app:hunter2@db/ci".into()),
+            redis_url: Some("redis://:hunter2@cache:6379".into()),
+            object_store_url: Some("s3://bucket/logs?secret=hunter2".into()),
+            ..Settings::default()
+        };
+        let Err(e) = settings.sqlite_url() else {
+            panic!("mysql is refused");
+        };
+        let message = e.to_string();
+        assert!(message.contains("mysql://<redacted>@db/ci"), "{message}");
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redis://<redacted>@cache:6379"), "{debug}");
     }
 }

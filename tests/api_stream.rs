@@ -568,6 +568,7 @@ async fn own_stack_with_state() -> (
     let state = AppState {
         traces,
         admin_token: ADMIN.into(),
+        read_token: None,
         jobs,
         meta,
         cron: Arc::new(Scheduler::new(broker, clock, Vec::new())),

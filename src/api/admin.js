@@ -36,7 +36,9 @@
       // Not JSON (a proxy's error page): the status says enough.
     }
     const message = (json && json.message) || `${response.status} ${response.statusText}`;
-    if (response.status === 401 || response.status === 403) throw new AuthError(message);
+    // A 403 on a change is the read-only token's refusal: shown where the change was asked for.
+    const refused = response.status === 401 || (response.status === 403 && method === "GET");
+    if (refused) throw new AuthError(message);
     if (!response.ok) throw new Error(message);
     return json;
   }

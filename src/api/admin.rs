@@ -19,10 +19,11 @@
 //! | `GET /admin/api/backlog`                         | the chart's samples ([`super::backlog`])    |
 //!
 //! Authorization: every `/admin/api/` call needs `Authorization: Bearer <BUILDLOGS_ADMIN_TOKEN>`:
-//! 401 without it, 403 with a wrong one. The page itself (and its script and style) loads
-//! without the token: it holds no data. It asks for the token, keeps it in the tab's
-//! `sessionStorage` and sends it in that header on each call. A browser cannot add a header to
-//! a navigation, the token must never travel in a URL (server logs, history, `Referer`), and a
+//! 401 without it, 403 with a wrong one. The read-only token (`BUILDLOGS_READ_TOKEN`) opens the
+//! views (`GET`) and gets 403 for every change (any other method). The page itself (and its
+//! script and style) loads without the token: it holds no data. It asks for the token, keeps
+//! it in the tab's `sessionStorage` and sends it in that header on each call. A browser cannot
+//! add a header to a navigation, the token must never travel in a URL (server logs, history, `Referer`), and a
 //! cookie would need a login endpoint and CSRF defences; a token only ever sent as a header by
 //! the page's own script gives another site's page nothing to ride on.
 //!
@@ -36,14 +37,14 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::jobs::{bearer, is_admin};
+use super::auth::{self, Access};
 use super::{ApiError, AppState};
 use crate::jobs::broker::QueueStats;
 use crate::traces::breaker::OBJECT_STORE_BREAKER;
@@ -62,7 +63,8 @@ const DEAD_LIST_DEFAULT: usize = 50;
 /// Dead jobs listed at most in one answer (the dead set holds up to 10,000).
 const DEAD_LIST_MAX: usize = 1_000;
 
-/// The dashboard's routes, `/admin/api/` behind the admin token.
+/// The dashboard's routes, `/admin/api/` behind the admin token (views also behind the
+/// read-only one).
 pub fn routes(state: AppState) -> Router<AppState> {
     let api = Router::new()
         .route("/admin/api/queues", get(queues))
@@ -77,7 +79,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/api/breaker", get(breaker))
         .route("/admin/api/recovery", get(recovery))
         .route("/admin/api/backlog", get(backlog))
-        .route_layer(middleware::from_fn_with_state(state, require_admin));
+        .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .route("/admin", get(page))
         .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
@@ -86,11 +88,16 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(api)
 }
 
-/// 401 without the admin token, 403 with a wrong one; answers are never cached.
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let mut response = if is_admin(&state, request.headers()) {
+/// 401 without the admin token, 403 with a wrong one; the read-only token passes for views
+/// only (`GET`, `HEAD`: every change is another method); answers are never cached.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let view = matches!(*request.method(), Method::GET | Method::HEAD);
+    let access = auth::access(&state, request.headers());
+    let mut response = if access == Access::Admin || (access == Access::Read && view) {
         next.run(request).await
-    } else if bearer(request.headers()).is_none() {
+    } else if access == Access::Read {
+        auth::read_only("change anything (re-run or discard dead jobs, set limits)").into_response()
+    } else if auth::bearer(request.headers()).is_none() {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "admin token required (Authorization: Bearer …)",

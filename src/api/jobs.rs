@@ -1,6 +1,6 @@
 //! Job registration (standing in for the CI coordinator) and reading: `POST /api/v4/jobs`
-//! (admin token), `GET /api/v4/jobs/:id` and `GET /api/v4/jobs/:id/trace` (admin or job token;
-//! HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
+//! (admin token), `GET /api/v4/jobs/:id` and `GET /api/v4/jobs/:id/trace` (admin, read-only or
+//! job token; HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
 //! archive expired is 404 `{"message": "trace expired"}` (the job itself still reads, with
 //! `trace.state` `expired`): an empty 200 would pass for a log that was empty.
 
@@ -8,37 +8,23 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
+use super::auth::{self, Access};
 use super::runner::{TokenParam, job_token};
 use super::{ApiError, AppState};
 use crate::traces::model::Build;
 use crate::traces::service::TraceError;
 
-/// The `Authorization: Bearer …` token, if any.
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-}
-
-/// Does the caller hold the admin token? (Compared in constant time.)
-pub(super) fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
-    bearer(headers).is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())))
-}
-
-/// The build, if the caller holds the admin token (404 for an unknown job) or its job token
-/// (`JOB-TOKEN` or `?token=`; 403 otherwise, unknown jobs included). The trace GET and the
-/// trace stream both authorize with it.
+/// The build, if the caller holds the admin or read-only token (404 for an unknown job) or its
+/// job token (`JOB-TOKEN` or `?token=`; 403 otherwise, unknown jobs included). The trace GET
+/// and the trace stream both authorize with it.
 pub(super) async fn authorize_read(
     state: &AppState,
     id: i64,
     headers: &HeaderMap,
     query: &TokenParam,
 ) -> Result<Build, ApiError> {
-    if is_admin(state, headers) {
+    if auth::access(state, headers).reads_all() {
         return state
             .traces
             .build(id)
@@ -53,11 +39,15 @@ pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !is_admin(&state, &headers) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "admin token required (Authorization: Bearer …)",
-        ));
+    match auth::access(&state, &headers) {
+        Access::Admin => {}
+        Access::Read => return Err(auth::read_only("register jobs")),
+        Access::None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "admin token required (Authorization: Bearer …)",
+            ));
+        }
     }
     let new = state.traces.create_build().await?;
     Ok((

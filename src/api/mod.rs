@@ -1,10 +1,11 @@
 //! The HTTP API: GitLab's runner wire format (`runner`), job registration and reading
 //! (`jobs`), live tailing (`stream`), the operator dashboard (`admin`, with its backlog chart's
-//! samples in `backlog`), one error shape (`error`). Handlers are thin: they parse the wire
+//! samples in `backlog`), one error shape (`error`), operator tokens (`auth`). Handlers are thin: they parse the wire
 //! format and call the [`TraceService`](crate::traces::service::TraceService), or, for the
 //! dashboard, the broker and the metadata store.
 
 mod admin;
+mod auth;
 pub mod backlog;
 mod error;
 mod jobs;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub traces: Arc<TraceService>,
     /// `BUILDLOGS_ADMIN_TOKEN`: registers jobs, reads any of them, opens the dashboard.
     pub admin_token: Arc<str>,
+    /// `BUILDLOGS_READ_TOKEN`: reads any job, its log and stream, and the dashboard's views;
+    /// changes nothing. `None`: no such token.
+    pub read_token: Option<Arc<str>>,
     /// The job queue and its clock: the dashboard's queues, dead jobs and limits.
     pub jobs: JobClient,
     /// The dashboard's object store breaker and stale-trace recovery cursor.

@@ -41,6 +41,8 @@ use object_store::{
     RetryConfig, WriteMultipart,
 };
 
+use crate::redact::url as redact;
+
 /// The setting's name, as operators know it; every URL error names it.
 pub const URL_SETTING: &str = "OBJECT_STORE_URL";
 
@@ -325,18 +327,6 @@ fn duration_setting(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// The URL with any `user:password@` removed, for messages and logs.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
 /// Writes `bytes` at `path` in one request, replacing what was there.
 pub async fn put_bytes(
     store: &dyn ObjectStore,
@@ -508,6 +498,19 @@ mod tests {
         let message = err("s3://AKIA:topsecret@bucket/p");
         assert!(message.contains("credentials"), "{message}");
         assert!(!message.contains("topsecret"), "{message}");
+    }
+
+    #[test]
+    fn query_strings_in_the_url_are_never_echoed() {
+        for url in [
+            "s3://bucket/p?aws_secret_access_key=hunter2",
+            "gs://bucket/p?X-Goog-Signature=hunter2",
+            "s3://bucket/p#hunter2",
+        ] {
+            let message = err(url);
+            assert!(message.starts_with(URL_SETTING), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@ use super::objects::TestObjects;
 use super::sql::{TestPostgres, TestSqlite};
 
 pub const ADMIN: &str = "test-admin-token";
+/// The read-only token (`BUILDLOGS_READ_TOKEN`) of every test stack.
+pub const READER: &str = "test-read-token";
 
 /// The lease `run_flushes` and `run_archives` take their jobs under.
 const WORK_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -252,6 +254,7 @@ impl TestApp {
         let state = AppState {
             traces,
             admin_token: ADMIN.into(),
+            read_token: Some(READER.into()),
             jobs,
             meta,
             cron,

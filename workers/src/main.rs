@@ -24,11 +24,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Metadata database: postgres://… or sqlite://… (default: SQLite in the data dir).
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// Redis for the job queue (and live chunks). Required with PostgreSQL; without it SQLite
     /// holds the queue (single process).
-    #[arg(long, env = "REDIS_URL", global = true)]
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     redis_url: Option<String>,
     /// Folder for the embedded SQLite file and local object store.
     #[arg(
@@ -40,7 +40,7 @@ struct Cli {
     data_dir: PathBuf,
     /// Object storage for flushed chunks and archived logs: file:///path or s3://bucket/prefix
     /// (with the usual AWS_* variables and AWS_ENDPOINT_URL). Default: <data dir>/objects.
-    #[arg(long, env = "OBJECT_STORE_URL", global = true)]
+    #[arg(long, env = "OBJECT_STORE_URL", global = true, hide_env_values = true)]
     object_store_url: Option<String>,
     /// Prefix of every Redis key.
     #[arg(
@@ -58,11 +58,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run jobs (Procfile role `worker`).
-    Worker(roles::WorkerArgs),
+    Worker {
+        #[command(flatten)]
+        worker: roles::WorkerArgs,
+        #[command(flatten)]
+        metrics: roles::MetricsArgs,
+    },
     /// Fire cron ticks, exactly once per tick across replicas (Procfile role `scheduler`).
     Scheduler(roles::SchedulerArgs),
-    /// Serve the runner API, readers and /metrics (Procfile role `web`).
-    Web(roles::WebArgs),
+    /// Serve the runner API, readers and the dashboard (Procfile role `web`).
+    Web {
+        #[command(flatten)]
+        web: roles::WebArgs,
+        #[command(flatten)]
+        metrics: roles::MetricsArgs,
+    },
     /// Web, worker and scheduler in one process (the embedded default).
     All {
         #[command(flatten)]
@@ -71,6 +81,8 @@ enum Command {
         web: roles::WebArgs,
         #[command(flatten)]
         scheduler: roles::SchedulerArgs,
+        #[command(flatten)]
+        metrics: roles::MetricsArgs,
     },
     /// Stale-trace recovery now (`--dry-run`: what it would enqueue).
     Recover(cli::recover::RecoverArgs),
@@ -141,6 +153,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
@@ -153,10 +166,15 @@ async fn run() -> anyhow::Result<()> {
             which: cli::bench::Bench::Recover(_)
         })
     );
+    // Colours only for a person at a terminal: a file or a pipe (a log collector) gets plain
+    // text. NO_COLOR (https://no-color.org) turns them off at a terminal too.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(ansi)
                 .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())),
         )
         .with(count_statements.then(|| {
@@ -177,15 +195,17 @@ async fn run() -> anyhow::Result<()> {
         worker: roles::WorkerArgs::parse_defaults(),
         web: roles::WebArgs::parse_defaults(),
         scheduler: roles::SchedulerArgs::parse_defaults(),
+        metrics: roles::MetricsArgs::parse_defaults(),
     });
     match command {
-        Command::Worker(args) => roles::worker(&settings, args).await,
-        Command::Web(args) => roles::web(&settings, args).await,
+        Command::Worker { worker, metrics } => roles::worker(&settings, worker, metrics).await,
+        Command::Web { web, metrics } => roles::web(&settings, web, metrics).await,
         Command::All {
             worker,
             web,
             scheduler,
-        } => roles::all(&settings, worker, web, scheduler).await,
+            metrics,
+        } => roles::all(&settings, worker, web, scheduler, metrics).await,
         Command::Scheduler(args) => roles::scheduler(&settings, args).await,
         Command::Recover(args) => cli::recover::run(&settings, args).await,
         Command::Status => cli::status::run(&settings).await,

@@ -1,4 +1,12 @@
-//! The long-running roles: web (API + /metrics), worker, scheduler, and all three in one process.
+//! The long-running roles: web (API and dashboard), worker, scheduler, and all three in one
+//! process; each process that records metrics serves them on its own `/metrics` listener.
+//!
+//! Safe defaults: `/metrics` is never on the API's listener (it would tell anyone who reaches
+//! the API the queues' and jobs' figures); it listens on loopback unless told otherwise. The
+//! `web` role refuses to start without `BUILDLOGS_ADMIN_TOKEN`: a generated token would differ
+//! per replica, so a caller would be refused by every replica but one. Only the roles that check
+//! tokens need it (`web`, and `all`, which may still generate one: it is the only process);
+//! `worker` and `scheduler` never read it, so they are not given a secret they do not use.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +33,6 @@ pub struct WorkerArgs {
     /// Seconds in-flight jobs get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "BUILDLOGS_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
-    /// Where this process serves Prometheus metrics (`/metrics`); "off" to disable.
-    #[arg(
-        long,
-        env = "BUILDLOGS_METRICS_LISTEN",
-        default_value = "127.0.0.1:9394"
-    )]
-    pub metrics_listen: String,
     #[command(flatten)]
     pub outage: OutageArgs,
     #[command(flatten)]
@@ -125,6 +126,31 @@ impl WorkerArgs {
     }
 }
 
+/// Where a process serves its Prometheus metrics (one listener a process, whatever its roles).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Where this process serves Prometheus metrics (`/metrics`), never on the API's
+    /// listener; "off" to disable. Each process on a host needs its own port.
+    #[arg(
+        long,
+        env = "BUILDLOGS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9394"
+    )]
+    pub metrics_listen: String,
+}
+
+impl MetricsArgs {
+    /// The settings from env vars and defaults alone (no subcommand given).
+    pub fn parse_defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: MetricsArgs,
+        }
+        <Only as clap::Parser>::parse_from(["buildlogs"]).args
+    }
+}
+
 /// The scheduler's cron schedules.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SchedulerArgs {
@@ -183,7 +209,12 @@ fn serve_metrics(listen: &str) -> anyhow::Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
-        .context("starting the metrics listener")?;
+        .with_context(|| {
+            format!(
+                "BUILDLOGS_METRICS_LISTEN: cannot serve metrics on {addr} (each process on a \
+                 host needs a port of its own, or \"off\")"
+            )
+        })?;
     tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     Ok(())
 }
@@ -213,20 +244,30 @@ pub fn shutdown_on_signal() -> CancellationToken {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WebArgs {
-    /// Where the API, `/metrics` and the dashboard (`/admin`) listen.
+    /// Where the API and the dashboard (`/admin`) listen.
     #[arg(long, env = "BUILDLOGS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Registers jobs and reads any of them; generated and printed when unset.
+    /// Registers jobs, reads any of them, changes the dashboard's settings. Required by `web`
+    /// (the same on every replica); `all` generates and prints one when unset.
     #[arg(long, env = "BUILDLOGS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Reads any job, its log and stream, and the dashboard's views; cannot register jobs or
+    /// change anything. Unset: no read-only token.
+    #[arg(long, env = "BUILDLOGS_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
     /// Largest log in bytes; a runner that writes past it gets 403 and its job fails.
     #[arg(long, env = "BUILDLOGS_MAX_TRACE_SIZE", default_value_t = buildlogs::traces::service::DEFAULT_MAX_TRACE_SIZE)]
     pub max_trace_size: u64,
 }
 
-pub async fn worker(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
-    serve_metrics(&args.metrics_listen)?;
+pub async fn worker(
+    settings: &Settings,
+    args: WorkerArgs,
+    metrics: MetricsArgs,
+) -> anyhow::Result<()> {
+    serve_metrics(&metrics.metrics_listen)?;
     let stack = settings.open_stack().await.context("opening the stores")?;
+    tracing::info!(objects = %stack.objects_at, "stores opened");
     let shutdown = shutdown_on_signal();
     run_worker(&stack, &args, shutdown).await;
     Ok(())
@@ -266,12 +307,15 @@ pub async fn scheduler(settings: &Settings, args: SchedulerArgs) -> anyhow::Resu
     Ok(())
 }
 
-pub async fn web(settings: &Settings, args: WebArgs) -> anyhow::Result<()> {
+pub async fn web(settings: &Settings, args: WebArgs, metrics: MetricsArgs) -> anyhow::Result<()> {
+    let tokens = Tokens::from_args(&args, false)?;
+    serve_metrics(&metrics.metrics_listen)?;
     let stack = settings.open_stack().await.context("opening the stores")?;
+    tracing::info!(objects = %stack.objects_at, "stores opened");
     // The dashboard shows the scheduler role's schedules: built from the same settings (the
     // environment both roles read).
     let cron = crate::schedules::entries(&SchedulerArgs::parse_defaults())?;
-    serve_web(&stack, &args, cron, shutdown_on_signal()).await
+    serve_web(&stack, &args, tokens, cron, shutdown_on_signal()).await
 }
 
 /// Web, worker and scheduler in one process: the embedded default.
@@ -280,38 +324,67 @@ pub async fn all(
     worker_args: WorkerArgs,
     web_args: WebArgs,
     scheduler_args: SchedulerArgs,
+    metrics: MetricsArgs,
 ) -> anyhow::Result<()> {
+    let tokens = Tokens::from_args(&web_args, true)?;
+    serve_metrics(&metrics.metrics_listen)?;
     let stack = settings.open_stack().await.context("opening the stores")?;
+    tracing::info!(objects = %stack.objects_at, "stores opened");
     let shutdown = shutdown_on_signal();
     let cron = crate::schedules::entries(&scheduler_args)?;
     let scheduler = Scheduler::new(stack.broker.clone(), Arc::new(SystemClock), cron.clone());
     let (web, (), ()) = tokio::join!(
-        serve_web(&stack, &web_args, cron, shutdown.clone()),
+        serve_web(&stack, &web_args, tokens, cron, shutdown.clone()),
         run_worker(&stack, &worker_args, shutdown.clone()),
         scheduler.run(shutdown.clone()),
     );
     web
 }
 
-/// The API, the dashboard (showing `cron`'s schedules) and `/metrics`, until `shutdown`; the
-/// dashboard's backlog sampler runs alongside.
+/// The operator tokens the web role checks.
+struct Tokens {
+    admin: String,
+    read: Option<String>,
+}
+
+impl Tokens {
+    /// The tokens `args` set. Without an admin token: with `generate` (`all`, one process) a
+    /// fresh one, printed; otherwise (`web`, maybe one replica of many) an error naming it.
+    fn from_args(args: &WebArgs, generate: bool) -> anyhow::Result<Self> {
+        let set = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        let admin = match set(&args.admin_token) {
+            Some(t) => t,
+            None if generate => {
+                let t = buildlogs::traces::tokens::generate();
+                println!("BUILDLOGS_ADMIN_TOKEN is not set; this run's admin token: {t}");
+                t
+            }
+            None => anyhow::bail!(
+                "BUILDLOGS_ADMIN_TOKEN is not set: `buildlogs web` needs it, the same on every \
+                 replica (a generated one would differ per replica); set it to a long random \
+                 string, e.g. `openssl rand -hex 32`"
+            ),
+        };
+        let read = set(&args.read_token);
+        if read.as_deref() == Some(admin.as_str()) {
+            anyhow::bail!(
+                "BUILDLOGS_READ_TOKEN is the admin token: a read-only token must differ from \
+                 BUILDLOGS_ADMIN_TOKEN"
+            );
+        }
+        Ok(Self { admin, read })
+    }
+}
+
+/// The API and the dashboard (showing `cron`'s schedules), until `shutdown`; the dashboard's
+/// backlog sampler runs alongside.
 async fn serve_web(
     stack: &Stack,
     args: &WebArgs,
+    tokens: Tokens,
     cron: Vec<CronEntry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    let admin_token = match &args.admin_token {
-        Some(t) if !t.is_empty() => t.clone(),
-        _ => {
-            let t = buildlogs::traces::tokens::generate();
-            println!("BUILDLOGS_ADMIN_TOKEN is not set; this run's admin token: {t}");
-            t
-        }
-    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jobs = JobClient::new(stack.broker.clone(), clock.clone());
     let traces = TraceService::new(
@@ -325,7 +398,8 @@ async fn serve_web(
     .with_max_trace_size(args.max_trace_size);
     let state = AppState {
         traces: Arc::new(traces),
-        admin_token: admin_token.into(),
+        admin_token: tokens.admin.into(),
+        read_token: tokens.read.map(Into::into),
         jobs: jobs.clone(),
         meta: stack.meta.clone(),
         cron: Arc::new(Scheduler::new(stack.broker.clone(), clock, cron)),
@@ -333,10 +407,7 @@ async fn serve_web(
         shutdown: shutdown.clone(),
     };
     let backlog = state.backlog.clone();
-    let app = buildlogs::api::router(state).route(
-        "/metrics",
-        axum::routing::get(move || std::future::ready(metrics.render())),
-    );
+    let app = buildlogs::api::router(state);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("BUILDLOGS_LISTEN: cannot listen on {}", args.listen))?;

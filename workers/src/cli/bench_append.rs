@@ -95,6 +95,7 @@ async fn drive(args: &AppendArgs, redis_url: &str, schema: &str) -> anyhow::Resu
             .env("OBJECT_STORE_URL", format!("file://{}", objects.display()))
             .env("BUILDLOGS_LISTEN", format!("127.0.0.1:{port}"))
             .env("BUILDLOGS_ADMIN_TOKEN", ADMIN)
+            .env("BUILDLOGS_METRICS_LISTEN", "off")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
