@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use sqlx::postgres::PgPoolOptions;
@@ -36,6 +37,10 @@ pub struct Settings {
     pub redis_prefix: String,
     /// `file:///…` or `s3://bucket/prefix`; `None`: `<data dir>/objects`.
     pub object_store_url: Option<String>,
+    /// How long a final PUT waits (202) for live chunks before its state is committed anyway;
+    /// the web role answers PUTs by it and the worker's stuck-build sweep commits pending
+    /// states older than it (`BUILDLOGS_ACCEPT_TIMEOUT`).
+    pub accept_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -46,6 +51,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             redis_prefix: "buildlogs".into(),
             object_store_url: None,
+            accept_timeout: crate::traces::service::DEFAULT_ACCEPT_TIMEOUT,
         }
     }
 }

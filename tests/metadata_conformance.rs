@@ -692,6 +692,7 @@ async fn record_archive_writes_the_artifact_and_the_metadata(f: &Fixture) {
             archived_at_ms: Some(21_000),
             trace_artifact_id: Some(art.id),
             invalid: true,
+            lost_bytes: 0,
         }),
         "the archive's CRC32 is now ours; the rest is kept"
     );

@@ -1,13 +1,20 @@
 //! Live chunks in Redis: one Lua script per append checks the offset against the trace length
 //! and writes every piece (see `lua/append_trace.lua` for the contract). Per PATCH: one round
 //! trip, whatever the number of chunks it touches.
+//!
+//! A build's last activity (for the stuck-build sweep) is the `at` key: the append script sets
+//! it to the application's clock in the same call (no extra round trip), `touch` sets it for a
+//! keep-alive PUT; it has the live TTL like every other key of the build, and goes with
+//! `delete_build`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
+use crate::jobs::clock::{Clock, SystemClock};
 use crate::traces::chunk::CHUNK_SIZE;
 use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 
@@ -19,6 +26,8 @@ pub struct RedisLiveChunks {
     conn: ConnectionManager,
     prefix: String,
     append: Script,
+    /// Stamps the last activity (`at`).
+    clock: Arc<dyn Clock>,
 }
 
 impl RedisLiveChunks {
@@ -27,12 +36,23 @@ impl RedisLiveChunks {
             conn,
             prefix: prefix.to_owned(),
             append: Script::new(include_str!("lua/append_trace.lua")),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The clock stamping the last activity.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// All of a build's keys share the `{<build>}` hash tag.
     fn base(&self, build: i64) -> String {
         format!("{}:trace:{{{build}}}:", self.prefix)
+    }
+
+    fn activity_key(&self, build: i64) -> String {
+        format!("{}at", self.base(build))
     }
 
     fn chunk_key(&self, build: i64, index: u64) -> String {
@@ -69,6 +89,7 @@ impl LiveChunkStore for RedisLiveChunks {
             .arg(CHUNK_SIZE)
             .arg(LIVE_TTL.as_millis() as u64)
             .arg(data)
+            .arg(self.clock.now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let bad = |detail: String| LiveStoreError::Inconsistent { build, detail };
@@ -132,6 +153,31 @@ impl LiveChunkStore for RedisLiveChunks {
         Ok(())
     }
 
+    async fn touch(&self, build: i64) -> Result<(), LiveStoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(
+                self.activity_key(build),
+                self.clock.now_ms(),
+                LIVE_TTL.as_millis() as u64,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn last_activity(&self, builds: &[i64]) -> Result<Vec<Option<i64>>, LiveStoreError> {
+        if builds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip; GETs rather than one MGET, whose keys would span hash slots.
+        let mut pipe = redis::pipe();
+        for &build in builds {
+            pipe.get(self.activity_key(build));
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
     async fn watch(&self, build: i64, ttl: Duration) -> Result<(), LiveStoreError> {
         let key = format!("{}watched", self.base(build));
         let _: () = self
@@ -145,7 +191,7 @@ impl LiveChunkStore for RedisLiveChunks {
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError> {
         let mut conn = self.conn.clone();
         let len = self.length(build).await?;
-        let mut keys = vec![format!("{}len", self.base(build))];
+        let mut keys = vec![format!("{}len", self.base(build)), self.activity_key(build)];
         let chunks = len.div_ceil(CHUNK_SIZE);
         keys.extend((0..chunks).map(|i| self.chunk_key(build, i)));
         for batch in keys.chunks(500) {

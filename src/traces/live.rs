@@ -10,6 +10,9 @@
 //!    of what is still live).
 //! 4. Bytes are kept exactly (any byte values, not only UTF-8).
 //! 5. Once closed, a trace takes no more bytes, even after its live data is deleted.
+//! 6. Every append that lands, and every `touch`, records the time (the store's clock) as the
+//!    build's last activity, in the same write: `last_activity` reads it. The stuck-build
+//!    sweep goes by it, so knowing "no PATCH or PUT for an hour" costs the append path nothing.
 
 use async_trait::async_trait;
 
@@ -71,6 +74,14 @@ pub trait LiveChunkStore: Send + Sync + 'static {
 
     /// Drops everything live of a build, its length included (after archiving); it stays closed.
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError>;
+
+    /// Records activity of a running build without bytes (the runner's keep-alive PUT with
+    /// `state=running`): its last activity becomes now.
+    async fn touch(&self, build: i64) -> Result<(), LiveStoreError>;
+
+    /// Each build's last activity (ms, the store's clock: its last append or touch), `None` if
+    /// this store has none (never written, or its keys are gone), in the order of `builds`.
+    async fn last_activity(&self, builds: &[i64]) -> Result<Vec<Option<i64>>, LiveStoreError>;
 
     /// Marks the log as tailed for `ttl` from now: appends report `watched` until then.
     async fn watch(&self, build: i64, ttl: std::time::Duration) -> Result<(), LiveStoreError>;

@@ -1,13 +1,15 @@
 -- append_trace.lua: append bytes to a build's live trace, atomically, at an exact offset.
 -- KEYS[1] the build's key base "<prefix>:trace:{<build>}:" (one hash tag, one cluster slot)
--- ARGV[1] offset, ARGV[2] chunk size, ARGV[3] TTL (ms), ARGV[4] the bytes
+-- ARGV[1] offset, ARGV[2] chunk size, ARGV[3] TTL (ms), ARGV[4] the bytes, ARGV[5] now (ms,
+-- the application's clock)
 -- returns { 1, new length, {started chunk indexes}, {filled chunk indexes}, watched (0/1) }
 --         when appended,
 --         { 0, current length } when the offset is not the current length (nothing written),
 --         { -1, chunk index, its length } when a live chunk is not where the length says
 --         { 2 } when the trace is closed (the job sent its final state)
 -- Keys: "len" the trace length; "chunk:<i>" chunk i's bytes; "closed" set once appends end;
--- "watched" set (with a short TTL) while someone tails the log. Each write renews the TTL, like
+-- "watched" set (with a short TTL) while someone tails the log; "at" the time of the last
+-- append (or keep-alive touch), which the stuck-build sweep reads. Each write renews the TTL, like
 -- GitLab's one-week chunk TTL: a log nobody flushes or archives for that long is abandoned.
 local base = KEYS[1]
 local offset, size, ttl, data = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -55,4 +57,5 @@ while pos <= #data do
   at, pos = at + take, pos + take
 end
 redis.call("SET", base .. "len", at, "PX", ttl)
+redis.call("SET", base .. "at", ARGV[5], "PX", ttl)
 return { 1, at, started, filled, redis.call("EXISTS", base .. "watched") }
