@@ -808,11 +808,8 @@ async fn concurrent_archives_record_one_artifact(app: &TestApp) {
         .into_iter()
         .filter_map(|r| r.as_ref().ok())
         .collect();
-    assert!(!done.is_empty(), "{}: {a:?} {b:?}", app.kind);
-    for r in [&a, &b] {
-        // One that read a chunk the other had just deleted finds the other's archive.
-        assert!(matches!(r, Ok(_)), "{}: {r:?}", app.kind);
-    }
+    // One that read a chunk the other had just deleted finds the other's archive: both succeed.
+    assert_eq!(done.len(), 2, "{}: {a:?} {b:?}", app.kind);
     let artifact = assert_archived(app, id, &token, &log).await;
     for outcome in done {
         assert_eq!(artifact_of(outcome), &artifact);
