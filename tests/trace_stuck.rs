@@ -117,13 +117,27 @@ async fn a_silent_build_is_failed_and_archived_and_an_active_one_is_untouched(ap
             .status,
         StatusCode::ACCEPTED
     );
+    // And one whose runner only sends its keep-alive PUT (`state=running`, no output).
+    let (kept, kept_token) = build_registered_ago(app, 2 * HOUR_MS).await;
+    let touch = app
+        .send(
+            Request::put(format!("/api/v4/jobs/{kept}"))
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    serde_json::json!({ "token": kept_token, "state": "running" }).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(touch.status, StatusCode::OK);
     // And one registered just now.
     let (fresh, _) = app.create_job().await;
 
     let stuck = sweep(app, Arc::new(SystemClock), StuckConfig::default());
     let report = stuck.run().await.unwrap();
-    // On the embedded stack the append itself moved `activity_at`: not even a candidate.
-    let looked_active = u64::from(app.kind == "production");
+    // On the embedded stack the append and the touch moved `activity_at` themselves: not even
+    // candidates.
+    let looked_active = if app.kind == "production" { 2 } else { 0 };
     assert_eq!(
         (report.failed, report.active, report.committed),
         (2, looked_active, 0),
@@ -139,7 +153,7 @@ async fn a_silent_build_is_failed_and_archived_and_an_active_one_is_untouched(ap
             app.kind
         );
     }
-    for id in [active, fresh] {
+    for id in [active, kept, fresh] {
         assert_eq!(status(app, id).await.0, BuildStatus::Running, "build {id}");
     }
     // The active build's activity was copied forward: the next run does not look at it.
