@@ -298,9 +298,10 @@ impl ArchiveService {
         if metadata.as_ref().is_none_or(|m| m.checksum_valid.is_none()) {
             self.check_runner_checksum(build_id, archived).await?;
         }
-        if lost_bytes > 0 {
+        if lost_bytes > 0 || metadata.as_ref().is_some_and(|m| m.lost_bytes > 0) {
             // Before the archive is recorded: a crash in between leaves a trace marked partial
-            // and not archived, which the retry archives (and marks) again.
+            // and not archived, which the retry archives (and marks) again, with what it
+            // finds then.
             self.meta.record_lost_bytes(build_id, lost_bytes).await?;
         }
         let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();

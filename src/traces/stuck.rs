@@ -293,7 +293,15 @@ impl StuckBuilds {
         build_id: i64,
         progress: &mut Progress,
     ) -> Result<(), StuckError> {
-        // Gone since the batch was read: deleted, or committed by the runner's own PUT.
+        // Committed since the batch was read (the runner's own PUT came after all).
+        if self
+            .meta
+            .build(build_id)
+            .await?
+            .is_none_or(|b| b.status.is_finished())
+        {
+            return Ok(());
+        }
         let Some(pending) = self.meta.pending_state(build_id).await? else {
             return Ok(());
         };
