@@ -11,8 +11,10 @@
 //! 4. Bytes are kept exactly (any byte values, not only UTF-8).
 //! 5. Once closed, a trace takes no more bytes, even after its live data is deleted.
 //! 6. Every append that lands, and every `touch`, records the time (the store's clock) as the
-//!    build's last activity, in the same write: `last_activity` reads it. The stuck-build
-//!    sweep goes by it, so knowing "no PATCH or PUT for an hour" costs the append path nothing.
+//!    build's last activity, in the same write: `last_activity` reads it, exact after a touch
+//!    and at most a minute behind the last append (a store may rewrite it only once a minute).
+//!    The stuck-build sweep goes by it, so knowing "no PATCH or PUT for an hour" costs the
+//!    append path no round trip.
 
 use async_trait::async_trait;
 

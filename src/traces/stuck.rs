@@ -17,9 +17,9 @@
 //! **Knowing "no PATCH or PUT for an hour" without a SQL write per PATCH.** The append path
 //! writes no SQL row on the production stack (one Redis script per PATCH, by design), so the
 //! signal is the live store's: every append records the time in the same write (Redis: the
-//! append script also sets the build's `at` key; the embedded SQL store: its append's
-//! `UPDATE builds` also sets `activity_at`), and a keep-alive PUT (`state=running`) records it
-//! alone ([`LiveChunkStore::touch`]). The database's `builds.activity_at` (set at registration)
+//! append script also sets the build's `at` key, rewritten at most once a minute, a GET
+//! otherwise; the embedded SQL store: its append's `UPDATE builds` also sets `activity_at`),
+//! and a keep-alive PUT (`state=running`) records it alone ([`LiveChunkStore::touch`]). The database's `builds.activity_at` (set at registration)
 //! is a lower bound the sweep walks through a partial index of running builds; for each
 //! candidate it asks the live store for the real last activity (one pipelined round trip per
 //! batch). A candidate still active gets its `activity_at` moved forward to that time, so it is
