@@ -6,7 +6,9 @@
 //!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
 //!    the current length otherwise), and enqueue a flush of every chunk it filled.
 //! 3. `finish`: the runner's final PUT (close the trace, flush, validate the CRC32, commit,
-//!    enqueue the archive).
+//!    enqueue the archive; after the accept timeout, commit anyway), or its keep-alive PUT
+//!    (`state=running`: records activity in the live store). `commit_pending`: the same
+//!    commit for a pending state whose runner never came back (the stuck-build sweep).
 //! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
 //!
 //! Cost per PATCH on the production stack: one Redis script (the append, which also refuses a
