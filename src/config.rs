@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use sqlx::postgres::PgPoolOptions;
@@ -39,6 +40,10 @@ pub struct Settings {
     pub redis_prefix: String,
     /// `file:///…` or `s3://bucket/prefix`; `None`: `<data dir>/objects`.
     pub object_store_url: Option<String>,
+    /// How long a final PUT waits (202) for live chunks before its state is committed anyway;
+    /// the web role answers PUTs by it and the worker's stuck-build sweep commits pending
+    /// states older than it (`BUILDLOGS_ACCEPT_TIMEOUT`).
+    pub accept_timeout: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -62,6 +67,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             redis_prefix: "buildlogs".into(),
             object_store_url: None,
+            accept_timeout: crate::traces::service::DEFAULT_ACCEPT_TIMEOUT,
         }
     }
 }

@@ -463,6 +463,22 @@ async fn the_runner_finishes_a_job_put_202_then_200_and_the_log_is_intact(app: &
     assert_eq!(show["trace"]["crc32"], checksum.as_str());
     assert_eq!(show["trace"]["remote_checksum"], checksum.as_str());
     assert_eq!(show["trace"]["checksum_valid"], true);
+    // Times as GitLab's job JSON has them: RFC 3339 strings (UTC, milliseconds), the stored ones.
+    let build = app.parts.meta.build(id).await.unwrap().unwrap();
+    let metadata = app.parts.meta.trace_metadata(id).await.unwrap().unwrap();
+    for (field, ms) in [
+        (&show["created_at"], Some(build.created_at_ms)),
+        (&show["finished_at"], build.finished_at_ms),
+        (&show["trace"]["archived_at"], metadata.archived_at_ms),
+    ] {
+        let text = field
+            .as_str()
+            .unwrap_or_else(|| panic!("an RFC 3339 string: {show}"));
+        assert!(text.ends_with('Z'), "UTC: {text}");
+        let at = chrono::DateTime::parse_from_rfc3339(text).unwrap();
+        assert_eq!(Some(at.timestamp_millis()), ms, "{text}");
+    }
+    assert_eq!(show["failure_reason"], serde_json::Value::Null);
     let path = show["trace"]["object_path"].as_str().unwrap().to_owned();
     assert!(
         path.starts_with("traces/") && path.ends_with(&format!("/{id}/job.log")),

@@ -553,7 +553,13 @@ async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp)
     assert_eq!(json["status"], "success");
     assert_eq!(json["trace"]["state"], "expired");
     assert_eq!(json["trace"]["size"], 0);
-    assert!(json["trace"]["archived_at"].is_i64());
+    let archived_at = json["trace"]["archived_at"]
+        .as_str()
+        .expect("an RFC 3339 time");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(archived_at).is_ok(),
+        "{archived_at}"
+    );
 
     // A stray archive job: nothing to do, no new (empty) archive; recovery skips the build.
     assert_eq!(archive.archive(id).await.unwrap(), ArchiveOutcome::Expired);

@@ -7,6 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use buildlogs::jobs::Clock;
+use buildlogs::jobs::clock::ManualClock;
 use buildlogs::stores::redis_live::RedisLiveChunks;
 use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::traces::chunk::CHUNK_SIZE;
@@ -20,8 +22,12 @@ const C: usize = CHUNK_SIZE as usize;
 const REGISTER_B: &str = "INSERT INTO builds (id, token_digest, status, trace_length, created_at) \
      VALUES (42, 'test-digest', 'running', 0, 0)";
 
+/// Where the fixture's clock starts (the stores stamp activity with it).
+const START_MS: i64 = 1_000_000;
+
 struct Fixture {
     store: Arc<dyn LiveChunkStore>,
+    clock: ManualClock,
     /// Dropped after the store: the Redis prefix's keys are deleted, the SQL database dropped.
     backend: Backend,
 }
@@ -36,8 +42,12 @@ impl Fixture {
         let prefix = support::unique_prefix(test);
         let client = redis::Client::open(support::redis_url()).unwrap();
         let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let clock = ManualClock::new(START_MS);
         Self {
-            store: Arc::new(RedisLiveChunks::new(conn, &prefix)),
+            store: Arc::new(
+                RedisLiveChunks::new(conn, &prefix).with_clock(Arc::new(clock.clone())),
+            ),
+            clock,
             backend: Backend::Redis { prefix },
         }
     }
@@ -61,8 +71,10 @@ impl Fixture {
             Some(B),
             "REGISTER_B registers B"
         );
+        let clock = ManualClock::new(START_MS);
         Self {
-            store: Arc::new(store),
+            store: Arc::new(store.with_clock(Arc::new(clock.clone()))),
+            clock,
             backend: Backend::Sql(db),
         }
     }
@@ -476,6 +488,8 @@ async fn appends_report_a_tailed_log_until_the_mark_lapses(f: &Fixture) {
     assert!(watched(f.store.append(B, 1, b"b").await.unwrap()));
     f.store.watch(B, Duration::from_millis(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // Redis expires the mark by its own clock; the SQL store compares with the injected one.
+    f.clock.advance_ms(20);
     assert!(!watched(f.store.append(B, 2, b"c").await.unwrap()));
 }
 
@@ -523,7 +537,53 @@ async fn a_refused_append_reports_the_full_live_chunks_it_covers(f: &Fixture) {
     );
 }
 
+/// What the stuck-build sweep reads: every append that lands, and every touch, is activity.
+async fn appends_and_touches_record_the_last_activity(f: &Fixture) {
+    const UNREGISTERED: i64 = 4_242;
+    let start = f.clock.now_ms();
+    let before = f.store.last_activity(&[B, UNREGISTERED]).await.unwrap();
+    // Never written: nothing, or (the SQL store) no later than the build's registration.
+    assert!(before[0].is_none_or(|at| at < start), "{before:?}");
+    assert_eq!(before[1], None);
+    appended(f, 0, b"hello").await;
+    assert_eq!(
+        f.store.last_activity(&[B]).await.unwrap(),
+        vec![Some(start)]
+    );
+    f.clock.advance_ms(5_000);
+    // A refused append wrote nothing, its time included.
+    assert_eq!(
+        f.store.append(B, 99, b"x").await.unwrap(),
+        AppendOutcome::Mismatch {
+            length: 5,
+            unflushed: vec![]
+        }
+    );
+    assert_eq!(
+        f.store.last_activity(&[B]).await.unwrap(),
+        vec![Some(start)]
+    );
+    f.store.touch(B).await.unwrap();
+    assert_eq!(
+        f.store.last_activity(&[B]).await.unwrap(),
+        vec![Some(start + 5_000)]
+    );
+    f.clock.advance_ms(5_000);
+    appended(f, 5, b" world").await;
+    // Within a minute of the last write of it: exact, or (Redis) not rewritten yet.
+    let at = f.store.last_activity(&[B]).await.unwrap()[0].unwrap();
+    assert!((start + 5_000..=start + 10_000).contains(&at), "{at}");
+    f.clock.advance_ms(61_000);
+    appended(f, 11, b"!").await;
+    assert_eq!(
+        f.store.last_activity(&[B, UNREGISTERED]).await.unwrap(),
+        vec![Some(start + 71_000), None]
+    );
+    assert!(f.store.last_activity(&[]).await.unwrap().is_empty());
+}
+
 on_every_live_store!(
+    appends_and_touches_record_the_last_activity,
     appends_report_a_tailed_log_until_the_mark_lapses,
     a_closed_trace_takes_no_more_bytes_even_after_deletion,
     appends_at_the_end_and_reads_back,

@@ -10,9 +10,10 @@ use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::live::{AppendOutcome, LiveChunkStore};
-use buildlogs::traces::metadata::{ChunkFlip, MetadataError, MetadataStore};
+use buildlogs::traces::metadata::{ChunkFlip, MetadataError, MetadataStore, StuckBuildStore};
 use buildlogs::traces::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, NewArtifact, PendingState, TraceMetadata,
+    Artifact, Build, BuildStatus, ChunkRow, DataStore, IdleBuild, NewArtifact, PendingState,
+    TraceMetadata,
 };
 use support::sql::{TestPostgres, TestSql, TestSqlite};
 
@@ -692,6 +693,7 @@ async fn record_archive_writes_the_artifact_and_the_metadata(f: &Fixture) {
             archived_at_ms: Some(21_000),
             trace_artifact_id: Some(art.id),
             invalid: true,
+            lost_bytes: 0,
         }),
         "the archive's CRC32 is now ours; the rest is kept"
     );
@@ -1058,6 +1060,115 @@ macro_rules! tests_on {
     };
 }
 
+// --- Stuck builds and partial traces -----------------------------------------------------------
+
+async fn stuck_build_queries_see_running_builds_by_activity_and_overdue_pending_states(
+    f: &Fixture,
+) {
+    let quiet = f.build().await;
+    let active = f.build().await;
+    let finishing = f.build().await;
+    let done = f.build().await;
+    f.store.record_activity(active.id, 50_000).await.unwrap();
+    // Never back.
+    f.store.record_activity(active.id, 40_000).await.unwrap();
+    f.store
+        .upsert_pending_state(&pending(finishing.id, BuildStatus::Success, 1))
+        .await
+        .unwrap();
+    f.store
+        .finish_build(done.id, BuildStatus::Success, None, 2_000)
+        .await
+        .unwrap();
+    let ids = |builds: Vec<IdleBuild>| builds.into_iter().map(|b| b.id).collect::<Vec<_>>();
+    let start = (i64::MIN, i64::MIN);
+
+    // Registration counts as activity; a build with a pending state is finishing, not idle.
+    assert_eq!(
+        f.store
+            .idle_running_builds(10_000, start, 10)
+            .await
+            .unwrap(),
+        vec![IdleBuild {
+            id: quiet.id,
+            activity_at_ms: 1_000,
+            created_at_ms: 1_000
+        }]
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .idle_running_builds(60_000, start, 10)
+            .await
+            .unwrap()),
+        vec![quiet.id, active.id]
+    );
+    assert_eq!(
+        ids(f.store.idle_running_builds(60_000, start, 1).await.unwrap()),
+        vec![quiet.id]
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .idle_running_builds(60_000, (1_000, quiet.id), 10)
+            .await
+            .unwrap()),
+        vec![active.id],
+        "pages by (activity_at, id)"
+    );
+
+    // The pending state was stored at 5,000: overdue strictly after.
+    assert!(
+        f.store
+            .overdue_pending_states(5_000, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        f.store.overdue_pending_states(5_001, 0, 10).await.unwrap(),
+        vec![finishing.id]
+    );
+    assert!(
+        f.store
+            .overdue_pending_states(5_001, finishing.id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.store
+        .finish_build(finishing.id, BuildStatus::Success, None, 6_000)
+        .await
+        .unwrap();
+    assert!(
+        f.store
+            .overdue_pending_states(99_000, 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a committed state is not pending any more"
+    );
+}
+
+async fn lost_bytes_make_a_trace_partial(f: &Fixture) {
+    let b = f.build().await;
+    f.store.record_lost_bytes(b.id, 131_072).await.unwrap();
+    let m = f.store.trace_metadata(b.id).await.unwrap().unwrap();
+    assert_eq!((m.lost_bytes, m.partial()), (131_072, true));
+    // Set, not added: a rerun finds the same gap.
+    f.store.record_lost_bytes(b.id, 131_072).await.unwrap();
+    f.store
+        .record_checksums(b.id, 1, Some(2), Some(false))
+        .await
+        .unwrap();
+    let m = f.store.trace_metadata(b.id).await.unwrap().unwrap();
+    assert_eq!((m.lost_bytes, m.checksum_valid), (131_072, Some(false)));
+    assert!(is_no_build(
+        f.store.record_lost_bytes(UNKNOWN, 1).await,
+        UNKNOWN
+    ));
+}
+
 macro_rules! on_every_sql_store {
     ($($name:ident),* $(,)?) => {
         tests_on!(sqlite, sqlite, $($name),*);
@@ -1095,4 +1206,6 @@ on_every_sql_store!(
     of_concurrent_takers_of_a_lease_exactly_one_holds_it,
     rows_the_live_store_writes_are_the_rows_the_metadata_lists,
     a_flush_that_read_a_chunk_before_an_append_loses,
+    stuck_build_queries_see_running_builds_by_activity_and_overdue_pending_states,
+    lost_bytes_make_a_trace_partial,
 );

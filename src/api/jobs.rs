@@ -3,6 +3,9 @@
 //! job token; HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
 //! archive expired is 404 `{"message": "trace expired"}` (the job itself still reads, with
 //! `trace.state` `expired`): an empty 200 would pass for a log that was empty.
+//!
+//! Times in the job JSON are RFC 3339 strings in UTC with milliseconds
+//! (`2026-12-03T10:15:30.123Z`), as GitLab's job JSON has them; `null` when not (yet) set.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -71,7 +74,9 @@ pub async fn show(
     Ok(Json(serde_json::json!({
         "id": build.id,
         "status": build.status,
-        "finished_at": build.finished_at_ms,
+        "failure_reason": build.failure_reason,
+        "created_at": rfc3339(Some(build.created_at_ms)),
+        "finished_at": rfc3339(build.finished_at_ms),
         "trace": {
             "size": size,
             "state": trace_state,
@@ -79,11 +84,21 @@ pub async fn show(
             "remote_checksum": hex(meta.remote_checksum),
             "checksum_valid": meta.checksum_valid,
             "archival_attempts": meta.archival_attempts,
-            "archived_at": meta.archived_at_ms,
+            "archived_at": rfc3339(meta.archived_at_ms),
+            // Bytes lost for good before the archive (a marker line holds their place).
+            "partial": meta.partial(),
+            "lost_bytes": meta.lost_bytes,
             "object_path": artifact.map(|a| a.object_path),
         },
     }))
     .into_response())
+}
+
+/// A stored time (ms since the epoch) as RFC 3339 in UTC with milliseconds, as GitLab's job
+/// JSON writes times; `None` (and a time chrono cannot represent) is `null`.
+fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms?)?;
+    Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// `bytes=a-b` | `bytes=a-` | `bytes=-n` → `[from, to)` within `len`; `None`: unsatisfiable.
@@ -146,7 +161,21 @@ pub async fn trace(
 
 #[cfg(test)]
 mod tests {
-    use super::byte_range;
+    use super::{byte_range, rfc3339};
+
+    #[test]
+    fn times_are_rfc_3339_in_utc_with_milliseconds() {
+        assert_eq!(
+            rfc3339(Some(1_764_756_930_123)).as_deref(),
+            Some("2025-12-03T10:15:30.123Z")
+        );
+        assert_eq!(
+            rfc3339(Some(0)).as_deref(),
+            Some("1970-01-01T00:00:00.000Z")
+        );
+        assert_eq!(rfc3339(None), None);
+        assert_eq!(rfc3339(Some(i64::MAX)), None);
+    }
 
     #[test]
     fn byte_ranges_follow_rfc_9110() {

@@ -2,18 +2,25 @@
 //! and writes every piece (see `lua/append_trace.lua` for the contract). Per PATCH: one round
 //! trip, whatever the number of chunks it touches.
 //!
-//! Keys of build B, under `<prefix>:trace:{B}:` (one hash tag): `len`, `chunk:<i>`, `closed`
+//! Keys of build B, under `<prefix>:trace:{B}:` (one hash tag): `len`, `chunk:<i>`, `closed`, `at`
 //! (each with [`LIVE_TTL`] from the last write), `watched` (the tail's short TTL). Nothing left
-//! behind: a flush deletes its chunk; `delete_build` (after archiving) deletes `len`, every
+//! behind: a flush deletes its chunk; `delete_build` (after archiving) deletes `len`, `at`, every
 //! chunk and `watched` and leaves only `closed`, with its TTL cut to [`CLOSED_AFTER_DELETE`]
 //! (longer than the append path's one-minute cache of "running"), in one atomic step.
+//!
+//! A build's last activity (for the stuck-build sweep) is the `at` key: the append script sets
+//! it to the application's clock in the same call (no extra round trip), at most once per
+//! [`ACTIVITY_RESOLUTION`]; `touch` sets it for a keep-alive PUT; it has the live TTL like every
+//! other key of the build, and goes with `delete_build`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 
+use crate::jobs::clock::{Clock, SystemClock};
 use crate::traces::chunk::CHUNK_SIZE;
 use crate::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 
@@ -21,10 +28,19 @@ use crate::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, Li
 /// retries are scheduled to finish well inside it.
 pub const LIVE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How stale the `at` key may get: the append script rewrites it only once it is this old.
+/// A SET on every append measured ~40% more Redis time in the script's body (a private
+/// redis-server, 64-byte appends: 15.4 µs against 10.9 µs at best of 6); a GET and a SET a
+/// minute measured the same as none (10.4 µs). A minute is nothing against the stuck timeout
+/// (an hour by default).
+pub const ACTIVITY_RESOLUTION: Duration = Duration::from_secs(60);
+
 pub struct RedisLiveChunks {
     conn: ConnectionManager,
     prefix: String,
     append: Script,
+    /// Stamps the last activity (`at`).
+    clock: Arc<dyn Clock>,
 }
 
 impl RedisLiveChunks {
@@ -33,12 +49,23 @@ impl RedisLiveChunks {
             conn,
             prefix: prefix.to_owned(),
             append: Script::new(include_str!("lua/append_trace.lua")),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The clock stamping the last activity.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// All of a build's keys share the `{<build>}` hash tag.
     fn base(&self, build: i64) -> String {
         format!("{}:trace:{{{build}}}:", self.prefix)
+    }
+
+    fn activity_key(&self, build: i64) -> String {
+        format!("{}at", self.base(build))
     }
 
     fn chunk_key(&self, build: i64, index: u64) -> String {
@@ -75,6 +102,8 @@ impl LiveChunkStore for RedisLiveChunks {
             .arg(CHUNK_SIZE)
             .arg(LIVE_TTL.as_millis() as u64)
             .arg(data)
+            .arg(self.clock.now_ms())
+            .arg(ACTIVITY_RESOLUTION.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let bad = |detail: String| LiveStoreError::Inconsistent { build, detail };
@@ -139,6 +168,31 @@ impl LiveChunkStore for RedisLiveChunks {
         Ok(())
     }
 
+    async fn touch(&self, build: i64) -> Result<(), LiveStoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(
+                self.activity_key(build),
+                self.clock.now_ms(),
+                LIVE_TTL.as_millis() as u64,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn last_activity(&self, builds: &[i64]) -> Result<Vec<Option<i64>>, LiveStoreError> {
+        if builds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip; GETs rather than one MGET, whose keys would span hash slots.
+        let mut pipe = redis::pipe();
+        for &build in builds {
+            pipe.get(self.activity_key(build));
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
     async fn watch(&self, build: i64, ttl: Duration) -> Result<(), LiveStoreError> {
         let key = format!("{}watched", self.base(build));
         let _: () = self
@@ -153,7 +207,11 @@ impl LiveChunkStore for RedisLiveChunks {
         let mut conn = self.conn.clone();
         let len = self.length(build).await?;
         let base = self.base(build);
-        let mut keys = vec![format!("{base}len"), format!("{base}watched")];
+        let mut keys = vec![
+            format!("{base}len"),
+            format!("{base}watched"),
+            self.activity_key(build),
+        ];
         keys.extend((0..len.div_ceil(CHUNK_SIZE)).map(|i| self.chunk_key(build, i)));
         let closed = format!("{base}closed");
         let ttl_ms = CLOSED_AFTER_DELETE.as_millis() as u64;

@@ -8,10 +8,13 @@
 //!    `build_trace_chunks` row (`data_store = 'database'`, `raw_data` = the piece); a piece
 //!    continuing a chunk appends to the row's `raw_data`, but only if the row is live here and
 //!    holds exactly the bytes the trace length implies.
-//! 2. `read_chunk` / `delete_chunk`: a chunk is live while its row's `data_store` is `database`
+//! 2. The append's conditional UPDATE also stamps `builds.activity_at` (the build's last
+//!    activity, which the stuck-build sweep reads): no statement of its own. `touch` stamps it
+//!    alone; `last_activity` reads it.
+//! 3. `read_chunk` / `delete_chunk`: a chunk is live while its row's `data_store` is `database`
 //!    and `raw_data` is set; deleting clears `raw_data` (the row and its `size` stay: the flush
 //!    flips `data_store` and keeps the metadata).
-//! 3. `delete_build`: deletes the build's `database` chunk rows, resets its length to 0 and
+//! 4. `delete_build`: deletes the build's `database` chunk rows, resets its length to 0 and
 //!    its watch mark, and closes the trace (for good: the flag is a column of the build's own
 //!    row, which stays as the build's record). Called once the log is archived: by then a
 //!    `database` row is either live or a chunk flushed to the database while the object store
@@ -66,8 +69,8 @@ pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
 struct Statements {
     /// Opens the append's write transaction.
     begin: &'static str,
-    /// $1 build, $2 expected length, $3 new length → the row's `trace_watched_until` if the
-    /// length was $2 (no row otherwise).
+    /// $1 build, $2 expected length, $3 new length, $4 now → the row's `trace_watched_until`
+    /// if the length was $2 (no row otherwise); stamps `activity_at`.
     advance_length: &'static str,
     /// $1 build → trace_length (no row: no build).
     length: &'static str,
@@ -95,6 +98,10 @@ struct Statements {
     close: &'static str,
     /// $1 build, $2 watched until.
     watch: &'static str,
+    /// $1 build, $2 now.
+    touch: &'static str,
+    /// $1 build → activity_at.
+    activity: &'static str,
 }
 
 /// SQLite: `BEGIN IMMEDIATE` takes the write lock at once (a deferred transaction that read
@@ -102,13 +109,15 @@ struct Statements {
 /// STRICT table would refuse text); `length()` of a blob counts bytes.
 const SQLITE: Statements = Statements {
     begin: "BEGIN IMMEDIATE",
-    advance_length: "UPDATE builds SET trace_length = $3 \
+    advance_length: "UPDATE builds SET trace_length = $3, activity_at = $4 \
          WHERE id = $1 AND trace_length = $2 AND trace_closed = 0 \
          RETURNING trace_watched_until",
     length: "SELECT trace_length FROM builds WHERE id = $1",
     closed: "SELECT trace_closed FROM builds WHERE id = $1",
     close: "UPDATE builds SET trace_closed = 1 WHERE id = $1",
     watch: "UPDATE builds SET trace_watched_until = $2 WHERE id = $1",
+    touch: "UPDATE builds SET activity_at = $2 WHERE id = $1 AND activity_at < $2",
+    activity: "SELECT activity_at FROM builds WHERE id = $1",
     start_chunk: "INSERT INTO build_trace_chunks \
          (build_id, chunk_index, data_store, raw_data, size, created_at, updated_at) \
          VALUES ($1, $2, 'database', $3, $4, $5, $5) \
@@ -146,6 +155,8 @@ const POSTGRES: Statements = Statements {
     closed: SQLITE.closed,
     close: SQLITE.close,
     watch: SQLITE.watch,
+    touch: SQLITE.touch,
+    activity: SQLITE.activity,
     start_chunk: SQLITE.start_chunk,
     extend_chunk: "UPDATE build_trace_chunks SET raw_data = raw_data || $3, \
          size = size + $4, lock_version = lock_version + 1, updated_at = $5 \
@@ -232,6 +243,7 @@ impl LiveChunkStore for SqlLiveChunks {
                 .bind(build)
                 .bind(from)
                 .bind(to)
+                .bind(now)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(watched_until) = moved else {
@@ -380,6 +392,32 @@ impl LiveChunkStore for SqlLiveChunks {
                 .await?;
         });
         Ok(())
+    }
+
+    async fn touch(&self, build: i64) -> Result<(), LiveStoreError> {
+        let now = self.clock.now_ms();
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.touch)
+                .bind(build)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn last_activity(&self, builds: &[i64]) -> Result<Vec<Option<i64>>, LiveStoreError> {
+        let mut out = Vec::with_capacity(builds.len());
+        for &build in builds {
+            let at: Option<i64> = on_db!(&self.db, |pool, q| {
+                sqlx::query_scalar(q.activity)
+                    .bind(build)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            out.push(at);
+        }
+        Ok(out)
     }
 
     async fn close(&self, build: i64) -> Result<(), LiveStoreError> {

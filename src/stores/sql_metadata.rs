@@ -16,6 +16,11 @@
 //! 5. Artifact expiry: `expired_artifacts` reads a batch through the partial index
 //!    `job_artifacts_expirable`; `delete_artifact` deletes one row (the metadata's foreign key is
 //!    `ON DELETE SET NULL`); `take_lease` / `release_lease` keep two runs from overlapping.
+//! 6. Stuck builds ([`StuckBuildStore`]): `idle_running_builds` walks the partial index
+//!    `builds_running_activity` (running builds only) in (activity_at, id) order;
+//!    `overdue_pending_states` joins running builds to their pending states;
+//!    `record_activity` moves `activity_at` forward only. `record_lost_bytes` marks a partial
+//!    trace in its metadata.
 //!
 //! Callers: the runner API (builds, pending states, checksums), the chunk flush
 //! (`ensure_chunks` for a live chunk's first row, `chunks`, `flip_chunk`), readers (`chunks`,
@@ -61,9 +66,12 @@ use sqlx::{PgPool, SqlitePool};
 use super::sql::{Db, on_db};
 
 use super::sql_live::{migrate_postgres, migrate_sqlite};
-use crate::traces::metadata::{BreakerRecord, ChunkFlip, MetadataError, MetadataStore};
+use crate::traces::metadata::{
+    BreakerRecord, ChunkFlip, MetadataError, MetadataStore, StuckBuildStore,
+};
 use crate::traces::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, NewArtifact, PendingState, TraceMetadata,
+    Artifact, Build, BuildStatus, ChunkRow, DataStore, IdleBuild, NewArtifact, PendingState,
+    TraceMetadata,
 };
 
 /// `builds` columns, in [`BuildTuple`] order.
@@ -91,7 +99,7 @@ macro_rules! pending_columns {
 macro_rules! metadata_columns {
     () => {
         "build_id, checksum, remote_checksum, checksum_valid, archival_attempts, \
-         last_archival_attempt_at, archived_at, trace_artifact_id, invalid"
+         last_archival_attempt_at, archived_at, trace_artifact_id, invalid, lost_bytes"
     };
 }
 
@@ -123,6 +131,7 @@ type MetadataTuple = (
     Option<i64>,
     Option<i64>,
     bool,
+    i64,
 );
 type ArtifactTuple = (
     i64,
@@ -174,6 +183,15 @@ struct Statements {
     record_checksums: &'static str,
     /// $1 build, $2 now → the new attempt count.
     count_archival_attempt: &'static str,
+    /// $1 build, $2 lost bytes.
+    record_lost_bytes: &'static str,
+    /// $1 idle before, $2 after activity_at, $3 after id, $4 limit → id, activity_at,
+    /// created_at of idle running builds without a pending state.
+    idle_running_builds: &'static str,
+    /// $1 pending state created before, $2 after id, $3 limit → build ids.
+    overdue_pending_states: &'static str,
+    /// $1 build, $2 activity at.
+    record_activity: &'static str,
     /// $1 build → its `trace` artifact.
     trace_artifact: &'static str,
     /// $1 build, $2 object path, $3 size, $4 crc32, $5 sha256, $6 expire at, $7 now → the new
@@ -210,8 +228,8 @@ const SQLITE: Statements = Statements {
     begin: "BEGIN IMMEDIATE",
     lock_build: "SELECT id FROM builds WHERE id = $1",
     create_build: concat!(
-        "INSERT INTO builds (token_digest, status, created_at) VALUES ($1, 'running', $2) \
-         RETURNING ",
+        "INSERT INTO builds (token_digest, status, created_at, activity_at) \
+         VALUES ($1, 'running', $2, $2) RETURNING ",
         build_columns!()
     ),
     build: concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1"),
@@ -261,6 +279,19 @@ const SQLITE: Statements = Statements {
          archival_attempts = build_trace_metadata.archival_attempts + 1, \
          last_archival_attempt_at = excluded.last_archival_attempt_at \
          RETURNING archival_attempts",
+    record_lost_bytes: "INSERT INTO build_trace_metadata (build_id, lost_bytes) VALUES ($1, $2) \
+         ON CONFLICT (build_id) DO UPDATE SET lost_bytes = excluded.lost_bytes",
+    // `status = 'running'` repeats the partial index `builds_running_activity`'s predicate;
+    // the row-value comparison walks it in (activity_at, id) order from the key.
+    idle_running_builds: "SELECT id, activity_at, created_at FROM builds \
+         WHERE status = 'running' AND activity_at < $1 AND (activity_at, id) > ($2, $3) \
+         AND NOT EXISTS (SELECT 1 FROM build_pending_states p WHERE p.build_id = builds.id) \
+         ORDER BY activity_at, id LIMIT $4",
+    overdue_pending_states: "SELECT b.id FROM builds b \
+         JOIN build_pending_states p ON p.build_id = b.id \
+         WHERE b.status = 'running' AND p.created_at < $1 AND b.id > $2 \
+         ORDER BY b.id LIMIT $3",
+    record_activity: "UPDATE builds SET activity_at = $2 WHERE id = $1 AND activity_at < $2",
     trace_artifact: concat!(
         "SELECT ",
         artifact_columns!(),
@@ -330,6 +361,10 @@ const POSTGRES: Statements = Statements {
     trace_metadata: SQLITE.trace_metadata,
     record_checksums: SQLITE.record_checksums,
     count_archival_attempt: SQLITE.count_archival_attempt,
+    record_lost_bytes: SQLITE.record_lost_bytes,
+    idle_running_builds: SQLITE.idle_running_builds,
+    overdue_pending_states: SQLITE.overdue_pending_states,
+    record_activity: SQLITE.record_activity,
     trace_artifact: SQLITE.trace_artifact,
     insert_artifact: SQLITE.insert_artifact,
     record_archived: SQLITE.record_archived,
@@ -458,7 +493,7 @@ fn to_pending(row: PendingTuple) -> Result<PendingState, MetadataError> {
 }
 
 fn to_metadata(row: MetadataTuple) -> Result<TraceMetadata, MetadataError> {
-    let (build, sum, remote, valid, attempts, last_try, archived, artifact, invalid) = row;
+    let (build, sum, remote, valid, attempts, last_try, archived, artifact, invalid, lost) = row;
     Ok(TraceMetadata {
         build_id: build,
         checksum: sum.map(|c| to_u32(build, "checksum", c)).transpose()?,
@@ -471,6 +506,7 @@ fn to_metadata(row: MetadataTuple) -> Result<TraceMetadata, MetadataError> {
         archived_at_ms: archived,
         trace_artifact_id: artifact,
         invalid,
+        lost_bytes: to_u64(build, "lost bytes", lost)?,
     })
 }
 
@@ -488,6 +524,61 @@ fn to_artifact(row: ArtifactTuple) -> Result<Artifact, MetadataError> {
         locked,
         created_at_ms: created_at,
     })
+}
+
+#[async_trait]
+impl StuckBuildStore for SqlMetadata {
+    async fn idle_running_builds(
+        &self,
+        idle_before_ms: i64,
+        after: (i64, i64),
+        limit: u32,
+    ) -> Result<Vec<IdleBuild>, MetadataError> {
+        let rows: Vec<(i64, i64, i64)> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.idle_running_builds)
+                .bind(idle_before_ms)
+                .bind(after.0)
+                .bind(after.1)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, activity_at_ms, created_at_ms)| IdleBuild {
+                id,
+                activity_at_ms,
+                created_at_ms,
+            })
+            .collect())
+    }
+
+    async fn overdue_pending_states(
+        &self,
+        created_before_ms: i64,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>, MetadataError> {
+        Ok(on_db!(&self.db, |pool, q| {
+            sqlx::query_scalar(q.overdue_pending_states)
+                .bind(created_before_ms)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    async fn record_activity(&self, build_id: i64, at_ms: i64) -> Result<(), MetadataError> {
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.record_activity)
+                .bind(build_id)
+                .bind(at_ms)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -714,6 +805,19 @@ impl MetadataStore for SqlMetadata {
                 .bind(remote.map(i64::from))
                 .bind(valid)
                 .bind(invalid)
+                .execute(pool)
+                .await
+                .map_err(or_no_build(build_id))?;
+        });
+        Ok(())
+    }
+
+    async fn record_lost_bytes(&self, build_id: i64, lost_bytes: u64) -> Result<(), MetadataError> {
+        let lost = to_sql(build_id, "lost bytes", lost_bytes)?;
+        on_db!(&self.db, |pool, q| {
+            sqlx::query(q.record_lost_bytes)
+                .bind(build_id)
+                .bind(lost)
                 .execute(pool)
                 .await
                 .map_err(or_no_build(build_id))?;
@@ -974,7 +1078,7 @@ mod tests {
             0
         ))));
         let metadata =
-            |attempts| to_metadata((7, None, None, None, attempts, None, None, None, false));
+            |attempts| to_metadata((7, None, None, None, attempts, None, None, None, false, 0));
         assert!(is_corrupt(metadata(-1)));
         assert_eq!(metadata(2).ok().map(|m| m.archival_attempts), Some(2));
         assert!(is_corrupt(to_pending((

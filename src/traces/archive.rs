@@ -11,6 +11,19 @@
 //! place), `record_archive` is once per build, and chunk deletion tolerates what is gone.
 //! A build already archived is done at once (its leftover chunks are cleaned up).
 //!
+//! A chunk lost for good (its live key expired or Redis lost it; no row or object holds it
+//! either) never blocks the rest of the log: the archive keeps the surviving bytes and writes
+//! a marker line where the gap is (`\n[buildlogs: 131072 bytes lost here (chunk 3)]\n`),
+//! records the lost byte count in the trace metadata (the trace is *partial*: job JSON
+//! `trace.partial`, `trace.lost_bytes`; metric `buildlogs_traces_partial_total`) and succeeds,
+//! so nothing retries for it. "Lost for good" is decided only after the chunk was looked for
+//! twice: where the rows first placed it, then where the rows read again place it (a flush
+//! writes the object and flips the row before it deletes the live copy, so a chunk that was
+//! moving is found the second time), and only if the build was not archived meanwhile (a
+//! concurrent archive deletes chunks only after recording its artifact, or `archived_at`
+//! before an expiry): then this run stands down instead of overwriting that archive. The
+//! runner's checksum cannot match a partial log: the mismatch is recorded, never retried.
+//!
 //! Retention: with [`ArchiveService::with_expire_in`] the artifact is recorded with an
 //! `expire_at` (record time + the retention), after which artifact expiry deletes it
 //! ([`super::expiry`]); without, it is kept forever (GitLab's default for traces). A build
@@ -51,8 +64,6 @@ pub enum ArchiveError {
     /// The object store's circuit breaker is open: wait for it (no attempt spent).
     #[error("the object store is down (circuit breaker open)")]
     StorageUnavailable,
-    #[error("chunk {index} of build {build} is missing")]
-    MissingChunk { build: i64, index: u64 },
     /// The bytes streamed do not match the chunks' own CRCs: do not record or delete anything.
     #[error("build {build}: archived CRC32 {archived:08x} differs from the chunks' {chunks:08x}")]
     Corrupt {
@@ -93,6 +104,12 @@ async fn abort(upload: MultipartWriter, build_id: i64) {
 
 /// Chunks read ahead of the upload.
 const READ_AHEAD: usize = 8;
+
+/// The line an archive holds in place of a chunk lost for good: its own line (a newline on
+/// each side, so it never runs into the log's text), saying how many bytes are missing there.
+pub fn lost_chunk_marker(index: u64, lost_bytes: u64) -> String {
+    format!("\n[buildlogs: {lost_bytes} bytes lost here (chunk {index})]\n")
+}
 
 pub struct ArchiveService {
     meta: Arc<dyn MetadataStore>,
@@ -219,6 +236,7 @@ impl ArchiveService {
         let mut crc = crc32fast::Hasher::new();
         let mut sha = Sha256::new();
         let mut expected = Vec::new();
+        let mut lost_bytes = 0;
         // Chunks are read a few ahead of the upload (on S3 each is a request of its own), in
         // order; memory stays a few chunks whatever the log's size.
         let rows = &rows;
@@ -226,14 +244,33 @@ impl ArchiveService {
             .map(|index| self.chunk_bytes(build_id, index, rows))
             .buffered(READ_AHEAD);
         futures::pin_mut!(reads);
+        let mut index = 0;
         while let Some(read) = reads.next().await {
             let (bytes, row_crc) = match read {
-                Ok(read) => read,
+                Ok(Some(read)) => read,
+                Ok(None) => {
+                    // Not where the rows were, nor where they are now: archived (or expired)
+                    // by another run, or lost for good.
+                    if let Some(outcome) = self.archived_meanwhile(build_id).await? {
+                        let _ = upload.abort().await;
+                        return Ok(outcome);
+                    }
+                    let lost = CHUNK_SIZE.min(length - index * CHUNK_SIZE);
+                    lost_bytes += lost;
+                    tracing::warn!(
+                        build_id,
+                        chunk = index,
+                        lost,
+                        "chunk lost for good; archiving the log with a gap marker"
+                    );
+                    (lost_chunk_marker(index, lost).into_bytes(), None)
+                }
                 Err(e) => {
                     abort(upload, build_id).await;
                     return Err(e);
                 }
             };
+            index += 1;
             crc.update(&bytes);
             sha.update(&bytes);
             expected.push((
@@ -246,6 +283,13 @@ impl ArchiveService {
             }
         }
         let size = upload.written();
+        if lost_bytes > 0 {
+            // A partial log must not replace an archive another run completed meanwhile.
+            if let Some(outcome) = self.archived_meanwhile(build_id).await? {
+                let _ = upload.abort().await;
+                return Ok(outcome);
+            }
+        }
         upload.finish().await?;
         let archived = crc.finalize();
         let chunks = combine_crc32(expected);
@@ -264,6 +308,12 @@ impl ArchiveService {
         }
         if metadata.as_ref().is_none_or(|m| m.checksum_valid.is_none()) {
             self.check_runner_checksum(build_id, archived).await?;
+        }
+        if lost_bytes > 0 || metadata.as_ref().is_some_and(|m| m.lost_bytes > 0) {
+            // Before the archive is recorded: a crash in between leaves a trace marked partial
+            // and not archived, which the retry archives (and marks) again, with what it
+            // finds then.
+            self.meta.record_lost_bytes(build_id, lost_bytes).await?;
         }
         let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let now = self.clock.now_ms();
@@ -286,6 +336,14 @@ impl ArchiveService {
             .await?;
         self.delete_chunks(build_id).await?;
         metrics::counter!("buildlogs_traces_archived_total").increment(1);
+        if lost_bytes > 0 {
+            metrics::counter!("buildlogs_traces_partial_total").increment(1);
+            tracing::warn!(
+                build_id,
+                lost_bytes,
+                "partial trace archived (bytes lost before the archive)"
+            );
+        }
         Ok(ArchiveOutcome::Archived(artifact))
     }
 
@@ -312,15 +370,34 @@ impl ArchiveService {
         Ok(())
     }
 
+    /// What another run made of the build while this one streamed it: archived
+    /// (`AlreadyArchived`) or archived and expired since (`Expired`); `None`: neither.
+    async fn archived_meanwhile(
+        &self,
+        build_id: i64,
+    ) -> Result<Option<ArchiveOutcome>, ArchiveError> {
+        // `archived_at` first, as in `archive_unguarded`: an archive committed between the two
+        // reads is seen as archived, never as expired.
+        let archived_at = self
+            .meta
+            .trace_metadata(build_id)
+            .await?
+            .and_then(|m| m.archived_at_ms);
+        if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
+            return Ok(Some(ArchiveOutcome::AlreadyArchived(artifact)));
+        }
+        Ok(archived_at.map(|_| ArchiveOutcome::Expired))
+    }
+
     /// Chunk `index` where `rows` place it, with its row's CRC32 if flushed; where the rows
     /// place it when read again if a flush moved it meanwhile (it deletes the live copy after
-    /// flipping the row).
+    /// flipping the row); `None` if it is in neither place.
     async fn chunk_bytes(
         &self,
         build_id: i64,
         index: u64,
         rows: &[ChunkRow],
-    ) -> Result<(Vec<u8>, Option<u32>), ArchiveError> {
+    ) -> Result<Option<(Vec<u8>, Option<u32>)>, ArchiveError> {
         let source = ChunkSource {
             meta: self.meta.clone(),
             live: self.live.clone(),
@@ -333,18 +410,11 @@ impl ArchiveService {
                 .and_then(|r| r.crc32)
         };
         if let Some(bytes) = source.read(build_id, index, rows).await? {
-            return Ok((bytes, crc_in(rows)));
+            return Ok(Some((bytes, crc_in(rows))));
         }
         let fresh = self.meta.chunks(build_id).await?;
-        let bytes =
-            source
-                .read(build_id, index, &fresh)
-                .await?
-                .ok_or(ArchiveError::MissingChunk {
-                    build: build_id,
-                    index,
-                })?;
-        Ok((bytes, crc_in(&fresh)))
+        let bytes = source.read(build_id, index, &fresh).await?;
+        Ok(bytes.map(|bytes| (bytes, crc_in(&fresh))))
     }
 
     async fn delete_chunks(&self, build_id: i64) -> Result<(), ArchiveError> {

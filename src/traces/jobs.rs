@@ -120,6 +120,25 @@ impl Job for ExpireArtifacts {
     }
 }
 
+/// One run of the stuck-build sweep ([`super::stuck::StuckBuilds::run`]), fired by cron (every
+/// minute by default, like GitLab's `Ci::StuckBuilds::DropRunningWorker` family). Dedup until
+/// executed keeps a second copy out of the queue; the run's own lease keeps two runs apart even
+/// if one copy is delivered twice. A run stops at its time budget (45 s).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropStuckBuilds {}
+
+impl Job for DropStuckBuilds {
+    const NAME: &'static str = "drop_stuck_builds";
+
+    fn options() -> JobOptions {
+        periodic_run_options()
+    }
+
+    fn dedup_key(&self) -> Option<String> {
+        Some("run".to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

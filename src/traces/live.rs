@@ -14,6 +14,11 @@
 //! 6. Nothing left behind: once `delete_build` ran (the log is archived), the store keeps
 //!    nothing of the build but, at most, its closed flag, and only for [`CLOSED_AFTER_DELETE`]
 //!    when it keeps it outside the build's own row (Redis).
+//! 7. Every append that lands, and every `touch`, records the time (the store's clock) as the
+//!    build's last activity, in the same write: `last_activity` reads it, exact after a touch
+//!    and at most a minute behind the last append (a store may rewrite it only once a minute).
+//!    The stuck-build sweep goes by it, so knowing "no PATCH or PUT for an hour" costs the
+//!    append path no round trip.
 
 use std::time::Duration;
 
@@ -93,6 +98,14 @@ pub trait LiveChunkStore: Send + Sync + 'static {
     /// closed for at least [`CLOSED_AFTER_DELETE`] (closed now if it was not), then nothing of
     /// it is left. Idempotent.
     async fn delete_build(&self, build: i64) -> Result<(), LiveStoreError>;
+
+    /// Records activity of a running build without bytes (the runner's keep-alive PUT with
+    /// `state=running`): its last activity becomes now.
+    async fn touch(&self, build: i64) -> Result<(), LiveStoreError>;
+
+    /// Each build's last activity (ms, the store's clock: its last append or touch), `None` if
+    /// this store has none (never written, or its keys are gone), in the order of `builds`.
+    async fn last_activity(&self, builds: &[i64]) -> Result<Vec<Option<i64>>, LiveStoreError>;
 
     /// Marks the log as tailed for `ttl` from now: appends report `watched` until then.
     async fn watch(&self, build: i64, ttl: Duration) -> Result<(), LiveStoreError>;

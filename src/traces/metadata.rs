@@ -13,14 +13,19 @@
 //! 5. `expired_artifacts` lists only trace artifacts with an `expire_at` at or before the given
 //!    time and not `locked`, in (expire_at, id) order; `delete_artifact` deletes one row (the
 //!    trace metadata keeps `archived_at` and loses its artifact id), and is false if it was gone.
-//! 6. `take_lease` is atomic: of any number of holders, at most one holds a name until its
+//! 6. `idle_running_builds` lists only `running` builds without a pending state whose
+//!    `activity_at` is before the given time, in (activity_at, id) order after the given key;
+//!    `overdue_pending_states` only `running` builds whose pending state is older than the
+//!    given time, by id; `record_activity` only ever moves `activity_at` forward.
+//! 7. `take_lease` is atomic: of any number of holders, at most one holds a name until its
 //!    `expires_at` passes; the holder renews by taking again. `release_lease` frees it only for
 //!    its holder.
 
 use async_trait::async_trait;
 
 use super::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, NewArtifact, PendingState, TraceMetadata,
+    Artifact, Build, BuildStatus, ChunkRow, DataStore, IdleBuild, NewArtifact, PendingState,
+    TraceMetadata,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +55,37 @@ pub struct ChunkFlip {
     pub raw_data: Option<Vec<u8>>,
 }
 
+/// What the stuck-build sweep ([`super::stuck`]) asks of the database, apart from the rest:
+/// running builds that went quiet, and final states left pending. A supertrait of
+/// [`MetadataStore`], so every metadata store has it and the sweep asks for only this.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait StuckBuildStore: Send + Sync + 'static {
+    /// Running builds without a pending final state whose `activity_at` is before
+    /// `idle_before_ms`, after `after` = (activity_at, id) in that order, at most `limit`. An
+    /// index range scan over running builds only (`builds_running_activity`).
+    async fn idle_running_builds(
+        &self,
+        idle_before_ms: i64,
+        after: (i64, i64),
+        limit: u32,
+    ) -> Result<Vec<IdleBuild>, MetadataError>;
+
+    /// Running builds whose pending final state was stored before `created_before_ms` (the
+    /// runner's PUT waited out the accept timeout and never came back), ids above `after_id`,
+    /// ascending, at most `limit`. Costs a walk over running builds only.
+    async fn overdue_pending_states(
+        &self,
+        created_before_ms: i64,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<i64>, MetadataError>;
+
+    /// Moves a build's `activity_at` forward to `at_ms` (never back).
+    async fn record_activity(&self, build_id: i64, at_ms: i64) -> Result<(), MetadataError>;
+}
+
+#[async_trait]
+pub trait MetadataStore: StuckBuildStore + Send + Sync + 'static {
     /// Registers a job in `running` state.
     async fn create_build(&self, token_digest: &str, now_ms: i64) -> Result<Build, MetadataError>;
 
@@ -112,6 +146,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         remote: Option<u32>,
         valid: Option<bool>,
     ) -> Result<(), MetadataError>;
+
+    /// Records how many bytes of the log were lost for good before its archive (0: none), in
+    /// the build's trace metadata (created if needed). Set, not added: a rerun finds the same.
+    async fn record_lost_bytes(&self, build_id: i64, lost_bytes: u64) -> Result<(), MetadataError>;
 
     /// Counts an archival attempt; returns the new count.
     async fn increment_archival_attempts(

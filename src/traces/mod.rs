@@ -12,7 +12,9 @@
 //! - [`flush`]: moving a chunk from the live store to the object store, crash-safe.
 //! - [`breaker`]: the object store's circuit breaker (database fallback, snoozed archives,
 //!   release when storage is back); [`recovery`]: the stale-trace sweep, in bounded batches;
-//!   [`expiry`]: deleting expired archives, in bounded runs under a lease.
+//!   [`expiry`]: deleting expired archives, in bounded runs under a lease; [`stuck`]: failing
+//!   running builds that went silent and committing final states whose runner never came
+//!   back, in bounded runs under a lease.
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
@@ -28,4 +30,5 @@ pub mod metadata;
 pub mod model;
 pub mod recovery;
 pub mod service;
+pub mod stuck;
 pub mod tokens;

@@ -61,6 +61,17 @@ pub struct Build {
     pub created_at_ms: i64,
 }
 
+/// A running build the stuck-build sweep looks at: its last known activity (a PATCH or PUT)
+/// as the database has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleBuild {
+    pub id: i64,
+    /// `builds.activity_at`: exact on the embedded stack; with Redis live chunks, as the sweep
+    /// last copied it from the live store (the live store may know of later activity).
+    pub activity_at_ms: i64,
+    pub created_at_ms: i64,
+}
+
 /// Where a chunk's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataStore {
@@ -136,6 +147,16 @@ pub struct TraceMetadata {
     pub archived_at_ms: Option<i64>,
     pub trace_artifact_id: Option<i64>,
     pub invalid: bool,
+    /// Bytes lost for good before the archive (a live chunk gone, no copy anywhere); the
+    /// archive holds a marker line in their place. More than 0: the trace is partial.
+    pub lost_bytes: u64,
+}
+
+impl TraceMetadata {
+    /// The archive is missing bytes (see `lost_bytes`).
+    pub fn partial(&self) -> bool {
+        self.lost_bytes > 0
+    }
 }
 
 /// An archived log (`job_artifacts`, kind `trace`).

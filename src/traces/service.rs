@@ -9,7 +9,9 @@
 //!    a runner resends a PATCH whose reply it lost, and that reply may have been the error of a
 //!    failed flush enqueue after the bytes landed.
 //! 3. `finish`: the runner's final PUT (close the trace, flush, validate the CRC32, commit,
-//!    enqueue the archive).
+//!    enqueue the archive; after the accept timeout, commit anyway), or its keep-alive PUT
+//!    (`state=running`: records activity in the live store). `commit_pending`: the same
+//!    commit for a pending state whose runner never came back (the stuck-build sweep).
 //! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
 //!
 //! Cost per PATCH on the production stack: one Redis script (the append, which also refuses a
@@ -18,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use object_store::ObjectStore;
 
@@ -26,7 +29,9 @@ use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
 use super::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
-use super::model::{Artifact, Build, BuildStatus, DataStore, PendingState, TraceMetadata};
+use super::model::{
+    Artifact, Build, BuildStatus, ChunkRow, DataStore, PendingState, TraceMetadata,
+};
 use super::tokens;
 use crate::jobs::{BrokerError, Clock, JobClient};
 
@@ -87,8 +92,10 @@ pub enum FinishOutcome {
 }
 
 /// After this long in 202, the state is committed anyway and the log left to archiving
-/// (GitLab's `ACCEPT_TIMEOUT`).
-pub const ACCEPT_TIMEOUT_MS: i64 = 5 * 60 * 1000;
+/// (GitLab's `ACCEPT_TIMEOUT`); `BUILDLOGS_ACCEPT_TIMEOUT` changes it
+/// ([`TraceService::with_accept_timeout`]). The stuck-build sweep commits pending states older
+/// than it whose runner never came back ([`super::stuck`]).
+pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// GitLab's runner backoff: 1 s for the first 3 s, then doubling (2, 4, … 64 s) with the
 /// time since the pending state was stored.
@@ -122,6 +129,8 @@ pub struct TraceService {
     jobs: JobClient,
     clock: Arc<dyn Clock>,
     max_trace_size: u64,
+    /// How long a final PUT is answered 202 while live chunks remain (ms).
+    accept_timeout_ms: i64,
     /// Recently checked running builds: id → (token digest, checked at, ms). Saves the SQL read
     /// on almost every PATCH; a finished build is still refused by the live store's closed flag.
     running: Mutex<HashMap<i64, (String, i64)>>,
@@ -156,12 +165,19 @@ impl TraceService {
             jobs,
             clock,
             max_trace_size: DEFAULT_MAX_TRACE_SIZE,
+            accept_timeout_ms: millis(DEFAULT_ACCEPT_TIMEOUT),
             running: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn with_max_trace_size(mut self, bytes: u64) -> Self {
         self.max_trace_size = bytes;
+        self
+    }
+
+    /// How long a final PUT waits (202) for live chunks before its state is committed anyway.
+    pub fn with_accept_timeout(mut self, timeout: Duration) -> Self {
+        self.accept_timeout_ms = millis(timeout);
         self
     }
 
@@ -360,7 +376,8 @@ impl TraceService {
 
     /// The final PUT: store the pending state, flush every live chunk, and once none is left
     /// validate the runner's CRC32 (combined from the chunks' CRCs, no re-read), commit the
-    /// state. Idempotent: a repeated PUT for a finished job is `Done`.
+    /// state. Idempotent: a repeated PUT for a finished job is `Done`. A PUT with
+    /// `state=running` (the runner's keep-alive) records activity: the build is not stuck.
     pub async fn finish(
         &self,
         build_id: i64,
@@ -368,7 +385,13 @@ impl TraceService {
         req: FinishRequest,
     ) -> Result<FinishOutcome, TraceError> {
         let build = self.authenticate(build_id, token).await?;
-        if req.state == BuildStatus::Running || build.status.is_finished() {
+        if build.status.is_finished() {
+            return Ok(FinishOutcome::Done {
+                status: build.status,
+            });
+        }
+        if req.state == BuildStatus::Running {
+            self.live.touch(build_id).await?;
             return Ok(FinishOutcome::Done {
                 status: build.status,
             });
@@ -388,20 +411,9 @@ impl TraceService {
                 created_at_ms: now,
             })
             .await?;
-        let length = self.live.length(build_id).await?;
-        let rows = self.meta.chunks(build_id).await?;
-        let chunk_count = length.div_ceil(CHUNK_SIZE);
-        let unflushed: Vec<u64> = (0..chunk_count)
-            // Flushed = out of the live store with its CRC32: in the object store, or in the
-            // database while the object store is down.
-            .filter(|i| {
-                rows.iter()
-                    .find(|r| r.chunk_index == *i)
-                    .is_none_or(|r| r.crc32.is_none())
-            })
-            .collect();
+        let (rows, unflushed) = self.unflushed_chunks(build_id).await?;
         let elapsed = now - pending.created_at_ms;
-        if !unflushed.is_empty() && elapsed < ACCEPT_TIMEOUT_MS {
+        if !unflushed.is_empty() && elapsed < self.accept_timeout_ms {
             let flushes: Vec<FlushTraceChunk> = unflushed
                 .iter()
                 .map(|&chunk_index| FlushTraceChunk {
@@ -414,6 +426,50 @@ impl TraceService {
                 backoff_s: finish_backoff_s(elapsed),
             });
         }
+        let status = self.commit(&pending, &rows, &unflushed, now).await?;
+        Ok(FinishOutcome::Done { status })
+    }
+
+    /// Commits a stored pending state now, live chunks or not: the stuck-build sweep's call
+    /// for a final PUT whose runner never came back after the accept timeout. The build's
+    /// status is the pending state's, unless it was committed already (then as it is).
+    pub async fn commit_pending(
+        &self,
+        pending: &PendingState,
+        now_ms: i64,
+    ) -> Result<BuildStatus, TraceError> {
+        let (rows, unflushed) = self.unflushed_chunks(pending.build_id).await?;
+        self.commit(pending, &rows, &unflushed, now_ms).await
+    }
+
+    /// The log's chunk rows, and the chunks not yet out of the live store with their CRC32
+    /// (in the object store, or in the database while the object store is down).
+    async fn unflushed_chunks(
+        &self,
+        build_id: i64,
+    ) -> Result<(Vec<ChunkRow>, Vec<u64>), TraceError> {
+        let length = self.live.length(build_id).await?;
+        let rows = self.meta.chunks(build_id).await?;
+        let unflushed = (0..length.div_ceil(CHUNK_SIZE))
+            .filter(|i| {
+                rows.iter()
+                    .find(|r| r.chunk_index == *i)
+                    .is_none_or(|r| r.crc32.is_none())
+            })
+            .collect();
+        Ok((rows, unflushed))
+    }
+
+    /// Validates the runner's CRC32 if every chunk is flushed (else the archive does, against
+    /// the whole log), commits the pending state and enqueues the archive.
+    async fn commit(
+        &self,
+        pending: &PendingState,
+        rows: &[ChunkRow],
+        unflushed: &[u64],
+        now: i64,
+    ) -> Result<BuildStatus, TraceError> {
+        let build_id = pending.build_id;
         if unflushed.is_empty() {
             let crc = combine_crc32(rows.iter().map(|r| (r.crc32.unwrap_or(0), r.size)));
             let valid = pending.trace_checksum.map(|theirs| theirs == crc);
@@ -441,9 +497,7 @@ impl TraceService {
             )
             .await?;
         self.jobs.enqueue(&ArchiveTrace { build_id }).await?;
-        Ok(FinishOutcome::Done {
-            status: build.status,
-        })
+        Ok(build.status)
     }
 
     /// The bytes of `[from, to)` of the log (clamped to its length), byte-identical wherever
@@ -558,6 +612,10 @@ impl TraceService {
         };
         Ok(Some((build.status, length)))
     }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -270,6 +270,37 @@ impl TestApp {
         )
     }
 
+    /// This stack's live store (same Redis prefix, or the same SQLite file) stamping activity
+    /// with `clock`: a log "written an hour ago" for the stuck-build sweep, without waiting.
+    pub async fn live_with_clock(&self, clock: Arc<dyn Clock>) -> Arc<dyn LiveChunkStore> {
+        match &self._keep {
+            Keep::Sqlite(db) => Arc::new(SqlLiveChunks::sqlite(db.pool.clone()).with_clock(clock)),
+            Keep::Production(_, prefix) => {
+                let client = redis::Client::open(super::redis_url()).unwrap();
+                let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+                Arc::new(RedisLiveChunks::new(conn, prefix).with_clock(clock))
+            }
+        }
+    }
+
+    /// This stack's Redis key prefix (`None` on the embedded stack).
+    pub fn redis_prefix(&self) -> Option<&str> {
+        match &self._keep {
+            Keep::Sqlite(_) => None,
+            Keep::Production(_, prefix) => Some(prefix),
+        }
+    }
+
+    /// Runs `sql` (no parameters) on this stack's database.
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self._keep {
+            Keep::Sqlite(db) => sqlx::raw_sql(sql).execute(&db.pool).await.map(drop),
+            Keep::Production(pg, _) => sqlx::raw_sql(sql).execute(&pg.pool).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// The first column of the first row of `sql` on this stack's database, as an integer
     /// (`None`: no row, or NULL). Each test has its database (schema) to itself.
     pub async fn scalar_i64(&self, sql: &'static str) -> Option<i64> {

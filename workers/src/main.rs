@@ -50,6 +50,17 @@ struct Cli {
         global = true
     )]
     redis_prefix: String,
+    /// Seconds a runner's final PUT is answered 202 while live chunks are flushed, before its
+    /// state is committed anyway (web); the stuck-build sweep (worker) commits pending final
+    /// states older than this whose runner never came back.
+    #[arg(
+        long,
+        env = "BUILDLOGS_ACCEPT_TIMEOUT",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    accept_timeout: u64,
     /// Without one: `all` (web, worker and scheduler in one process, the embedded default).
     #[command(subcommand)]
     command: Option<Command>,
@@ -190,6 +201,7 @@ async fn run() -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         redis_prefix: cli.redis_prefix,
         object_store_url: cli.object_store_url,
+        accept_timeout: std::time::Duration::from_secs(cli.accept_timeout),
     };
     let command = cli.command.unwrap_or(Command::All {
         worker: roles::WorkerArgs::parse_defaults(),

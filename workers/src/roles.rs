@@ -21,6 +21,7 @@ use buildlogs::traces::breaker::BreakerConfig;
 use buildlogs::traces::expiry::ExpiryConfig;
 use buildlogs::traces::recovery::RecoveryConfig;
 use buildlogs::traces::service::TraceService;
+use buildlogs::traces::stuck::StuckConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::HandlerConfig;
@@ -37,6 +38,36 @@ pub struct WorkerArgs {
     pub outage: OutageArgs,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
+    #[command(flatten)]
+    pub stuck: StuckArgs,
+}
+
+/// When a running build counts as stuck, and how many the sweep handles at a time (the accept
+/// timeout for pending final states is `BUILDLOGS_ACCEPT_TIMEOUT`, shared with the web role).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StuckArgs {
+    /// Seconds without a PATCH or PUT after which a running build is failed with
+    /// `stuck_or_timeout_failure` and its log archived (GitLab: 1 hour).
+    #[arg(long, env = "BUILDLOGS_STUCK_TIMEOUT", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stuck_timeout: u64,
+    /// Builds the stuck-build sweep reads per batch (at most 50 batches a run).
+    #[arg(long, env = "BUILDLOGS_STUCK_BATCH", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stuck_batch: u32,
+}
+
+impl StuckArgs {
+    /// `config` with these settings and the shared accept timeout.
+    pub fn apply(&self, config: HandlerConfig, accept_timeout: Duration) -> HandlerConfig {
+        HandlerConfig {
+            stuck: StuckConfig {
+                timeout: Duration::from_secs(self.stuck_timeout),
+                accept_timeout,
+                batch: self.stuck_batch,
+                ..StuckConfig::default()
+            },
+            ..config
+        }
+    }
 }
 
 /// How flushes and archives ride out an object-store outage, and how stale traces are found.
@@ -120,9 +151,13 @@ impl ExpiryArgs {
 }
 
 impl WorkerArgs {
-    /// What the job handlers are tuned by.
-    pub fn handler_config(&self) -> HandlerConfig {
-        self.expiry.apply(self.outage.handler_config())
+    /// What the job handlers are tuned by (`accept_timeout`: the shared
+    /// `BUILDLOGS_ACCEPT_TIMEOUT`).
+    pub fn handler_config(&self, accept_timeout: Duration) -> HandlerConfig {
+        self.stuck.apply(
+            self.expiry.apply(self.outage.handler_config()),
+            accept_timeout,
+        )
     }
 }
 
@@ -160,6 +195,10 @@ pub struct SchedulerArgs {
     /// When artifact expiry runs (GitLab: every 7 minutes, above its 5-minute budget).
     #[arg(long, env = "BUILDLOGS_EXPIRY_CRON", default_value = "0 */7 * * * *")]
     pub expiry_cron: String,
+    /// When the stuck-build sweep runs (fails silent running builds, commits overdue final
+    /// states).
+    #[arg(long, env = "BUILDLOGS_STUCK_CRON", default_value = "0 * * * * *")]
+    pub stuck_cron: String,
 }
 
 impl SchedulerArgs {
@@ -269,17 +308,22 @@ pub async fn worker(
     let stack = settings.open_stack().await.context("opening the stores")?;
     tracing::info!(objects = %stack.objects_at, "stores opened");
     let shutdown = shutdown_on_signal();
-    run_worker(&stack, &args, shutdown).await;
+    run_worker(&stack, &args, settings.accept_timeout, shutdown).await;
     Ok(())
 }
 
-async fn run_worker(stack: &Stack, args: &WorkerArgs, shutdown: CancellationToken) {
+async fn run_worker(
+    stack: &Stack,
+    args: &WorkerArgs,
+    accept_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let config = RuntimeConfig {
         concurrency: args.concurrency,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         ..RuntimeConfig::default()
     };
-    let (registry, breaker) = crate::jobs::registry(stack, &args.handler_config());
+    let (registry, breaker) = crate::jobs::registry(stack, &args.handler_config(accept_timeout));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let probe = tokio::spawn(breaker.run_probe(
         stack.objects.clone(),
@@ -315,7 +359,15 @@ pub async fn web(settings: &Settings, args: WebArgs, metrics: MetricsArgs) -> an
     // The dashboard shows the scheduler role's schedules: built from the same settings (the
     // environment both roles read).
     let cron = crate::schedules::entries(&SchedulerArgs::parse_defaults())?;
-    serve_web(&stack, &args, tokens, cron, shutdown_on_signal()).await
+    serve_web(
+        &stack,
+        &args,
+        tokens,
+        settings.accept_timeout,
+        cron,
+        shutdown_on_signal(),
+    )
+    .await
 }
 
 /// Web, worker and scheduler in one process: the embedded default.
@@ -333,9 +385,17 @@ pub async fn all(
     let shutdown = shutdown_on_signal();
     let cron = crate::schedules::entries(&scheduler_args)?;
     let scheduler = Scheduler::new(stack.broker.clone(), Arc::new(SystemClock), cron.clone());
+    let accept_timeout = settings.accept_timeout;
     let (web, (), ()) = tokio::join!(
-        serve_web(&stack, &web_args, tokens, cron, shutdown.clone()),
-        run_worker(&stack, &worker_args, shutdown.clone()),
+        serve_web(
+            &stack,
+            &web_args,
+            tokens,
+            accept_timeout,
+            cron,
+            shutdown.clone()
+        ),
+        run_worker(&stack, &worker_args, accept_timeout, shutdown.clone()),
         scheduler.run(shutdown.clone()),
     );
     web
@@ -382,6 +442,7 @@ async fn serve_web(
     stack: &Stack,
     args: &WebArgs,
     tokens: Tokens,
+    accept_timeout: Duration,
     cron: Vec<CronEntry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -395,7 +456,8 @@ async fn serve_web(
         jobs.clone(),
         clock.clone(),
     )
-    .with_max_trace_size(args.max_trace_size);
+    .with_max_trace_size(args.max_trace_size)
+    .with_accept_timeout(accept_timeout);
     let state = AppState {
         traces: Arc::new(traces),
         admin_token: tokens.admin.into(),

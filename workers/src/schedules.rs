@@ -1,8 +1,8 @@
-//! The cron schedules the `scheduler` role fires: stale-trace recovery and artifact expiry,
-//! the bounded loops that keep the stores tidy.
+//! The cron schedules the `scheduler` role fires: stale-trace recovery, artifact expiry and the
+//! stuck-build sweep, the bounded loops that keep the stores tidy.
 
 use buildlogs::jobs::cron::{CronEntry, CronError};
-use buildlogs::traces::jobs::{ExpireArtifacts, RecoverStaleTraces};
+use buildlogs::traces::jobs::{DropStuckBuilds, ExpireArtifacts, RecoverStaleTraces};
 
 use crate::roles::SchedulerArgs;
 
@@ -14,5 +14,6 @@ pub fn entries(args: &SchedulerArgs) -> Result<Vec<CronEntry>, CronError> {
             RecoverStaleTraces {},
         )?,
         CronEntry::new("expire_artifacts", &args.expiry_cron, ExpireArtifacts {})?,
+        CronEntry::new("drop_stuck_builds", &args.stuck_cron, DropStuckBuilds {})?,
     ])
 }

@@ -294,3 +294,83 @@ async fn recover_dry_run_lists_stale_traces_and_recover_enqueues_one_run() {
         "{status}"
     );
 }
+
+/// The worker runs the stuck-build sweep with its settings: a build silent for longer than
+/// `BUILDLOGS_STUCK_TIMEOUT` is failed and archived, a final state pending for longer than
+/// `BUILDLOGS_ACCEPT_TIMEOUT` (shorter than its default) is committed, a fresh build is left.
+#[tokio::test]
+async fn the_worker_drops_stuck_builds_and_commits_overdue_final_states_by_its_settings() {
+    use buildlogs::jobs::{Clock, SystemClock};
+    use buildlogs::stores::sql_metadata::SqlMetadata;
+    use buildlogs::traces::metadata::MetadataStore;
+    use buildlogs::traces::model::{BuildStatus, PendingState};
+
+    let cli = Cli::new();
+    // `status` creates and migrates the metadata database in the data dir.
+    assert!(cli.run(&["status"]).status.success());
+    let url = format!(
+        "sqlite://{}",
+        cli.data.path().join("buildlogs.db").display()
+    );
+    let meta = SqlMetadata::sqlite(sqlx::SqlitePool::connect(&url).await.unwrap());
+    let now = SystemClock.now_ms();
+    let silent = meta.create_build("digest", now - 1_200_000).await.unwrap();
+    let fresh = meta.create_build("digest", now).await.unwrap();
+    let finishing = meta.create_build("digest", now).await.unwrap();
+    meta.upsert_pending_state(&PendingState {
+        build_id: finishing.id,
+        state: BuildStatus::Success,
+        failure_reason: None,
+        exit_code: Some(0),
+        trace_checksum: None,
+        trace_bytesize: None,
+        created_at_ms: now - 120_000,
+    })
+    .await
+    .unwrap();
+
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+        .args(["worker", "--concurrency", "2"])
+        .env("REDIS_URL", redis_url())
+        .env("BUILDLOGS_REDIS_PREFIX", &cli.prefix)
+        .env("BUILDLOGS_DATA_DIR", cli.data.path())
+        .env("BUILDLOGS_METRICS_LISTEN", "off")
+        .env("BUILDLOGS_STUCK_TIMEOUT", "600")
+        .env("BUILDLOGS_ACCEPT_TIMEOUT", "60")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let broker = cli.broker().await;
+    let sweep = NewJob {
+        envelope: Envelope::new("drop_stuck_builds", "{}".into(), 3, now),
+        run_at_ms: None,
+        dedup_ttl: Duration::from_secs(60),
+    };
+    broker.enqueue(vec![sweep], now).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let archived = meta.trace_artifact(silent.id).await.unwrap().is_some()
+            && meta.trace_artifact(finishing.id).await.unwrap().is_some();
+        if archived {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never dropped and archived the stuck build"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    let silent = meta.build(silent.id).await.unwrap().unwrap();
+    assert_eq!(
+        (silent.status, silent.failure_reason.as_deref()),
+        (BuildStatus::Failed, Some("stuck_or_timeout_failure"))
+    );
+    let finishing = meta.build(finishing.id).await.unwrap().unwrap();
+    assert_eq!(finishing.status, BuildStatus::Success);
+    let fresh = meta.build(fresh.id).await.unwrap().unwrap();
+    assert_eq!(fresh.status, BuildStatus::Running);
+}

@@ -1,6 +1,7 @@
 -- append_trace.lua: append bytes to a build's live trace, atomically, at an exact offset.
 -- KEYS[1] the build's key base "<prefix>:trace:{<build>}:" (one hash tag, one cluster slot)
--- ARGV[1] offset, ARGV[2] chunk size, ARGV[3] TTL (ms), ARGV[4] the bytes
+-- ARGV[1] offset, ARGV[2] chunk size, ARGV[3] TTL (ms), ARGV[4] the bytes, ARGV[5] now (ms,
+-- the application's clock), ARGV[6] how stale "at" may get (ms)
 -- returns { 1, new length, {started chunk indexes}, {filled chunk indexes}, watched (0/1) }
 --         when appended,
 --         { 0, current length, {unflushed chunk indexes} } when the offset is not the current
@@ -9,7 +10,9 @@
 --         { -1, chunk index, its length } when a live chunk is not where the length says
 --         { 2 } when the trace is closed (the job sent its final state)
 -- Keys: "len" the trace length; "chunk:<i>" chunk i's bytes; "closed" set once appends end;
--- "watched" set (with a short TTL) while someone tails the log. Each write renews the TTL, like
+-- "watched" set (with a short TTL) while someone tails the log; "at" the time of the last
+-- append (or keep-alive touch) to within ARGV[6], which the stuck-build sweep reads: rewritten
+-- only once it is that old (a GET per append instead of a SET). Each write renews the TTL, like
 -- GitLab's one-week chunk TTL: a log nobody flushes or archives for that long is abandoned.
 local base = KEYS[1]
 local offset, size, ttl, data = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -71,4 +74,8 @@ while pos <= #data do
   at, pos = at + take, pos + take
 end
 redis.call("SET", base .. "len", at, "PX", ttl)
+local now = tonumber(ARGV[5])
+if now - tonumber(redis.call("GET", base .. "at") or "0") >= tonumber(ARGV[6]) then
+  redis.call("SET", base .. "at", now, "PX", ttl)
+end
 return { 1, at, started, filled, redis.call("EXISTS", base .. "watched") }

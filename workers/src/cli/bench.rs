@@ -123,6 +123,7 @@ impl BenchStack {
                 object_store_url
                     .unwrap_or_else(|| format!("file://{}", dir.join("objects").display())),
             ),
+            ..buildlogs::config::Settings::default()
         };
         Ok(Self {
             redis,

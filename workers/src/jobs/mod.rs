@@ -2,6 +2,7 @@
 //! domain service.
 
 pub mod archive_trace;
+pub mod drop_stuck_builds;
 pub mod expire_artifacts;
 pub mod flush_trace_chunk;
 pub mod noop;
@@ -17,6 +18,8 @@ use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::{ArtifactExpiry, ExpiryConfig};
 use buildlogs::traces::flush::FlushService;
 use buildlogs::traces::recovery::{RecoveryConfig, TraceRecovery};
+use buildlogs::traces::service::TraceService;
+use buildlogs::traces::stuck::{StuckBuilds, StuckConfig};
 
 /// What the handlers are tuned by (the worker role's settings).
 #[derive(Debug, Clone, Default)]
@@ -27,6 +30,8 @@ pub struct HandlerConfig {
     pub expiry: ExpiryConfig,
     /// How long an archived log is kept (`None`: forever).
     pub trace_expire_in: Option<Duration>,
+    /// The stuck-build sweep's timeouts and bounds.
+    pub stuck: StuckConfig,
 }
 
 /// Every job type a `buildlogs worker` runs, over the process's stores, and the object store
@@ -65,11 +70,32 @@ pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectS
         clock.clone(),
         config.expiry.clone(),
     ));
+    let jobs = JobClient::new(stack.broker.clone(), clock.clone());
     let recovery = Arc::new(TraceRecovery::new(
         stack.meta.clone(),
-        JobClient::new(stack.broker.clone(), clock.clone()),
-        clock,
+        jobs.clone(),
+        clock.clone(),
         config.recovery.clone(),
+    ));
+    // The sweep commits overdue final states the way the final PUT does.
+    let traces = Arc::new(
+        TraceService::new(
+            stack.meta.clone(),
+            stack.live.clone(),
+            stack.live_kind,
+            stack.objects.clone(),
+            jobs.clone(),
+            clock.clone(),
+        )
+        .with_accept_timeout(config.stuck.accept_timeout),
+    );
+    let stuck = Arc::new(StuckBuilds::new(
+        stack.meta.clone(),
+        stack.live.clone(),
+        traces,
+        jobs,
+        clock,
+        config.stuck.clone(),
     ));
     let registry = Registry::new()
         .register(noop::NoopHandler)
@@ -79,6 +105,7 @@ pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectS
             snooze: config.breaker.snooze,
         })
         .register(recover_stale_traces::RecoverStaleTracesHandler { recovery })
-        .register(expire_artifacts::ExpireArtifactsHandler { expiry });
+        .register(expire_artifacts::ExpireArtifactsHandler { expiry })
+        .register(drop_stuck_builds::DropStuckBuildsHandler { stuck });
     (registry, breaker)
 }
