@@ -175,3 +175,92 @@ async fn pass_on(
     }
     let _ = to.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that echoes every byte back.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Writes `msg` and reads what comes back: the bytes, or empty once the relay closed.
+    async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+        if s.write_all(msg).await.is_err() {
+            return Vec::new();
+        }
+        let mut buf = vec![0u8; msg.len()];
+        match s.read_exact(&mut buf).await {
+            Ok(_) => buf,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_mode_does_what_it_says_and_pass_restores_the_path() {
+        let relay = Relay::start(echo_server().await).await.expect("relay");
+        let mut open = TcpStream::connect(relay.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut open, b"pass").await, b"pass");
+
+        relay.set(Mode::Refuse);
+        let mut refused = TcpStream::connect(relay.addr).await.expect("connect");
+        assert!(round_trip(&mut refused, b"x").await.is_empty(), "refused");
+        assert_eq!(
+            round_trip(&mut open, b"still").await,
+            b"still",
+            "open ones pass"
+        );
+
+        relay.set(Mode::Cut);
+        assert!(
+            round_trip(&mut open, b"cut").await.is_empty(),
+            "open one cut"
+        );
+
+        relay.set(Mode::Hang);
+        let mut hung = TcpStream::connect(relay.addr).await.expect("connect");
+        hung.write_all(b"hang").await.expect("write");
+        // The relay has taken it in (in Hang) before the mode moves on.
+        for _ in 0..10_000 {
+            if relay.counts().0 == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            relay.counts().0,
+            2,
+            "the relay accepted the hung connection"
+        );
+        // Leaving Hang drops the hung connection: nothing was ever echoed on it.
+        relay.set(Mode::Delay(Duration::from_millis(10)));
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            hung.read(&mut buf).await.unwrap_or(0),
+            0,
+            "hung got no answer"
+        );
+
+        let mut slow = TcpStream::connect(relay.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut slow, b"slow").await, b"slow");
+        relay.set(Mode::Pass);
+        let mut again = TcpStream::connect(relay.addr).await.expect("connect");
+        assert_eq!(round_trip(&mut again, b"back").await, b"back");
+        assert_eq!(relay.counts(), (4, 1));
+    }
+}

@@ -17,6 +17,10 @@ pub struct Pattern {
     pub total: u64,
     /// Keys without a TTL, or with one longer than [`SHORT_TTL_SECONDS`].
     pub long_lived: u64,
+    /// Of those, keys without any TTL.
+    pub no_ttl: u64,
+    /// The longest TTL seen (seconds).
+    pub max_ttl: i64,
     /// The pattern replaced a build/job id or a number: one key per build or per job.
     pub per_id: bool,
     pub example: String,
@@ -48,6 +52,10 @@ pub async fn snapshot(redis_url: &str) -> anyhow::Result<BTreeMap<String, Patter
                 if ttl == -1 || ttl > SHORT_TTL_SECONDS {
                     entry.long_lived += 1;
                 }
+                if ttl == -1 {
+                    entry.no_ttl += 1;
+                }
+                entry.max_ttl = entry.max_ttl.max(ttl);
                 entry.per_id |= per_id;
                 if entry.example.is_empty() {
                     entry.example = key.clone();

@@ -77,9 +77,11 @@ async fn whole_read(client: &reqwest::Client, base: &str, build: &Build, book: &
     let Ok(mut reply) = reply else { return false };
     let status = reply.status().as_u16();
     if status != 200 {
+        let text = reply.text().await.unwrap_or_default();
         book.finding(format!(
-            "build {}: GET trace answered {status} (expected 200)",
-            build.id
+            "build {}: GET trace answered {status} (expected 200): {}",
+            build.id,
+            text.chars().take(200).collect::<String>()
         ));
         return status < 500;
     }
@@ -138,8 +140,9 @@ async fn range_read(
     };
     if status != 206 {
         book.finding(format!(
-            "build {}: GET trace Range bytes={first}-{last} answered {status} (expected 206)",
-            build.id
+            "build {}: GET trace Range bytes={first}-{last} answered {status} (expected 206): {}",
+            build.id,
+            String::from_utf8_lossy(&body[..body.len().min(200)])
         ));
         return status < 500;
     }

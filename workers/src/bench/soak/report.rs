@@ -157,14 +157,16 @@ impl Report {
             self.figure(
                 &format!("redis_keys_left{{pattern=\"{pattern}\"}}"),
                 format!(
-                    "{} (baseline {}, without a TTL ≤ {SHORT_TTL_SECONDS}s: {})",
-                    end.total, start.total, end.long_lived
+                    "{} (baseline {}; no TTL: {}; longest TTL: {}s)",
+                    end.total, start.total, end.no_ttl, end.max_ttl
                 ),
             );
             if end.per_id && end.long_lived > start.long_lived {
                 evidence.push(format!(
-                    "{} keys {pattern} left after the drain without a short TTL (baseline {}), e.g. {}",
+                    "{} keys {pattern} left after the drain without a TTL ≤ {SHORT_TTL_SECONDS}s ({} with none, the longest {}s; baseline {}), e.g. {}",
                     end.long_lived - start.long_lived,
+                    end.no_ttl,
+                    end.max_ttl,
                     start.long_lived,
                     end.example
                 ));
@@ -197,8 +199,7 @@ impl Report {
                 .map(|f| {
                     let t = run_seconds * f;
                     all.iter()
-                        .filter(|s| s.t <= t + 1.0)
-                        .last()
+                        .rfind(|s| s.t <= t + 1.0)
                         .map_or("-".to_string(), |s| format!("{:.1}", s.rss_mb))
                 })
                 .collect();
@@ -241,8 +242,7 @@ impl Report {
                 samples
                     .redis
                     .iter()
-                    .filter(|(t, _, _)| *t <= run_seconds * f + 1.0)
-                    .last()
+                    .rfind(|(t, _, _)| *t <= run_seconds * f + 1.0)
                     .map_or("-".into(), |(_, mb, keys)| format!("{mb:.1}MB/{keys}keys"))
             })
             .collect();

@@ -68,12 +68,15 @@ pub async fn runner(
         } else {
             log_size(&mut rng, traffic.max_log)
         };
-        first = false;
-        let fate = match rng.below(100) {
-            0..5 => Fate::VanishMid,
-            5..10 => Fate::VanishAfterPut,
+        // Runners 1 and 2 start with a vanishing job, so that even a short run has one of each.
+        let fate = match (first, n, rng.below(100)) {
+            (true, 1, _) => Fate::VanishMid,
+            (true, 2, _) => Fate::VanishAfterPut,
+            (_, _, 0..5) => Fate::VanishMid,
+            (_, _, 5..10) => Fate::VanishAfterPut,
             _ => Fate::Complete,
         };
+        first = false;
         let mut job = Job {
             n,
             rng: Rng::new(rng.next_u64()),
