@@ -143,6 +143,14 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     .await?;
     let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
     let outcome = drive(&args, seed, traffic_for, fleet.clone()).await;
+    // The sampler and the fault task let go of the fleet once cancelled (also when `drive`
+    // returned early with an error); wait for them, boundedly, before tearing down.
+    for _ in 0..600 {
+        if Arc::strong_count(&fleet) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let fleet = Arc::try_unwrap(fleet)
         .map_err(|_| anyhow::anyhow!("the fleet is still shared at the end"))?
         .into_inner();
@@ -179,6 +187,8 @@ async fn drive(
     let begun = Instant::now();
     let stop_traffic = CancellationToken::new();
     let stop_all = CancellationToken::new();
+    // Whichever way `drive` ends, the tasks sharing the fleet stop.
+    let _stop_all_on_return = stop_all.clone().drop_guard();
     let samples = Arc::new(Mutex::new(sampler::Samples::default()));
     let sampler = tokio::spawn(sampler::sample(
         fleet.clone(),
