@@ -26,6 +26,8 @@ use crate::bench::relay::Relay;
 
 /// How long a process gets to listen (or Redis to load its AOF) after a start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of each process's log printed after a failed run.
+const LOG_TAIL: usize = 15;
 pub const S3_ACCESS_KEY: &str = "buildlogs-soak";
 pub const S3_SECRET_KEY: &str = "buildlogs-soak-secret";
 pub const BUCKET: &str = "soak";
@@ -348,23 +350,37 @@ impl Fleet {
             .collect()
     }
 
-    /// Stops every process, drops the schema, removes the temp dir (or keeps it, to read the
-    /// logs of a failed run).
-    pub async fn tear_down(mut self, keep_dir: bool) -> anyhow::Result<()> {
+    /// Stops every process, drops the schema, removes the temp dir. After a failed run
+    /// (`failed`) the last lines of each buildlogs process's log go to stderr first, and with
+    /// `keep_logs` the logs stay (their path is printed).
+    pub async fn tear_down(mut self, failed: bool, keep_logs: bool) -> anyhow::Result<()> {
+        let names: Vec<String> = self.procs.iter().map(|p| p.name.clone()).collect();
         for p in self.procs.iter_mut().rev() {
             p.kill();
         }
         self.procs.clear();
+        if failed {
+            for name in names
+                .iter()
+                .filter(|n| !matches!(n.as_str(), "redis" | "s3s-fs"))
+            {
+                eprintln!(
+                    "--- {name} (last {LOG_TAIL} lines)\n{}",
+                    log_tail(&self.dir, name, LOG_TAIL)
+                );
+            }
+        }
         let schema = &self.schema;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA \"{schema}\" CASCADE"
         )))
         .execute(&mut self.admin)
         .await?;
-        if keep_dir {
+        if keep_logs {
             // Only the logs are worth keeping; the objects and the AOF can be large.
             let _ = std::fs::remove_dir_all(self.dir.join("s3"));
             let _ = std::fs::remove_dir_all(self.dir.join("redis"));
+            let _ = std::fs::remove_dir_all(self.dir.join("data"));
             eprintln!(
                 "soak: process logs kept in {}",
                 self.dir.join("logs").display()

@@ -14,7 +14,7 @@
 //! 4. Traffic stops (runners finish the job in hand); the system drains: every build final and
 //!    archived and every queue empty, or `--drain-seconds` passed.
 //! 5. [`report`]: `key=value` figures and the invariants; exit status 1 if one failed (the
-//!    process logs are then kept and their path printed).
+//!    last lines of the process logs then go to stderr; `--keep-logs` keeps them whole).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count or time; every process is
 //! killed and the schema, keys (the private Redis) and files removed at the end, also on error.
@@ -106,6 +106,10 @@ pub struct SoakArgs {
     /// The S3-compatible server (default: where `.ci/run` installs s3s-fs 0.14.1).
     #[arg(long, env = "BUILDLOGS_S3S_FS_BIN")]
     s3s_fs: Option<PathBuf>,
+    /// Keep the processes' logs (their path is printed); otherwise a failed run prints their
+    /// last lines and everything is removed.
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
@@ -155,7 +159,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the fleet is still shared at the end"))?
         .into_inner();
     let failed = !matches!(outcome, Ok(ref f) if f.is_empty());
-    fleet.tear_down(failed).await?;
+    fleet.tear_down(failed, args.keep_logs).await?;
     let failed_invariants = outcome?;
     if !failed_invariants.is_empty() {
         bail!("soak invariants failed: {}", failed_invariants.join(", "));
@@ -405,6 +409,7 @@ async fn seen_of(client: &reqwest::Client, web: &str, b: &Build) -> Option<Seen>
         trace_state: job["trace"]["state"].as_str().unwrap_or("?").to_string(),
         size: job["trace"]["size"].as_u64().unwrap_or(0),
         crc32: job["trace"]["crc32"].as_str().map(str::to_string),
+        partial: job["trace"]["partial"].as_bool().unwrap_or(false),
         served,
     })
 }

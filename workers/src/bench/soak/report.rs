@@ -37,6 +37,8 @@ pub struct Seen {
     pub trace_state: String,
     pub size: u64,
     pub crc32: Option<String>,
+    /// `trace.partial`: archived with a gap (absent before the partial-logs change).
+    pub partial: bool,
     /// Length and CRC32 of the whole log served by `GET …/trace`.
     pub served: Option<(u64, u32)>,
 }
@@ -120,13 +122,21 @@ impl Report {
                 ok += 1;
             } else {
                 mismatched.push(format!(
-                    "build {}: runner sent {want_len} bytes {want_crc}; archive says {} bytes {:?}; served {:?}",
-                    b.id, s.size, s.crc32, s.served.map(|(l, c)| format!("{l} bytes crc32:{c:08x}"))
+                    "build {}: runner sent {want_len} bytes {want_crc}; archive says {} bytes {:?}{}; served {:?}",
+                    b.id,
+                    s.size,
+                    s.crc32,
+                    if s.partial { " (partial)" } else { "" },
+                    s.served.map(|(l, c)| format!("{l} bytes crc32:{c:08x}"))
                 ));
             }
         }
         self.figure("archived_ok", ok);
         self.figure("archived_mismatch", mismatched.len());
+        self.figure(
+            "archived_partial",
+            seen.values().filter(|s| s.partial).count(),
+        );
         for (status, n) in by_status {
             self.figure(&format!("builds_status{{status={status}}}"), n);
         }
