@@ -20,6 +20,8 @@ use super::content::{self, Rng};
 /// Longest wait for the next bytes of a stream before it is treated as dropped (the server
 /// sends a keep-alive every 15 s).
 const IDLE: Duration = Duration::from_secs(40);
+/// Pause before resuming a stream the server closed without `end`.
+const SERVER_CLOSED_RETRY: Duration = Duration::from_secs(1);
 /// Connections one tail opens at most (each resume is one).
 const MAX_CONNECTIONS: u32 = 2000;
 
@@ -103,6 +105,7 @@ async fn tail(
         };
         // Leave after a few events, as a reader's connection drops.
         let mut leave_after = rng.range(2, 9);
+        let mut left = false;
         let mut buf: Vec<u8> = Vec::new();
         'connection: loop {
             let chunk = match tokio::time::timeout(IDLE, reply.chunk()).await {
@@ -127,6 +130,7 @@ async fn tail(
                         at = id;
                         leave_after = leave_after.saturating_sub(1);
                         if leave_after == 0 {
+                            left = true;
                             break 'connection;
                         }
                     }
@@ -149,6 +153,11 @@ async fn tail(
                     }
                 }
             }
+        }
+        if !left {
+            // The server closed the stream without `end` (a store error, a shutdown): wait
+            // before resuming, as an EventSource does (its default retry is 3 s).
+            tokio::time::sleep(SERVER_CLOSED_RETRY).await;
         }
     }
 }
