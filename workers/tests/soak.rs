@@ -6,7 +6,7 @@
 //!
 //! It must exit 0 and print `invariants=ok`: every build final and archived byte-identical,
 //! reads and tails correct, Redis keys back to the baseline, RSS flat, dead jobs explained,
-//! queues drained, no process died on its own — so no later change can bring a leak back
+//! queues drained, no process died on its own, no runner refused while it writes — so no later change can bring a leak back
 //! unseen. It also checks that the traffic and the faults happened (a soak that sent nothing
 //! would hold every invariant).
 //!

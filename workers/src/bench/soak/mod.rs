@@ -360,6 +360,7 @@ async fn drive(
     r.dead(&dead);
     r.queues(&queues);
     r.processes(exited);
+    r.refused(&book);
     let findings = book.findings();
     r.figure("findings", findings.len());
     for f in findings.iter().take(40) {

@@ -13,6 +13,8 @@
 //!    lost leases, error "… (lease expired)").
 //! 7. `queues_drained`: nothing ready, scheduled or running once traffic stopped.
 //! 8. `processes_alive`: no process exited on its own.
+//! 9. `runners_never_refused`: no PATCH of a runner still writing (every few seconds, far
+//!    inside the stuck timeout) answered 403: the server never ends a live job under it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -288,6 +290,23 @@ impl Report {
             }
         }
         self.invariant("queues_drained", evidence);
+    }
+
+    pub fn refused(&mut self, book: &Book) {
+        let evidence = book
+            .builds()
+            .iter()
+            .filter(|b| b.forbidden.load(Ordering::Acquire))
+            .map(|b| {
+                format!(
+                    "build {}: a PATCH at {} of {} bytes answered 403 while its runner was still writing",
+                    b.id,
+                    b.acked(),
+                    b.planned
+                )
+            })
+            .collect();
+        self.invariant("runners_never_refused", evidence);
     }
 
     pub fn processes(&mut self, exited: Vec<String>) {
