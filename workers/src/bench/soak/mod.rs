@@ -13,7 +13,8 @@
 //!    SIGKILLed, Redis and a web restarted), [`sampler`] (RSS of every process, Redis memory).
 //! 4. Traffic stops (runners finish the job in hand); the system drains: every build final and
 //!    archived and every queue empty, or `--drain-seconds` passed.
-//! 5. [`report`]: `key=value` figures and the invariants; exit status 1 if one failed (the
+//! 5. [`probe`] looks at the end state (API, queues, dead set), [`keys`] at Redis again;
+//!    [`report`]: `key=value` figures and the invariants; exit status 1 if one failed (the
 //!    last lines of the process logs then go to stderr; `--keep-logs` keeps them whole).
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded in count or time; every process is
@@ -24,6 +25,7 @@ mod content;
 mod faults;
 mod fleet;
 mod keys;
+mod probe;
 mod readers;
 mod report;
 mod runners;
@@ -41,7 +43,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use book::{Book, Build};
-use report::{Report, Seen};
+use report::Report;
 
 const ADMIN: &str = "soak-admin-token";
 const MIB: u64 = 1024 * 1024;
@@ -278,8 +280,8 @@ async fn drive(
     while !pending.is_empty() && Instant::now() < drain_deadline {
         let mut still = Vec::new();
         for b in pending {
-            match job_json(&client, &webs[0], b.id).await {
-                Some(j) if is_final(&j) => {}
+            match probe::job_json(&client, &webs[0], b.id).await {
+                Some(j) if probe::is_final(&j) => {}
                 _ => still.push(b),
             }
         }
@@ -296,12 +298,12 @@ async fn drive(
     // Look at the end state.
     let mut seen = BTreeMap::new();
     for b in book.builds() {
-        if let Some(s) = seen_of(&client, &webs[0], &b).await {
+        if let Some(s) = probe::seen_of(&client, &webs[0], &b).await {
             seen.insert(b.id, s);
         }
     }
-    let queues = queue_lengths(&redis_url).await?;
-    let dead = dead_jobs(&redis_url).await?;
+    let queues = probe::queue_lengths(&redis_url).await?;
+    let dead = probe::dead_jobs(&redis_url).await?;
     let after = keys::snapshot(&redis_url).await?;
     let _ = sampler.await;
     let run_seconds = begun.elapsed().as_secs_f64();
@@ -375,145 +377,4 @@ fn default_s3s_fs() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from(".cargo"));
     home.join("s3s-fs-0.14.1/bin/s3s-fs")
-}
-
-async fn job_json(client: &reqwest::Client, web: &str, id: i64) -> Option<serde_json::Value> {
-    let reply = client
-        .get(format!("{web}/api/v4/jobs/{id}"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .ok()?;
-    if !reply.status().is_success() {
-        return None;
-    }
-    serde_json::from_slice(&reply.bytes().await.ok()?).ok()
-}
-
-fn is_final(job: &serde_json::Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("success" | "failed" | "canceled")
-    ) && job["trace"]["state"].as_str() == Some("archived")
-}
-
-/// The job JSON, and for an archived log the length and CRC32 of the whole log served back.
-async fn seen_of(client: &reqwest::Client, web: &str, b: &Build) -> Option<Seen> {
-    let job = job_json(client, web, b.id).await?;
-    let served = if is_final(&job) {
-        served(client, web, b).await
-    } else {
-        None
-    };
-    Some(Seen {
-        status: job["status"].as_str().unwrap_or("?").to_string(),
-        trace_state: job["trace"]["state"].as_str().unwrap_or("?").to_string(),
-        size: job["trace"]["size"].as_u64().unwrap_or(0),
-        crc32: job["trace"]["crc32"].as_str().map(str::to_string),
-        partial: job["trace"]["partial"].as_bool().unwrap_or(false),
-        served,
-    })
-}
-
-async fn served(client: &reqwest::Client, web: &str, b: &Build) -> Option<(u64, u32)> {
-    let mut reply = client
-        .get(format!("{web}/api/v4/jobs/{}/trace", b.id))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .ok()?;
-    if reply.status().as_u16() != 200 {
-        return None;
-    }
-    let mut hasher = crc32fast::Hasher::new();
-    let mut len = 0u64;
-    while let Some(chunk) = reply.chunk().await.ok()? {
-        hasher.update(&chunk);
-        len += chunk.len() as u64;
-    }
-    Some((len, hasher.finalize()))
-}
-
-/// Keys matching `pattern` in the private Redis (SCAN, never KEYS).
-async fn scan(
-    conn: &mut redis::aio::MultiplexedConnection,
-    pattern: &str,
-) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        out.extend(keys);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
-}
-
-/// The queue name inside a queue key's hash tag.
-fn queue_of(key: &str) -> String {
-    key.split_once('{')
-        .and_then(|(_, r)| r.split_once('}'))
-        .map_or(key.to_string(), |(q, _)| q.to_string())
-}
-
-/// Per queue, the fewest (ready, scheduled, running) seen over a few looks half a second
-/// apart: a cron job passing through is not a backlog.
-async fn queue_lengths(redis_url: &str) -> anyhow::Result<Vec<(String, u64, u64, u64)>> {
-    const LOOKS: usize = 10;
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut least: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-    for _ in 0..LOOKS {
-        let mut now: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-        for key in scan(&mut conn, "*}:ready").await? {
-            let n: u64 = redis::cmd("LLEN").arg(&key).query_async(&mut conn).await?;
-            now.entry(queue_of(&key)).or_default().0 = n;
-        }
-        for key in scan(&mut conn, "*}:scheduled").await? {
-            let n: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut conn).await?;
-            now.entry(queue_of(&key)).or_default().1 = n;
-        }
-        for key in scan(&mut conn, "*}:running").await? {
-            let n: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut conn).await?;
-            now.entry(queue_of(&key)).or_default().2 = n;
-        }
-        for (q, l) in &mut least {
-            let n = now.get(q).copied().unwrap_or_default();
-            *l = (l.0.min(n.0), l.1.min(n.1), l.2.min(n.2));
-        }
-        for (q, n) in now {
-            least.entry(q).or_insert(n);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Ok(least
-        .into_iter()
-        .map(|(q, (a, b, c))| (q, a, b, c))
-        .collect())
-}
-
-/// (queue, error) of every dead job.
-async fn dead_jobs(redis_url: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut out = Vec::new();
-    for key in scan(&mut conn, "*}:dead:error").await? {
-        let errors: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await?;
-        for (id, error) in errors {
-            out.push((queue_of(&key), format!("{id}: {error}")));
-        }
-    }
-    Ok(out)
 }
