@@ -1,5 +1,6 @@
 //! `buildlogs`: one binary, one subcommand per role (Procfile) plus the operator CLI.
 
+mod bench;
 mod cli;
 mod jobs;
 mod roles;

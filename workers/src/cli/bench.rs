@@ -36,6 +36,9 @@ pub enum Bench {
     Archive(super::bench_archive::ArchiveArgs),
     /// Stale-trace recovery of a backlog of finished builds with live logs (the incident).
     Recover(super::bench_recover::RecoverArgs),
+    /// Mixed traffic with faults on the multi-process production stack, then the invariants
+    /// (every build archived byte-identical, Redis keys back to baseline, RSS flat).
+    Soak(crate::bench::soak::SoakArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -76,6 +79,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Append(args) => super::bench_append::run(args).await,
         Bench::Archive(args) => super::bench_archive::run(args).await,
         Bench::Recover(args) => super::bench_recover::run(args).await,
+        Bench::Soak(args) => crate::bench::soak::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }
