@@ -3,8 +3,9 @@
 //! Duties:
 //! 1. `create_build`: register a job (`running`) with a fresh job token (returned once).
 //! 2. `append`: authenticate the job token, refuse a job that is not running (403), enforce the
-//!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
-//!    the current length otherwise), and enqueue a flush of every chunk it filled.
+//!    size limit on an append at the current length of an open trace (the job fails with
+//!    `trace_size_exceeded`), append at the exact offset (416 with the current length
+//!    otherwise, whatever the size), and enqueue a flush of every chunk it filled.
 //! 3. `finish`: the runner's final PUT (close the trace, flush, validate the CRC32, commit,
 //!    enqueue the archive).
 //! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
@@ -177,8 +178,10 @@ impl TraceService {
     }
 
     /// The append path's check: the token, and that the build is running (from the cache when
-    /// the database said so less than `RUNNING_CACHE_MS` ago).
-    async fn authenticate_running(&self, build_id: i64, token: &str) -> Result<(), TraceError> {
+    /// the database said so less than `RUNNING_CACHE_MS` ago). The API calls it before it reads
+    /// a PATCH's body, so a wrong token costs no body; [`Self::append`] checks again (a cache
+    /// hit).
+    pub async fn authenticate_running(&self, build_id: i64, token: &str) -> Result<(), TraceError> {
         let now = self.clock.now_ms();
         let cached = self
             .running
@@ -281,6 +284,17 @@ impl TraceService {
         self.authenticate_running(build_id, token).await?;
         let end = offset.saturating_add(data.len() as u64);
         if end > self.max_trace_size {
+            // Only a PATCH at the current length of an open trace can pass the limit: a stray
+            // offset gets 416 (or 403 once the final PUT closed the trace) like any other, and
+            // never fails the job. An empty append at `offset` asks exactly that, writing
+            // nothing (this round trip is paid only past the limit).
+            match self.live.append(build_id, offset, &[]).await? {
+                AppendOutcome::Mismatch { length } => {
+                    return Err(TraceError::RangeMismatch { length });
+                }
+                AppendOutcome::Closed => return Err(self.not_running(build_id).await?),
+                AppendOutcome::Appended { .. } => {}
+            }
             self.live.close(build_id).await?;
             self.meta
                 .finish_build(
@@ -302,14 +316,7 @@ impl TraceService {
             });
         }
         match self.live.append(build_id, offset, data).await? {
-            AppendOutcome::Closed => {
-                let status = self
-                    .meta
-                    .build(build_id)
-                    .await?
-                    .map_or(BuildStatus::Running, |b| b.status);
-                Err(TraceError::NotRunning(status))
-            }
+            AppendOutcome::Closed => Err(self.not_running(build_id).await?),
             AppendOutcome::Mismatch { length } => Err(TraceError::RangeMismatch { length }),
             AppendOutcome::Appended {
                 length,
@@ -337,6 +344,16 @@ impl TraceService {
                 })
             }
         }
+    }
+
+    /// The refusal of an append to a closed trace, with the build's status.
+    async fn not_running(&self, build_id: i64) -> Result<TraceError, TraceError> {
+        let status = self
+            .meta
+            .build(build_id)
+            .await?
+            .map_or(BuildStatus::Running, |b| b.status);
+        Ok(TraceError::NotRunning(status))
     }
 
     /// The final PUT: store the pending state, flush every live chunk, and once none is left

@@ -257,6 +257,8 @@ impl TestApp {
             cron,
             backlog: Arc::new(BacklogHistory::default()),
             shutdown: CancellationToken::new(),
+            patch_rate: Default::default(),
+            streams: Default::default(),
         };
         (
             router(state.clone()),
@@ -265,6 +267,13 @@ impl TestApp {
             (flush, archive),
             parts,
         )
+    }
+
+    /// This app with its state changed by `change` (e.g. other limits), the router rebuilt.
+    pub fn with_state(mut self, change: impl FnOnce(&mut AppState)) -> Self {
+        change(&mut self.state);
+        self.router = router(self.state.clone());
+        self
     }
 
     /// The first column of the first row of `sql` on this stack's database, as an integer
