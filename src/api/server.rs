@@ -113,6 +113,7 @@ pub async fn serve(
             drop(place);
         });
     }
+    drop(listener);
     // Every place back: every connection closed.
     let _ = places.acquire_many(max).await;
 }
