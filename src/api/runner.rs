@@ -73,6 +73,7 @@ pub async fn append_trace(
     // a finished job or a runaway client costs no upload.
     state.traces.authenticate_running(id, &token).await?;
     if let Err(retry_after) = state.patch_rate.check(id, Instant::now()) {
+        metrics::counter!("buildlogs_trace_patches_limited_total").increment(1);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many PATCHes for job {id}; retry in {retry_after} s"),
