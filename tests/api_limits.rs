@@ -17,6 +17,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use buildlogs::api::server::{ServerLimits, serve};
 use buildlogs::api::{PatchRate, PatchRateLimit};
+use futures::StreamExt;
 use support::app::{ADMIN, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -172,8 +173,6 @@ fn counted_body(pieces: usize) -> (Body, Arc<AtomicUsize>) {
     });
     (Body::from_stream(stream), taken)
 }
-
-use futures::StreamExt;
 
 /// A wrong token (or a finished job) is answered 403 before any of a 4 MiB body is read; with
 /// the right token the same body is read and appended.
@@ -419,6 +418,8 @@ async fn at_the_connection_cap_the_next_connection_waits_for_a_place() {
     // The kernel completes the handshake (listen backlog); the server does not serve it.
     let mut second = TcpStream::connect(addr).await.unwrap();
     second.write_all(get_job(id).as_bytes()).await.unwrap();
+    // Nothing to wait on for "not served": half a second of silence (a server that serves it
+    // answers in milliseconds; a slow machine can only make this pass wrongly, never fail).
     let mut buf = [0u8; 1];
     assert!(
         tokio::time::timeout(Duration::from_millis(500), second.peek(&mut buf))

@@ -129,6 +129,7 @@ async fn serve_connection(
         phase: Phase::Head {
             deadline: Instant::now() + limits.header_timeout,
         },
+        requests: 0,
         reader: None,
     }));
     let io = TokioIo::new(Watched {
@@ -140,8 +141,8 @@ async fn serve_connection(
         write_stalled_since: None,
     });
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        set_phase(&phase, Phase::InFlight);
-        let done = RequestDone(phase.clone());
+        let number = request_started(&phase);
+        let done = RequestDone(phase.clone(), number);
         let request = request.map(|body| {
             Body::new(tower_http::timeout::TimeoutBody::new(
                 limits.body_timeout,
@@ -188,6 +189,9 @@ enum Phase {
 #[derive(Debug)]
 struct Shared {
     phase: Phase,
+    /// Requests started on the connection: a response body dropped after the next request
+    /// started (hyper may drop it late) must not mark that one idle.
+    requests: u64,
     reader: Option<Waker>,
 }
 
@@ -200,17 +204,34 @@ fn set_phase(shared: &Mutex<Shared>, to: Phase) {
     }
 }
 
-/// Ends the request's phase when its response body is done (or dropped).
-struct RequestDone(Arc<Mutex<Shared>>);
+/// A request starts: the connection is in flight; its number.
+fn request_started(shared: &Mutex<Shared>) -> u64 {
+    match shared.lock() {
+        Ok(mut s) => {
+            s.requests += 1;
+            s.phase = Phase::InFlight;
+            s.requests
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Ends request number `.1`'s phase when its response body is done (or dropped), unless a
+/// later request has started since.
+struct RequestDone(Arc<Mutex<Shared>>, u64);
 
 impl Drop for RequestDone {
     fn drop(&mut self) {
-        set_phase(
-            &self.0,
-            Phase::Idle {
+        if let Ok(mut s) = self.0.lock()
+            && s.requests == self.1
+        {
+            s.phase = Phase::Idle {
                 since: Instant::now(),
-            },
-        );
+            };
+            if let Some(waker) = s.reader.take() {
+                waker.wake();
+            }
+        }
     }
 }
 
