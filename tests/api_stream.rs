@@ -698,7 +698,7 @@ async fn a_stream_ends_at_its_lifetime_and_the_client_resumes_from_last_event_id
 
     let (_, mut state, _keep) = own_stack_with_state().await;
     state.streams = Arc::new(StreamHub::new(StreamLimits {
-        max_lifetime: Duration::from_secs(1),
+        max_lifetime: Duration::from_secs(3),
         ..StreamLimits::default()
     }));
     let app = buildlogs::api::router(state.clone());
