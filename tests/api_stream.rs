@@ -481,6 +481,8 @@ async fn open_streams_end_at_once_when_the_server_shuts_down(app: &TestApp) {
     app.patch(id, &token, 6, b"world").await;
     let elsewhere = buildlogs::api::router(buildlogs::api::AppState {
         shutdown: tokio_util::sync::CancellationToken::new(),
+        patch_rate: Default::default(),
+        streams: Default::default(),
         ..app.state.clone()
     });
     let request = Request::get(format!("/api/v4/jobs/{id}/trace/stream"))
@@ -523,7 +525,207 @@ on_both_stacks!(
     a_client_resuming_from_last_event_id_gets_exactly_the_rest,
     a_stream_follows_the_bytes_when_they_are_flushed_and_archived_mid_stream,
     bad_requests_are_answered_like_the_trace_get,
+    streams_of_one_build_share_one_poller_and_receive_identical_bytes,
 );
+
+/// [`open`] on another router (the same stack under other state).
+async fn open_on(
+    router: &axum::Router,
+    id: i64,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Response<Body> {
+    let mut request =
+        Request::get(format!("/api/v4/jobs/{id}/trace/stream")).header("job-token", token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .expect("router")
+}
+
+/// Waits (on the condition, polled) until `done` holds; fails after [`EVENT_TIMEOUT`].
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < EVENT_TIMEOUT, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// N streams tailing one build: their readers share one poller, so the log's bytes are read
+/// from the store once per piece, not once per stream, and every stream gets the same bytes.
+/// Reads are counted by a counting wrapper around the stack's real live store, under a
+/// trace service of the test's own (the runner's PATCHes go through the app's).
+async fn streams_of_one_build_share_one_poller_and_receive_identical_bytes(app: &TestApp) {
+    use buildlogs::api::StreamHub;
+    use buildlogs::traces::service::TraceService;
+
+    const STREAMS: usize = 8;
+    let counting = Arc::new(support::counting::CountingLive::new(app.parts.live.clone()));
+    let traces = Arc::new(TraceService::new(
+        app.parts.meta.clone(),
+        counting.clone(),
+        app.parts.live_kind,
+        app.parts.store.clone(),
+        app.state.jobs.clone(),
+        Arc::new(SystemClock),
+    ));
+    let hub = Arc::new(StreamHub::default());
+    let mut state = app.state.clone();
+    state.traces = traces;
+    state.streams = hub.clone();
+    let router = buildlogs::api::router(state);
+
+    let (id, token) = app.create_job().await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(Events::new(open_on(&router, id, &token, &[]).await, 0));
+    }
+    assert_eq!(
+        hub.pollers(),
+        1,
+        "one poller for the build, however many streams"
+    );
+    assert_eq!(hub.open_streams(), STREAMS);
+    let pieces = [pattern(1_000, 1), pattern(3_000, 2)];
+    let mut log = Vec::new();
+    let mut got = vec![Vec::new(); STREAMS];
+    for piece in &pieces {
+        patch_all(app, id, &token, log.len() as u64, piece).await;
+        log.extend_from_slice(piece);
+        for (stream, got) in streams.iter_mut().zip(&mut got) {
+            stream.append_until(got, log.len()).await;
+        }
+    }
+    finish(app, id, &token, &log).await;
+    for (stream, got) in streams.iter_mut().zip(&mut got) {
+        let end = stream.until_end(got).await;
+        assert_eq!(end["status"], "success");
+        assert_eq!(*got, log, "every stream got the log, byte for byte");
+    }
+    assert_eq!(
+        counting.chunk_reads(),
+        pieces.len(),
+        "each new piece was read once for all {STREAMS} streams"
+    );
+    wait_until("the poller of a finished job is gone", || {
+        hub.pollers() == 0
+    })
+    .await;
+    drop(streams);
+    assert_eq!(hub.open_streams(), 0);
+}
+
+/// The last stream of a build leaving stops its poller: nothing stays in the hub's map and
+/// nothing holds the service. On the embedded stack only: the hub is the same on every stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_stream_leaving_stops_the_builds_poller() {
+    let (app, state, _keep) = own_stack_with_state().await;
+    let new = state.traces.create_build().await.unwrap();
+    let id = new.build.id;
+    state
+        .traces
+        .append(id, &new.token, 0, b"hello")
+        .await
+        .unwrap();
+    let before = Arc::strong_count(&state.traces);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut events = Events::new(open_on(&app, id, &new.token, &[]).await, 0);
+        assert_eq!(events.append().await, b"hello");
+        streams.push(events);
+    }
+    assert_eq!(state.streams.pollers(), 1);
+    streams.truncate(1);
+    assert_eq!(
+        state.streams.pollers(),
+        1,
+        "one stream still tails the build"
+    );
+    assert_eq!(state.streams.open_streams(), 1);
+    drop(streams);
+    assert_eq!(
+        state.streams.pollers(),
+        0,
+        "the last one out removed the build"
+    );
+    assert_eq!(state.streams.open_streams(), 0);
+    wait_until("the stopped poller lets go of the service", || {
+        Arc::strong_count(&state.traces) == before
+    })
+    .await;
+}
+
+/// Past the per-process cap a stream gets 503 with `Retry-After`; a place freed (a client
+/// leaving) is taken by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_stream_cap_a_stream_gets_503_with_retry_after() {
+    use buildlogs::api::{StreamHub, StreamLimits};
+
+    let (_, mut state, _keep) = own_stack_with_state().await;
+    state.streams = Arc::new(StreamHub::new(StreamLimits {
+        max_streams: 2,
+        ..StreamLimits::default()
+    }));
+    let app = buildlogs::api::router(state.clone());
+    let new = state.traces.create_build().await.unwrap();
+    let id = new.build.id;
+    let first = Events::new(open_on(&app, id, &new.token, &[]).await, 0);
+    let _second = Events::new(open_on(&app, id, &new.token, &[]).await, 0);
+    let over = open_on(&app, id, &new.token, &[]).await;
+    assert_eq!(over.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = over.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let (_, message, _) = error(over).await;
+    assert!(message.contains("too many open trace streams"), "{message}");
+    drop(first);
+    let _third = Events::new(open_on(&app, id, &new.token, &[]).await, 0);
+}
+
+/// A stream lasts its lifetime at most: then it ends without `end` (the job still runs), and
+/// the client resuming with `Last-Event-ID` gets exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_at_its_lifetime_and_the_client_resumes_from_last_event_id() {
+    use buildlogs::api::{StreamHub, StreamLimits};
+
+    let (_, mut state, _keep) = own_stack_with_state().await;
+    state.streams = Arc::new(StreamHub::new(StreamLimits {
+        max_lifetime: Duration::from_secs(3),
+        ..StreamLimits::default()
+    }));
+    let app = buildlogs::api::router(state.clone());
+    let new = state.traces.create_build().await.unwrap();
+    let id = new.build.id;
+    state
+        .traces
+        .append(id, &new.token, 0, b"hello")
+        .await
+        .unwrap();
+    let mut events = Events::new(open_on(&app, id, &new.token, &[]).await, 0);
+    assert_eq!(events.append().await, b"hello");
+    assert!(
+        events.next().await.is_none(),
+        "the stream ended at its lifetime, without `end`"
+    );
+    state
+        .traces
+        .append(id, &new.token, 5, b" world")
+        .await
+        .unwrap();
+    let mut resumed = Events::new(
+        open_on(&app, id, &new.token, &[("last-event-id", "5")]).await,
+        5,
+    );
+    assert_eq!(resumed.append().await, b" world");
+}
 
 /// A router over the embedded stack whose `TraceService` the test holds (to watch who else
 /// does), and what must outlive it.
@@ -574,6 +776,8 @@ async fn own_stack_with_state() -> (
         cron: Arc::new(Scheduler::new(broker, clock, Vec::new())),
         backlog: Arc::new(BacklogHistory::default()),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        patch_rate: Default::default(),
+        streams: Default::default(),
     };
     (router(state.clone()), state, (db, objects))
 }
@@ -594,17 +798,16 @@ async fn a_dropped_stream_stops_polling_and_lets_go_of_the_service() {
         .unwrap();
     let mut events = Events::new(app.clone().oneshot(request).await.unwrap(), 0);
     assert_eq!(events.append().await, b"hello");
-    assert_eq!(
-        Arc::strong_count(&traces),
-        before + 1,
-        "the open stream holds the service"
+    assert!(
+        Arc::strong_count(&traces) > before,
+        "the open stream (and its build's poller) hold the service"
     );
     drop(events);
-    assert_eq!(
-        Arc::strong_count(&traces),
-        before,
-        "after the client left nothing polls (no task kept the service)"
-    );
+    // The poller task ends at its next await once the last stream left.
+    wait_until("nothing polls after the client left", || {
+        Arc::strong_count(&traces) == before
+    })
+    .await;
 }
 
 /// The same over a real connection: when the client closes its socket, the server drops the

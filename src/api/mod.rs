@@ -1,6 +1,8 @@
-//! The HTTP API: GitLab's runner wire format (`runner`), job registration and reading
-//! (`jobs`), live tailing (`stream`), the operator dashboard (`admin`, with its backlog chart's
-//! samples in `backlog`), one error shape (`error`), operator tokens (`auth`). Handlers are thin: they parse the wire
+//! The HTTP API: GitLab's runner wire format (`runner`, rate limited per job by
+//! `rate_limit`), job registration and reading (`jobs`), live tailing (`stream`, one poller per
+//! build in `stream_hub`), the operator dashboard (`admin`, with its backlog chart's samples in
+//! `backlog`), one error shape (`error`), operator tokens (`auth`), and the HTTP server with its timeouts and connection
+//! cap (`server`). Handlers are thin: they parse the wire
 //! format and call the [`TraceService`](crate::traces::service::TraceService), or, for the
 //! dashboard, the broker and the metadata store.
 
@@ -9,8 +11,11 @@ mod auth;
 pub mod backlog;
 mod error;
 mod jobs;
+pub mod rate_limit;
 mod runner;
+pub mod server;
 mod stream;
+pub mod stream_hub;
 
 use std::sync::Arc;
 
@@ -26,6 +31,8 @@ use crate::traces::service::TraceService;
 
 pub use backlog::BacklogHistory;
 pub use error::ApiError;
+pub use rate_limit::{PatchRate, PatchRateLimit};
+pub use stream_hub::{StreamHub, StreamLimits};
 
 /// A PATCH body may be this large: 4x the runner's own 1 MiB limit per PATCH.
 pub const MAX_PATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -51,6 +58,10 @@ pub struct AppState {
     /// Cancelled when the server shuts down: open trace streams end (clients resume from
     /// `Last-Event-ID` elsewhere), so a tailed job cannot hold the process up.
     pub shutdown: CancellationToken,
+    /// The per-job PATCH rate limit of this process (429 with `Retry-After`).
+    pub patch_rate: Arc<PatchRateLimit>,
+    /// This process's trace streams: their cap and lifetime, one poller per tailed build.
+    pub streams: Arc<StreamHub>,
 }
 
 pub fn router(state: AppState) -> Router {

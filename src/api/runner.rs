@@ -3,11 +3,15 @@
 //! end is start + body length), the job token in `JOB-TOKEN` or `?token=`.
 //! 202 + `Range: 0-<length>`, `Job-Status`, `X-GitLab-Trace-Update-Interval`; 416 + the current
 //! `Range`; 400 without or with a malformed `Content-Range`; 403 for a bad token, a job that is
-//! not running, or a log past the size limit.
+//! not running, or a log past the size limit; 429 + `Retry-After` past the job's PATCH rate
+//! ([`super::rate_limit`]). The token, the job's state and the rate are checked before the body
+//! is read.
 //! `PUT /api/v4/jobs/:id`: the final state; 202 (with a backoff) while live chunks are flushed,
-//! then 200; 400 for an unknown state or a malformed checksum.
+//! then 200; 400 for an unknown state, a malformed checksum or an unknown `failure_reason`.
 
-use axum::body::Bytes;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +19,7 @@ use serde::Deserialize;
 
 use std::collections::HashMap;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, MAX_PATCH_BYTES};
 use crate::traces::chunk::parse_runner_crc32;
 use crate::traces::model::BuildStatus;
 use crate::traces::service::{FinishOutcome, FinishRequest};
@@ -60,11 +64,23 @@ pub async fn append_trace(
     Path(id): Path<i64>,
     Query(query): Query<TokenParam>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let token = job_token(&headers, &query)
         .ok_or(ApiError::new(StatusCode::FORBIDDEN, "missing job token"))?;
     let start = range_start(&headers)?;
+    // Everything that can refuse the PATCH is decided before its body is read: a wrong token,
+    // a finished job or a runaway client costs no upload.
+    state.traces.authenticate_running(id, &token).await?;
+    if let Err(retry_after) = state.patch_rate.check(id, Instant::now()) {
+        metrics::counter!("buildlogs_trace_patches_limited_total").increment(1);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many PATCHes for job {id}; retry in {retry_after} s"),
+        )
+        .header("retry-after", retry_after.to_string()));
+    }
+    let body = read_body(&headers, body).await?;
     let done = state.traces.append(id, &token, start, &body).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -83,6 +99,43 @@ pub async fn append_trace(
         ],
     )
         .into_response())
+}
+
+/// A PATCH's body, at most [`MAX_PATCH_BYTES`]: 413 past it (told by `Content-Length` before
+/// any byte is read), 408 when the client stops sending it (the server's body timeout), 400
+/// for a body cut short.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a PATCH body may be {MAX_PATCH_BYTES} bytes at most"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_PATCH_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_PATCH_BYTES)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                if err.is::<http_body_util::LengthLimitError>() {
+                    return too_large();
+                }
+                if err.is::<tower_http::timeout::TimeoutError>() {
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body stopped arriving",
+                    );
+                }
+                source = err.source();
+            }
+            ApiError::bad_request(format!("request body: {e}"))
+        })
 }
 
 /// `PUT /api/v4/jobs/:id`, JSON or form: `token`, `state`, `failure_reason`, `exit_code`,
@@ -186,11 +239,78 @@ fn finish_request(fields: &HashMap<String, String>) -> Result<FinishRequest, Api
             ApiError::bad_request(format!("exit_code: expected an integer, got {raw:?}"))
         })?),
     };
+    let failure_reason = match fields.get("failure_reason") {
+        None => None,
+        Some(raw) => Some(failure_reason(raw)?),
+    };
     Ok(FinishRequest {
         state,
-        failure_reason: fields.get("failure_reason").cloned(),
+        failure_reason,
         exit_code,
         checksum,
         bytesize,
     })
+}
+
+/// The longest `failure_reason` taken (the longest known one is 47 bytes): a bound on what an
+/// error message echoes back, checked before the list.
+const MAX_FAILURE_REASON_BYTES: usize = 64;
+
+/// The `failure_reason` values GitLab records: its `CommitStatus` enum (`failure_reasons` in
+/// `app/models/concerns/enums/ci/commit_status.rb`, with the EE additions), plus
+/// `image_pull_failure`, which newer runners send. A runner sends only reasons its coordinator
+/// advertises; anything else is a client bug, refused before anything is recorded.
+const FAILURE_REASONS: &[&str] = &[
+    "unknown_failure",
+    "script_failure",
+    "api_failure",
+    "stuck_or_timeout_failure",
+    "runner_system_failure",
+    "missing_dependency_failure",
+    "runner_unsupported",
+    "stale_schedule",
+    "job_execution_timeout",
+    "archived_failure",
+    "unmet_prerequisites",
+    "scheduler_failure",
+    "data_integrity_failure",
+    "forward_deployment_failure",
+    "user_blocked",
+    "project_deleted",
+    "ci_quota_exceeded",
+    "pipeline_loop_detected",
+    "no_matching_runner",
+    "trace_size_exceeded",
+    "builds_disabled",
+    "environment_creation_failure",
+    "deployment_rejected",
+    "failed_outdated_deployment_job",
+    "protected_environment_failure",
+    "insufficient_bridge_permissions",
+    "downstream_bridge_project_not_found",
+    "invalid_bridge_trigger",
+    "bridge_pipeline_is_child_pipeline",
+    "downstream_pipeline_creation_failed",
+    "secrets_provider_not_found",
+    "reached_max_descendant_pipelines_depth",
+    "ip_restriction_failure",
+    "reached_max_pipeline_hierarchy_size",
+    "reached_downstream_pipeline_trigger_rate_limit",
+    "image_pull_failure",
+];
+
+/// A known `failure_reason`, or a 400 naming the field.
+fn failure_reason(raw: &str) -> Result<String, ApiError> {
+    if raw.len() > MAX_FAILURE_REASON_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "failure_reason: longer than {MAX_FAILURE_REASON_BYTES} bytes"
+        )));
+    }
+    if FAILURE_REASONS.contains(&raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "failure_reason: unknown value {raw:?} (expected one of GitLab's, e.g. script_failure, runner_system_failure, job_execution_timeout, unknown_failure)"
+        )))
+    }
 }

@@ -8,11 +8,16 @@
 //!    it wins over the URL's `?offset=`, which a reconnect repeats), else `?offset=`, else 0.
 //!    Not a byte count: 400 naming the field. Past the log's current end: 416 with
 //!    `Content-Range: bytes */<length>`, like an unsatisfiable `Range` on the trace GET.
-//! 3. Send every byte from there on, in order, at most [`EVENT_BYTES`] an event, polling the
-//!    log every [`POLL_INTERVAL`]; the bytes are read wherever they are (live, flushed,
-//!    archived), also when they move mid-stream.
+//! 3. Send every byte from there on, in order, at most [`EVENT_BYTES`] an event. A running
+//!    job's new bytes come from its build's one poller ([`super::stream_hub`]), shared by all
+//!    of its streams; a stream reads only its own catch-up (from its offset to where the
+//!    poller was when it joined, or a gap it lagged into). Bytes are read wherever they are
+//!    (live, flushed, archived), also when they move mid-stream.
 //! 4. Once the job has finished and every byte of its final length was sent, send `end` and
 //!    close. A client connecting after the end gets the rest, then `end`.
+//! 5. Limits (per web process): at most `max_streams` open (over it: 503 with
+//!    `Retry-After`); each ends after `max_lifetime` without `end`, and its client resumes
+//!    with `Last-Event-ID`.
 //!
 //! Wire format (`text/event-stream`):
 //! ```text
@@ -30,27 +35,26 @@
 //! would otherwise reconnect, get `end` again and nothing else). Keep-alive comments every 15 s
 //! hold idle connections open through proxies.
 //!
-//! Guarantees: no task is spawned; the poll loop is the response body's stream, so it stops
-//! when the client goes away (the body is dropped). A store error ends the stream without
-//! `end` (and is logged); the client resumes from its last `id`. So does shutdown
-//! ([`AppState::shutdown`] cancelled, on SIGTERM): every open stream ends at once, without
-//! `end`, so a client tailing a running job cannot keep the server's graceful shutdown (which
-//! waits for open responses) from finishing; an `EventSource` reconnects with `Last-Event-ID`
-//! to another process and misses nothing.
+//! Guarantees: the stream is the response body, so it stops when the client goes away (the
+//! body is dropped), and with it its subscription (the last one out stops the build's
+//! poller). A store error ends the stream without `end` (and is logged); the client resumes
+//! from its last `id`. So does shutdown ([`AppState::shutdown`] cancelled, on SIGTERM): every
+//! open stream ends at once, without `end`, so a client tailing a running job cannot keep the
+//! server's graceful shutdown (which waits for open responses) from finishing; an
+//! `EventSource` reconnects with `Last-Event-ID` to another process and misses nothing.
 //!
-//! While a stream waits on a running job it keeps the log marked as tailed
-//! ([`TraceService::watch`], renewed every 5 s): the runner's PATCHes then answer
-//! `X-GitLab-Trace-Update-Interval: 3` instead of 60, so new output arrives within seconds.
+//! While a job runs its log is marked as tailed ([`TraceService::watch`]: at open, then by
+//! the poller every 5 s): the runner's PATCHes then answer `X-GitLab-Trace-Update-Interval: 3`
+//! instead of 60, so new output arrives within seconds.
 //!
-//! Cost per poll tick while nothing changes: 2 round trips (the live length, then the build's
-//! status: [`TraceService::tail_position`]), plus the mark's one write every 5 s; 4 on the
-//! tick that sees the job finished. New bytes
-//! add one [`TraceService::read`] per event (the artifact lookup, the live length, the chunk
-//! rows, the chunk).
+//! Cost per build (not per stream) and poll tick while nothing changes: 2 round trips (the
+//! live length, then the build's status: [`TraceService::tail_position`]), plus the mark's one
+//! write every 5 s; 4 on the tick that sees the job finished. New bytes add one
+//! [`TraceService::read`] per piece (the artifact lookup, the live length, the chunk rows, the
+//! chunk), however many streams receive it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -60,23 +64,20 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::jobs::authorize_read;
 use super::runner::TokenParam;
+use super::stream_hub::{StreamSlot, Subscription, TailEvent};
 use super::{ApiError, AppState};
+use crate::traces::model::BuildStatus;
 use crate::traces::service::{TraceError, TraceService};
 
-/// How often an idle stream asks for new bytes. Runners PATCH every few seconds at best (3 s
-/// while a log is tailed), so half a second adds little delay, for 2 round trips a tick.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+use super::stream_hub::{EVENT_BYTES, WATCH_TTL};
 
-/// How long a stream's "someone tails this log" mark lasts; the stream renews it at half.
-pub const WATCH_TTL: Duration = Duration::from_secs(10);
-
-/// Bytes of log an event carries at most (about 87 KiB of base64), so a big backlog arrives
-/// as many events a client can handle one by one. It divides the 128 KiB chunk size, and an
-/// event never crosses a multiple of it, so each event's read touches a single chunk.
-pub const EVENT_BYTES: u64 = 64 * 1024;
+/// What a client over the stream cap is told to wait, in seconds: streams end as jobs finish
+/// or reach their lifetime, so places free up continually.
+const FULL_RETRY_AFTER_S: u64 = 5;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -95,6 +96,16 @@ pub async fn trace_stream(
     };
     authorize_read(&state, id, &headers, &token).await?;
     let offset = start_offset(&headers, &query)?;
+    let slot = state.streams.open().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many open trace streams ({}); retry later",
+                state.streams.limits().max_streams
+            ),
+        )
+        .header("retry-after", FULL_RETRY_AFTER_S.to_string())
+    })?;
     let (status, length) = state
         .traces
         .tail_position(id)
@@ -112,24 +123,43 @@ pub async fn trace_stream(
         .header("content-range", format!("bytes */{length}")));
     }
     tracing::debug!(build_id = id, offset, length, "trace stream opened");
-    let mut tail = Tail {
+    let feed = if status.is_finished() {
+        // Nothing more will come: read the rest, then `end`; no poller needed.
+        None
+    } else {
+        // From the runner's next PATCH on, it is told to come back in 3 s (the poller renews
+        // the mark while the job runs).
+        if let Err(e) = state.traces.watch(id, WATCH_TTL).await {
+            tracing::warn!(build_id = id, error = %e, "trace stream: cannot mark the log as tailed");
+        }
+        Some(state.streams.subscribe(&state.traces, id, length))
+    };
+    let target = feed.as_ref().map_or(length, |f| f.known().max(length));
+    let tail = Tail {
         traces: state.traces.clone(),
         build_id: id,
         sent: offset,
-        known: length,
+        target,
+        end: status.is_finished().then_some((length, status)),
         done: false,
-        renew_watch_at: None,
+        feed,
+        settles: 0,
+        _slot: slot,
     };
-    if !status.is_finished() {
-        // From the runner's next PATCH on, it is told to come back in 3 s.
-        tail.keep_watching().await;
-    }
+    let lifetime = state.streams.limits().max_lifetime;
+    let shutdown = state.shutdown.clone();
     let events = futures::stream::unfold(tail, |mut tail| async move {
         let event = tail.next_event().await?;
         Some((Ok::<_, Infallible>(event), tail))
     })
-    // Shutdown ends the stream between events or mid-wait (a read cut short changes nothing).
-    .take_until(state.shutdown.clone().cancelled_owned());
+    // Shutdown or the stream's lifetime ends it between events or mid-wait (a read cut short
+    // changes nothing); the client resumes from its last `id`.
+    .take_until(async move {
+        tokio::select! {
+            () = shutdown.cancelled_owned() => {}
+            () = tokio::time::sleep(lifetime) => {}
+        }
+    });
     Ok((
         // nginx would otherwise buffer the stream.
         [("x-accel-buffering", "no")],
@@ -144,13 +174,24 @@ struct Tail {
     build_id: i64,
     /// Bytes sent (the `id` of the last event).
     sent: u64,
-    /// The log's length as last seen: bytes below it are read without asking again.
-    known: u64,
+    /// Bytes below this exist and are read by this stream itself (its catch-up): the log's
+    /// length when it opened, where the poller was when it subscribed, or a gap it lagged into.
+    target: u64,
+    /// The final length and status, once known: `end` goes out when every byte was sent.
+    end: Option<(u64, BuildStatus)>,
     /// `end` was sent, or the stream failed.
     done: bool,
-    /// When to renew the mark that tells the runner someone tails the log (`None`: now).
-    renew_watch_at: Option<tokio::time::Instant>,
+    /// The build's shared poller (none for a job already finished at open).
+    feed: Option<Subscription>,
+    /// Times this stream asked for the log's final state without a poller.
+    settles: u32,
+    /// The stream's place under the cap, given back when it is dropped.
+    _slot: StreamSlot,
 }
+
+/// Looks at a finished log's final state a stream takes at most before it gives up on bytes
+/// it cannot read (the client resumes): one, plus one after a read that found the bytes moved.
+const MAX_SETTLES: u32 = 3;
 
 impl Tail {
     /// The next event, waiting for one as long as the job runs; `None` closes the stream.
@@ -159,73 +200,113 @@ impl Tail {
             return None;
         }
         loop {
-            if self.sent < self.known {
+            if self.sent < self.target {
                 let window_end = (self.sent / EVENT_BYTES + 1) * EVENT_BYTES;
-                let to = self.known.min(window_end);
+                let to = self.target.min(window_end);
                 match self.traces.read(self.build_id, self.sent, to).await {
-                    Ok(bytes) if !bytes.is_empty() => {
-                        self.sent += bytes.len() as u64;
-                        return Some(
-                            Event::default()
-                                .event("append")
-                                .id(self.sent.to_string())
-                                .data(BASE64.encode(&bytes)),
-                        );
-                    }
-                    // Moved while being read (an archive deleting the live copy): look again.
-                    Ok(_) => self.known = self.sent,
+                    Ok(bytes) if !bytes.is_empty() => return Some(self.append(&bytes)),
+                    // Nothing there (moved mid-read, or a length that was not final): the
+                    // poller or the final check tells where the log ends.
+                    Ok(_) => self.target = self.sent,
                     Err(e) => return self.fail(e),
                 }
-            } else {
-                match self.traces.tail_position(self.build_id).await {
-                    Ok(Some((_, length))) if length > self.sent => {
-                        self.known = length;
+                continue;
+            }
+            if let Some((length, status)) = self.end
+                && self.sent >= length
+            {
+                return Some(self.finish(status));
+            }
+            let Some(feed) = self.feed.as_mut() else {
+                // Finished at open (or the poller went away): the log's final state decides.
+                match self.settle().await {
+                    Ok(Some((length, status))) => {
+                        self.target = length;
+                        self.end = Some((length, status));
                         continue;
                     }
-                    Ok(Some((status, _))) if status.is_finished() => {
-                        self.done = true;
-                        tracing::debug!(
-                            build_id = self.build_id,
-                            length = self.sent,
-                            %status,
-                            "trace stream ended"
-                        );
-                        let end = serde_json::json!({ "length": self.sent, "status": status });
-                        return Some(
-                            Event::default()
-                                .event("end")
-                                .id(self.sent.to_string())
-                                .data(end.to_string()),
-                        );
-                    }
-                    // Running, nothing new: make sure the runner PATCHes often.
-                    Ok(Some(_)) => self.keep_watching().await,
                     Ok(None) => {
-                        tracing::warn!(build_id = self.build_id, "trace stream: the job is gone");
                         self.done = true;
                         return None;
                     }
                     Err(e) => return self.fail(e),
                 }
+            };
+            match feed.events.recv().await {
+                Ok(TailEvent::Append { from, bytes }) => {
+                    let end = from + bytes.len() as u64;
+                    if end <= self.sent {
+                        continue;
+                    }
+                    if from > self.sent {
+                        // A gap (joined late or lagged): read it, and these bytes, ourselves.
+                        self.target = end;
+                        continue;
+                    }
+                    let skip = (self.sent - from) as usize;
+                    return Some(self.append(&bytes[skip..]));
+                }
+                Ok(TailEvent::End { length, status }) => {
+                    self.target = self.target.max(length);
+                    self.end = Some((length, status));
+                }
+                Ok(TailEvent::Failed) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(
+                        build_id = self.build_id,
+                        missed,
+                        "trace stream lagged; reading the gap itself"
+                    );
+                    self.target = self.target.max(feed.known());
+                }
+                // The poller ended and this stream saw no `End` (it subscribed just after):
+                // ask the log itself.
+                Err(RecvError::Closed) => self.feed = None,
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
-    /// Marks the log as tailed for [`WATCH_TTL`], renewed at half of it: while the mark is on,
-    /// a PATCH answers `X-GitLab-Trace-Update-Interval: 3` instead of 60. A failure only
-    /// costs that (the runner keeps its usual pace), so it is logged, not fatal.
-    async fn keep_watching(&mut self) {
-        let now = tokio::time::Instant::now();
-        if self.renew_watch_at.is_some_and(|at| now < at) {
-            return;
+    /// Without a poller: the log's final state, or `None` (the stream ends: a running job's
+    /// client resumes and a new poller starts; a log whose bytes cannot be read after
+    /// [`MAX_SETTLES`] looks ends too, without `end`).
+    async fn settle(&mut self) -> Result<Option<(u64, BuildStatus)>, TraceError> {
+        self.settles += 1;
+        if self.settles > MAX_SETTLES {
+            return Ok(None);
         }
-        match self.traces.watch(self.build_id, WATCH_TTL).await {
-            Ok(()) => self.renew_watch_at = Some(now + WATCH_TTL / 2),
-            Err(e) => {
-                tracing::warn!(build_id = self.build_id, error = %e, "trace stream: cannot mark the log as tailed")
-            }
-        }
+        Ok(match self.traces.tail_position(self.build_id).await? {
+            Some((status, length)) if status.is_finished() => Some((length, status)),
+            _ => None,
+        })
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Event {
+        let take = bytes
+            .len()
+            .min(((self.sent / EVENT_BYTES + 1) * EVENT_BYTES - self.sent) as usize);
+        self.sent += take as u64;
+        Event::default()
+            .event("append")
+            .id(self.sent.to_string())
+            .data(BASE64.encode(&bytes[..take]))
+    }
+
+    fn finish(&mut self, status: BuildStatus) -> Event {
+        self.done = true;
+        tracing::debug!(
+            build_id = self.build_id,
+            length = self.sent,
+            %status,
+            "trace stream ended"
+        );
+        let end = serde_json::json!({ "length": self.sent, "status": status });
+        Event::default()
+            .event("end")
+            .id(self.sent.to_string())
+            .data(end.to_string())
     }
 
     fn fail(&mut self, e: TraceError) -> Option<Event> {

@@ -3,8 +3,9 @@
 //! Duties:
 //! 1. `create_build`: register a job (`running`) with a fresh job token (returned once).
 //! 2. `append`: authenticate the job token, refuse a job that is not running (403), enforce the
-//!    size limit (the job fails with `trace_size_exceeded`), append at the exact offset (416 with
-//!    the current length otherwise), and enqueue a flush of every chunk it filled. A refused
+//!    size limit on an append at the current length of an open trace (the job fails with
+//!    `trace_size_exceeded`), append at the exact offset (416 with the current length
+//!    otherwise, whatever the size), and enqueue a flush of every chunk it filled. A refused
 //!    append (416) enqueues again the flushes of the full chunks it covers that are still live:
 //!    a runner resends a PATCH whose reply it lost, and that reply may have been the error of a
 //!    failed flush enqueue after the bytes landed.
@@ -199,8 +200,10 @@ impl TraceService {
     }
 
     /// The append path's check: the token, and that the build is running (from the cache when
-    /// the database said so less than `RUNNING_CACHE_MS` ago).
-    async fn authenticate_running(&self, build_id: i64, token: &str) -> Result<(), TraceError> {
+    /// the database said so less than `RUNNING_CACHE_MS` ago). The API calls it before it reads
+    /// a PATCH's body, so a wrong token costs no body; [`Self::append`] checks again (a cache
+    /// hit).
+    pub async fn authenticate_running(&self, build_id: i64, token: &str) -> Result<(), TraceError> {
         let now = self.clock.now_ms();
         let cached = self
             .running
@@ -303,6 +306,17 @@ impl TraceService {
         self.authenticate_running(build_id, token).await?;
         let end = offset.saturating_add(data.len() as u64);
         if end > self.max_trace_size {
+            // Only a PATCH at the current length of an open trace can pass the limit: a stray
+            // offset gets 416 (or 403 once the final PUT closed the trace) like any other, and
+            // never fails the job. An empty append at `offset` asks exactly that, writing
+            // nothing (this round trip is paid only past the limit).
+            match self.live.append(build_id, offset, &[]).await? {
+                AppendOutcome::Mismatch { length, .. } => {
+                    return Err(TraceError::RangeMismatch { length });
+                }
+                AppendOutcome::Closed => return Err(self.not_running(build_id).await?),
+                AppendOutcome::Appended { .. } => {}
+            }
             self.live.close(build_id).await?;
             self.meta
                 .finish_build(
@@ -324,14 +338,7 @@ impl TraceService {
             });
         }
         match self.live.append(build_id, offset, data).await? {
-            AppendOutcome::Closed => {
-                let status = self
-                    .meta
-                    .build(build_id)
-                    .await?
-                    .map_or(BuildStatus::Running, |b| b.status);
-                Err(TraceError::NotRunning(status))
-            }
+            AppendOutcome::Closed => Err(self.not_running(build_id).await?),
             AppendOutcome::Mismatch { length, unflushed } => {
                 // Only on a 416: the normal path pays nothing for this.
                 self.enqueue_flushes(build_id, &unflushed).await?;
@@ -372,6 +379,16 @@ impl TraceService {
             .collect();
         self.jobs.enqueue_bulk(&flushes).await?;
         Ok(())
+    }
+
+    /// The refusal of an append to a closed trace, with the build's status.
+    async fn not_running(&self, build_id: i64) -> Result<TraceError, TraceError> {
+        let status = self
+            .meta
+            .build(build_id)
+            .await?
+            .map_or(BuildStatus::Running, |b| b.status);
+        Ok(TraceError::NotRunning(status))
     }
 
     /// The final PUT: store the pending state, flush every live chunk, and once none is left

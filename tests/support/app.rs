@@ -260,6 +260,8 @@ impl TestApp {
             cron,
             backlog: Arc::new(BacklogHistory::default()),
             shutdown: CancellationToken::new(),
+            patch_rate: Default::default(),
+            streams: Default::default(),
         };
         (
             router(state.clone()),
@@ -299,6 +301,13 @@ impl TestApp {
             Keep::Production(pg, _) => sqlx::raw_sql(sql).execute(&pg.pool).await.map(drop),
         }
         .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// This app with its state changed by `change` (e.g. other limits), the router rebuilt.
+    pub fn with_state(mut self, change: impl FnOnce(&mut AppState)) -> Self {
+        change(&mut self.state);
+        self.router = router(self.state.clone());
+        self
     }
 
     /// The first column of the first row of `sql` on this stack's database, as an integer

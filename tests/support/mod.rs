@@ -192,6 +192,7 @@ macro_rules! on_both_brokers {
     };
 }
 pub mod app;
+pub mod counting;
 pub mod objects;
 pub mod runtime;
 pub mod sql;

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use buildlogs::api::{AppState, BacklogHistory};
+use buildlogs::api::{
+    AppState, BacklogHistory, PatchRate, PatchRateLimit, StreamHub, StreamLimits, server,
+};
 use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
@@ -297,6 +299,53 @@ pub struct WebArgs {
     /// Largest log in bytes; a runner that writes past it gets 403 and its job fails.
     #[arg(long, env = "BUILDLOGS_MAX_TRACE_SIZE", default_value_t = buildlogs::traces::service::DEFAULT_MAX_TRACE_SIZE)]
     pub max_trace_size: u64,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The web process's HTTP limits: server timeouts, connections, the PATCH rate, trace streams.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Seconds a request's headers may take (from its first byte; a new connection's first
+    /// request from the connection's opening).
+    #[arg(long, env = "BUILDLOGS_HTTP_HEADER_TIMEOUT", default_value_t = server::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    pub http_header_timeout: u64,
+    /// Seconds a request body may pause before the request gets 408.
+    #[arg(long, env = "BUILDLOGS_HTTP_BODY_TIMEOUT", default_value_t = server::DEFAULT_BODY_TIMEOUT.as_secs())]
+    pub http_body_timeout: u64,
+    /// Seconds a keep-alive connection waits for its next request (and a response nobody reads
+    /// waits for its client) before it is closed.
+    #[arg(long, env = "BUILDLOGS_HTTP_IDLE_TIMEOUT", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pub http_idle_timeout: u64,
+    /// Connections served at once by this process; more wait in the listen backlog.
+    #[arg(long, env = "BUILDLOGS_HTTP_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    pub http_max_connections: u32,
+    /// PATCHes per second one job may send, sustained, to this process (0: no limit); past it
+    /// and the burst: 429 with Retry-After.
+    #[arg(long, env = "BUILDLOGS_PATCH_RATE", default_value_t = buildlogs::api::rate_limit::DEFAULT_PATCH_RATE)]
+    pub patch_rate: f64,
+    /// PATCHes one job may send at once before the rate applies.
+    #[arg(long, env = "BUILDLOGS_PATCH_BURST", default_value_t = buildlogs::api::rate_limit::DEFAULT_PATCH_BURST)]
+    pub patch_burst: u32,
+    /// Trace streams (`GET …/trace/stream`) open at once in this process; past it: 503 with
+    /// Retry-After.
+    #[arg(long, env = "BUILDLOGS_STREAM_MAX", default_value_t = buildlogs::api::stream_hub::DEFAULT_MAX_STREAMS)]
+    pub stream_max: usize,
+    /// Seconds a trace stream lasts at most; then it ends and the client resumes with
+    /// Last-Event-ID.
+    #[arg(long, env = "BUILDLOGS_STREAM_LIFETIME", default_value_t = buildlogs::api::stream_hub::DEFAULT_STREAM_LIFETIME.as_secs())]
+    pub stream_lifetime: u64,
+}
+
+impl HttpArgs {
+    fn server_limits(&self) -> server::ServerLimits {
+        server::ServerLimits {
+            header_timeout: Duration::from_secs(self.http_header_timeout.max(1)),
+            body_timeout: Duration::from_secs(self.http_body_timeout.max(1)),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout.max(1)),
+            max_connections: self.http_max_connections.max(1),
+        }
+    }
 }
 
 pub async fn worker(
@@ -467,6 +516,14 @@ async fn serve_web(
         cron: Arc::new(Scheduler::new(stack.broker.clone(), clock, cron)),
         backlog: Arc::new(BacklogHistory::default()),
         shutdown: shutdown.clone(),
+        patch_rate: Arc::new(PatchRateLimit::new(PatchRate {
+            per_second: args.http.patch_rate,
+            burst: args.http.patch_burst.max(1),
+        })),
+        streams: Arc::new(StreamHub::new(StreamLimits {
+            max_streams: args.http.stream_max,
+            max_lifetime: Duration::from_secs(args.http.stream_lifetime.max(1)),
+        })),
     };
     let backlog = state.backlog.clone();
     let app = buildlogs::api::router(state);
@@ -476,10 +533,8 @@ async fn serve_web(
     tracing::info!(listen = %args.listen, "web started");
     let sampling = shutdown.child_token();
     let sampler = tokio::spawn(backlog.run(jobs, sampling.clone()));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    server::serve(listener, app, args.http.server_limits(), shutdown).await;
     sampling.cancel();
     let _ = sampler.await;
-    served.context("serving the API")
+    Ok(())
 }
