@@ -17,8 +17,8 @@
 //! **Knowing "no PATCH or PUT for an hour" without a SQL write per PATCH.** The append path
 //! writes no SQL row on the production stack (one Redis script per PATCH, by design), so the
 //! signal is the live store's: every append records the time in the same write (Redis: the
-//! append script also sets the build's `at` key, rewritten at most once a minute, a GET
-//! otherwise; the embedded SQL store: its append's `UPDATE builds` also sets `activity_at`),
+//! append script also sets the build's `at` key, rewritten at most every
+//! [`ACTIVITY_RESOLUTION`] (10 s), a GET otherwise; the embedded SQL store: its append's `UPDATE builds` also sets `activity_at`),
 //! and a keep-alive PUT (`state=running`) records it alone ([`LiveChunkStore::touch`]). The database's `builds.activity_at` (set at registration)
 //! is a lower bound the sweep walks through a partial index of running builds; for each
 //! candidate it asks the live store for the real last activity (one pipelined round trip per
@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use super::expiry::StoppedBy;
 use super::jobs::ArchiveTrace;
-use super::live::{LiveChunkStore, LiveStoreError};
+use super::live::{ACTIVITY_RESOLUTION, LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{BuildStatus, IdleBuild};
 use super::service::{DEFAULT_ACCEPT_TIMEOUT, TraceError, TraceService};
@@ -236,8 +236,10 @@ impl StuckBuilds {
                 return Ok(());
             }
         }
-        // 2. Running builds silent for the timeout.
-        let idle_before = started.saturating_sub(millis(self.config.timeout));
+        // 2. Running builds silent for the timeout. Recorded activity may lag the last append
+        // by up to ACTIVITY_RESOLUTION: only builds silent for longer than both are failed.
+        let idle_before =
+            started.saturating_sub(millis(self.config.timeout) + millis(ACTIVITY_RESOLUTION));
         let mut after = (i64::MIN, i64::MIN);
         loop {
             if let Some(stop) = self.next_batch(progress).await? {
