@@ -13,6 +13,7 @@
 //! - [`breaker`]: the object store's circuit breaker (database fallback, snoozed archives,
 //!   release when storage is back); [`recovery`]: the stale-trace sweep, in bounded batches;
 //!   [`expiry`]: deleting expired archives, in bounded runs under a lease.
+//! - [`read`]: a log read as a stream of chunk-sized frames, following it while it moves.
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
@@ -26,6 +27,7 @@ pub mod jobs;
 pub mod live;
 pub mod metadata;
 pub mod model;
+pub mod read;
 pub mod recovery;
 pub mod service;
 pub mod tokens;

@@ -9,7 +9,7 @@ use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
-use buildlogs::traces::breaker::BreakerConfig;
+use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::ExpiryConfig;
 use buildlogs::traces::recovery::RecoveryConfig;
 use buildlogs::traces::service::TraceService;
@@ -322,7 +322,14 @@ async fn serve_web(
         jobs.clone(),
         clock.clone(),
     )
-    .with_max_trace_size(args.max_trace_size);
+    .with_max_trace_size(args.max_trace_size)
+    // Reads follow the workers' breaker (its shared row): a log only in the object store is a
+    // quick 503 while the store is down. Only its sync interval matters here.
+    .with_breaker(Arc::new(ObjectStoreBreaker::new(
+        stack.meta.clone(),
+        clock.clone(),
+        BreakerConfig::default(),
+    )));
     let state = AppState {
         traces: Arc::new(traces),
         admin_token: admin_token.into(),
