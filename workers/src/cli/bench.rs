@@ -36,6 +36,8 @@ pub enum Bench {
     Archive(super::bench_archive::ArchiveArgs),
     /// Stale-trace recovery of a backlog of finished builds with live logs (the incident).
     Recover(super::bench_recover::RecoverArgs),
+    /// Concurrent readers of one large log served by a `buildlogs web` process (its RSS).
+    Reads(super::bench_reads::ReadsArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -76,6 +78,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Append(args) => super::bench_append::run(args).await,
         Bench::Archive(args) => super::bench_archive::run(args).await,
         Bench::Recover(args) => super::bench_recover::run(args).await,
+        Bench::Reads(args) => super::bench_reads::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }
