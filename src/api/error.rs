@@ -1,11 +1,19 @@
 //! One error shape for the whole API: a status, a JSON `{"message": …}` and the headers the
-//! runner protocol needs (`Range`, `Job-Status`). Known cases map to 4xx; anything else is a 500
-//! whose cause chain is logged, never shown.
+//! runner protocol needs (`Range`, `Job-Status`). Known cases map to 4xx; a read that needs the
+//! object store while it is down (unreachable, or its circuit breaker open) is a 503 with
+//! `Retry-After`; anything else is a 500 whose cause chain is logged, never shown.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::stores::objects::is_not_found;
+use crate::traces::chunk_source::ChunkReadError;
 use crate::traces::service::TraceError;
+
+/// `Retry-After` (seconds) of a 503 while the object store is down: an open breaker probes the
+/// store every 5 s and closes at the first success, so a reader retrying after this long finds
+/// it back soon after it is, without hammering a store that is still down.
+pub const OBJECT_STORE_RETRY_AFTER_S: u64 = 10;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -46,12 +54,31 @@ impl From<TraceError> for ApiError {
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string())
                     .header("range", format!("0-{length}"))
             }
+            TraceError::Expired => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            TraceError::ObjectStoreDown => object_store_down(&e),
+            TraceError::Objects(ref source)
+            | TraceError::ChunkRead(ChunkReadError::Objects(ref source))
+                if !is_not_found(source) =>
+            {
+                object_store_down(&e)
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         }
     }
+}
+
+/// 503: the bytes asked for are in the object store, which does not answer (or whose breaker
+/// is open); they are not lost, so the reader is told when to come back.
+fn object_store_down(e: &TraceError) -> ApiError {
+    tracing::warn!(error = %e, "read refused: the object store is down");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the object store holding this log is unavailable; retry later",
+    )
+    .header("retry-after", OBJECT_STORE_RETRY_AFTER_S.to_string())
 }
 
 impl IntoResponse for ApiError {

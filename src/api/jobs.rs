@@ -1,16 +1,19 @@
 //! Job registration (standing in for the CI coordinator) and reading: `POST /api/v4/jobs`
-//! (admin token), `GET /api/v4/jobs/:id` and `GET /api/v4/jobs/:id/trace` (admin, read-only or
-//! job token; HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`, `bytes=-n`). The trace of a job whose
-//! archive expired is 404 `{"message": "trace expired"}` (the job itself still reads, with
+//! (admin token), `GET /api/v4/jobs/:id` and `GET`/`HEAD /api/v4/jobs/:id/trace` (admin, read-only
+//! or job token; streamed a chunk at a time; one HTTP `Range` honoured: `bytes=a-b`, `bytes=a-`,
+//! `bytes=-n`, anything else answered with the whole log). The trace of a job whose archive
+//! expired is 404 `{"message": "trace expired"}` (the job itself still reads, with
 //! `trace.state` `expired`): an empty 200 would pass for a log that was empty.
 //!
 //! Times in the job JSON are RFC 3339 strings in UTC with milliseconds
 //! (`2026-12-03T10:15:30.123Z`), as GitLab's job JSON has them; `null` when not (yet) set.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
 
 use super::auth::{self, Access};
 use super::runner::{TokenParam, job_token};
@@ -101,67 +104,152 @@ fn rfc3339(ms: Option<i64>) -> Option<String> {
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-/// `bytes=a-b` | `bytes=a-` | `bytes=-n` → `[from, to)` within `len`; `None`: unsatisfiable.
-fn byte_range(raw: &str, len: u64) -> Result<Option<(u64, u64)>, ApiError> {
-    let bad = || ApiError::bad_request(format!("Range: expected bytes=<from>-<to>, got {raw:?}"));
-    let spec = raw.trim().strip_prefix("bytes=").ok_or_else(bad)?;
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let range = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().map_err(|_| bad())?;
-            (len.saturating_sub(n), len)
-        }
-        (a, "") => (a.parse().map_err(|_| bad())?, len),
-        (a, b) => {
-            let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-            if b < a {
-                return Err(bad());
-            }
-            (a, b.saturating_add(1).min(len))
-        }
-    };
-    Ok((range.0 < range.1).then_some(range))
+/// What a `Range` header asks of a log `len` bytes long (RFC 9110 §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ranged {
+    /// No range we serve: the whole log, 200. An unknown unit must be ignored (§14.2), and a
+    /// multi-range or malformed one may be (we send no `multipart/byteranges`).
+    Whole,
+    /// One satisfiable range `[from, to)`: 206.
+    Part(u64, u64),
+    /// One well-formed range wholly past the end (or a zero-length suffix): 416.
+    Unsatisfiable,
 }
 
+/// `bytes=a-b` | `bytes=a-` | `bytes=-n` (one range, unit case-insensitive) → [`Ranged`].
+fn byte_range(raw: &str, len: u64) -> Ranged {
+    let raw = raw.trim();
+    let Some(spec) = raw
+        .split_once('=')
+        .filter(|(unit, _)| unit.trim().eq_ignore_ascii_case("bytes"))
+        .map(|(_, spec)| spec.trim())
+    else {
+        return Ranged::Whole;
+    };
+    if spec.contains(',') {
+        return Ranged::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ranged::Whole;
+    };
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let (from, to) = match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            Some(0) => return Ranged::Unsatisfiable,
+            Some(n) => (len.saturating_sub(n), len),
+            None => return Ranged::Whole,
+        },
+        (a, "") => match num(a) {
+            Some(a) => (a, len),
+            None => return Ranged::Whole,
+        },
+        (a, b) => match (num(a), num(b)) {
+            (Some(a), Some(b)) if a <= b => (a, b.saturating_add(1).min(len)),
+            _ => return Ranged::Whole,
+        },
+    };
+    if from < to {
+        Ranged::Part(from, to)
+    } else {
+        Ranged::Unsatisfiable
+    }
+}
+
+/// Headers of every answer of the log route: a log is untrusted text (a job prints what it
+/// likes), so a browser must neither sniff it into HTML nor run anything it might hold.
+const LOG_SECURITY_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; sandbox",
+    ),
+];
+
+/// `GET` / `HEAD /api/v4/jobs/:id/trace`: the log streamed a chunk at a time from wherever it
+/// is (see [`crate::traces::read`]); `HEAD` answers the same headers and reads no log byte.
+/// The first frame is read before the headers go out, so a log whose bytes are unreachable is
+/// an error status (503 while the object store is down), not an empty 200; an error after that
+/// ends the body with an error (the client sees a truncated transfer, never short bytes).
 pub async fn trace(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Query(query): Query<TokenParam>,
+    method: Method,
     headers: HeaderMap,
+) -> Response {
+    let mut response = match trace_response(&state, id, &query, &method, &headers).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    for (name, value) in LOG_SECURITY_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn trace_response(
+    state: &AppState,
+    id: i64,
+    query: &TokenParam,
+    method: &Method,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_read(&state, id, &headers, &query).await?;
-    let len = state.traces.length(id).await?;
+    authorize_read(state, id, headers, query).await?;
+    let read = state.traces.open_read(id).await?;
+    let len = read.len();
     if len == 0 && state.traces.expired(id).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "trace expired"));
     }
-    let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned())];
-    let Some(raw) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        let body = state.traces.read(id, 0, len).await?;
-        return Ok((StatusCode::OK, plain, body).into_response());
+    // Range applies to GET only (RFC 9110 §14.2): a HEAD describes the whole log.
+    let ranged = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(raw) if method == Method::GET => byte_range(raw, len),
+        _ => Ranged::Whole,
     };
-    match byte_range(raw, len)? {
-        None => Err(ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            format!("the log is {len} bytes long"),
-        )
-        .header("content-range", format!("bytes */{len}"))),
-        Some((from, to)) => {
-            let body = state.traces.read(id, from, to).await?;
-            let content_range = format!("bytes {from}-{}/{len}", to - 1);
-            Ok((
-                StatusCode::PARTIAL_CONTENT,
-                plain,
-                [(header::CONTENT_RANGE, content_range)],
-                body,
-            )
-                .into_response())
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::ACCEPT_RANGES, "bytes");
+    let (from, to) = match ranged {
+        Ranged::Whole => (0, len),
+        Ranged::Part(from, to) => {
+            response = response.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {from}-{}/{len}", to - 1),
+            );
+            (from, to)
         }
-    }
+        Ranged::Unsatisfiable => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the log is {len} bytes long"),
+            )
+            .header("content-range", format!("bytes */{len}")));
+        }
+    };
+    response = response.header(header::CONTENT_LENGTH, to - from);
+    let body = if method == Method::HEAD || from == to {
+        Body::empty()
+    } else {
+        let mut frames = read.frames(from, to);
+        let first = frames.next_frame().await?;
+        let rest = frames.into_stream().inspect_err(move |e| {
+            tracing::error!(build_id = id, error = %e, "trace read failed mid-body; the response is cut short");
+        });
+        Body::from_stream(futures::stream::iter(first.map(Ok)).chain(rest))
+    };
+    response
+        .body(body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{byte_range, rfc3339};
+    use super::{Ranged, byte_range, rfc3339};
 
     #[test]
     fn times_are_rfc_3339_in_utc_with_milliseconds() {
@@ -178,13 +266,32 @@ mod tests {
     }
 
     #[test]
-    fn byte_ranges_follow_rfc_9110() {
-        assert_eq!(byte_range("bytes=0-9", 100).unwrap(), Some((0, 10)));
-        assert_eq!(byte_range("bytes=90-", 100).unwrap(), Some((90, 100)));
-        assert_eq!(byte_range("bytes=-5", 100).unwrap(), Some((95, 100)));
-        assert_eq!(byte_range("bytes=95-200", 100).unwrap(), Some((95, 100)));
-        assert_eq!(byte_range("bytes=100-", 100).unwrap(), None);
-        assert!(byte_range("bytes=9-0", 100).is_err());
-        assert!(byte_range("items=0-1", 100).is_err());
+    fn one_byte_range_is_served_and_anything_else_is_the_whole_log() {
+        use Ranged::*;
+        assert_eq!(byte_range("bytes=0-9", 100), Part(0, 10));
+        assert_eq!(byte_range("bytes=90-", 100), Part(90, 100));
+        assert_eq!(byte_range("bytes=-5", 100), Part(95, 100));
+        assert_eq!(byte_range("bytes=-500", 100), Part(0, 100));
+        assert_eq!(byte_range("bytes=95-200", 100), Part(95, 100));
+        assert_eq!(byte_range("Bytes = 1-1", 100), Part(1, 2));
+        assert_eq!(byte_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(byte_range("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(byte_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(byte_range("bytes=-5", 0), Unsatisfiable);
+        for ignored in [
+            "items=0-1",
+            "lines=1-2",
+            "bytes=0-1,5-6",
+            "bytes=200-300,400-",
+            "bytes=9-0",
+            "bytes=x-1",
+            "bytes=+1-2",
+            "bytes=-",
+            "bytes=5",
+            "bytes",
+            "",
+        ] {
+            assert_eq!(byte_range(ignored, 100), Whole, "{ignored:?}");
+        }
     }
 }

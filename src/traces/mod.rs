@@ -15,6 +15,7 @@
 //!   [`expiry`]: deleting expired archives, in bounded runs under a lease; [`stuck`]: failing
 //!   running builds that went silent and committing final states whose runner never came
 //!   back, in bounded runs under a lease.
+//! - [`read`]: a log read as a stream of chunk-sized frames, following it while it moves.
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
@@ -28,6 +29,7 @@ pub mod jobs;
 pub mod live;
 pub mod metadata;
 pub mod model;
+pub mod read;
 pub mod recovery;
 pub mod service;
 pub mod stuck;

@@ -13,7 +13,8 @@
 //!    enqueue the archive; after the accept timeout, commit anyway), or its keep-alive PUT
 //!    (`state=running`: records activity in the live store). `commit_pending`: the same
 //!    commit for a pending state whose runner never came back (the stuck-build sweep).
-//! 4. `read`: the whole log, or a byte range, byte-identical wherever each chunk is.
+//! 4. `open_read` / `read`: the whole log, or a byte range, byte-identical wherever each chunk
+//!    is; `open_read` streams it a chunk at a time ([`super::read`]).
 //!
 //! Cost per PATCH on the production stack: one Redis script (the append, which also refuses a
 //! closed trace), one SQL read of the build at most once a minute per build, and one enqueue
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 
+use super::breaker::ObjectStoreBreaker;
 use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
 use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
@@ -33,6 +35,7 @@ use super::metadata::{MetadataError, MetadataStore};
 use super::model::{
     Artifact, Build, BuildStatus, ChunkRow, DataStore, PendingState, TraceMetadata,
 };
+use super::read::TraceRead;
 use super::tokens;
 use crate::jobs::{BrokerError, Clock, JobClient};
 
@@ -61,6 +64,13 @@ pub enum TraceError {
     Queue(#[from] BrokerError),
     #[error("object store: {0}")]
     Objects(#[from] object_store::Error),
+    /// A read needs the object store (the bytes are only there) while its circuit breaker is
+    /// open: try again later.
+    #[error("the object store is down (circuit breaker open)")]
+    ObjectStoreDown,
+    /// The log's archive was deleted by artifact expiry (while it was being read).
+    #[error("trace expired")]
+    Expired,
     #[error(transparent)]
     ChunkRead(#[from] ChunkReadError),
 }
@@ -127,6 +137,9 @@ pub struct TraceService {
     live_kind: DataStore,
     /// Flushed chunks (and, later, archives).
     objects: Arc<dyn ObjectStore>,
+    /// The object store's breaker, read (never tripped) by reads: while it is open, a read
+    /// that needs the object store fails at once instead of waiting out its timeouts.
+    breaker: Option<Arc<ObjectStoreBreaker>>,
     jobs: JobClient,
     clock: Arc<dyn Clock>,
     max_trace_size: u64,
@@ -163,6 +176,7 @@ impl TraceService {
             live,
             live_kind,
             objects,
+            breaker: None,
             jobs,
             clock,
             max_trace_size: DEFAULT_MAX_TRACE_SIZE,
@@ -179,6 +193,13 @@ impl TraceService {
     /// How long a final PUT waits (202) for live chunks before its state is committed anyway.
     pub fn with_accept_timeout(mut self, timeout: Duration) -> Self {
         self.accept_timeout_ms = millis(timeout);
+        self
+    }
+
+    /// Reads that need the object store fail fast ([`TraceError::ObjectStoreDown`]) while
+    /// `breaker` is open. Reads only look at it: failures are counted by flushes and archives.
+    pub fn with_breaker(mut self, breaker: Arc<ObjectStoreBreaker>) -> Self {
+        self.breaker = Some(breaker);
         self
     }
 
@@ -517,46 +538,21 @@ impl TraceService {
         Ok(build.status)
     }
 
-    /// The bytes of `[from, to)` of the log (clamped to its length), byte-identical wherever
-    /// they are. An archive that completes during the read (chunks deleted under it) is read
-    /// instead.
-    pub async fn read(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
-        if let Some(artifact) = self.meta.trace_artifact(build_id).await? {
-            return self.read_archive(&artifact, from, to).await;
-        }
-        match self.read_chunks(build_id, from, to).await {
-            // Nothing live: archived since the check above (the archive deletes the live
-            // length), or really nothing there.
-            Ok(bytes) if bytes.is_empty() && from < to => {
-                match self.meta.trace_artifact(build_id).await? {
-                    Some(artifact) => self.read_archive(&artifact, from, to).await,
-                    None => Ok(bytes),
-                }
-            }
-            Ok(bytes) => Ok(bytes),
-            Err(e) => match self.meta.trace_artifact(build_id).await? {
-                Some(artifact) => self.read_archive(&artifact, from, to).await,
-                None => Err(e),
-            },
-        }
+    /// The log opened for reading: its length and location, from metadata only (no byte is
+    /// read until [`TraceRead::frames`] are asked for).
+    pub async fn open_read(&self, build_id: i64) -> Result<TraceRead, TraceError> {
+        TraceRead::open(self.chunk_source(), self.breaker.clone(), build_id).await
     }
 
-    async fn read_archive(
-        &self,
-        artifact: &Artifact,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<u8>, TraceError> {
-        let to = to.min(artifact.size);
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        let path = object_store::path::Path::from(artifact.object_path.as_str());
-        Ok(
-            crate::stores::objects::get_range(self.objects.as_ref(), &path, from..to)
-                .await?
-                .to_vec(),
-        )
+    /// The bytes of `[from, to)` of the log (clamped to its length), in one buffer,
+    /// byte-identical wherever they are: for short reads (the trace stream's events); whole
+    /// logs go out as [`TraceRead::frames`].
+    pub async fn read(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
+        self.open_read(build_id)
+            .await?
+            .frames(from, to)
+            .collect()
+            .await
     }
 
     fn chunk_source(&self) -> ChunkSource {
@@ -566,42 +562,6 @@ impl TraceService {
             live_kind: self.live_kind,
             objects: self.objects.clone(),
         }
-    }
-
-    async fn read_chunks(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
-        let length = self.live.length(build_id).await?;
-        let to = to.min(length);
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity((to - from) as usize);
-        let first = from / CHUNK_SIZE;
-        let last = (to - 1) / CHUNK_SIZE;
-        let source = self.chunk_source();
-        // One read of the rows for the whole range; re-read only when a flush moved a chunk
-        // between the row read and the byte read (the live copy goes only after the flip).
-        let mut rows = self.meta.chunks(build_id).await?;
-        for index in first..=last {
-            let chunk = match source.read(build_id, index, &rows).await? {
-                Some(bytes) => bytes,
-                None => {
-                    rows = self.meta.chunks(build_id).await?;
-                    source.read(build_id, index, &rows).await?.ok_or_else(|| {
-                        TraceError::Live(LiveStoreError::Inconsistent {
-                            build: build_id,
-                            detail: format!("chunk {index} is in no store"),
-                        })
-                    })?
-                }
-            };
-            let base = index * CHUNK_SIZE;
-            let lo = from.saturating_sub(base) as usize;
-            let hi = ((to - base) as usize).min(chunk.len());
-            if lo < hi {
-                out.extend_from_slice(&chunk[lo..hi]);
-            }
-        }
-        Ok(out)
     }
 
     /// A tailing reader's view of a log (`GET …/trace/stream`): the build's status and the log's

@@ -14,10 +14,12 @@ use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::redis::RedisBroker;
 use buildlogs::jobs::sqlite::SqliteBroker;
 use buildlogs::jobs::{Broker, Clock, Job, JobClient, SystemClock};
+use buildlogs::stores::fault_injection::{FaultSwitch, FaultyObjectStore};
 use buildlogs::stores::redis_live::RedisLiveChunks;
 use buildlogs::stores::sql_live::SqlLiveChunks;
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::archive::ArchiveService;
+use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::flush::FlushService;
 use buildlogs::traces::jobs::RecoverStaleTraces;
 use buildlogs::traces::jobs::{ArchiveTrace, FlushTraceChunk};
@@ -63,6 +65,9 @@ pub struct Parts {
     pub live_kind: DataStore,
     /// The object store the services use (keys relative to the test's prefix).
     pub store: Arc<dyn ObjectStore>,
+    /// The switch of the object store the router's reads go through (a `FaultyObjectStore`
+    /// around [`Self::store`], healthy unless a test says otherwise): counts their requests.
+    pub reads: FaultSwitch,
 }
 
 impl Parts {
@@ -232,14 +237,26 @@ impl TestApp {
             objects.clone(),
             clock.clone(),
         ));
+        let (read_objects, reads) = FaultyObjectStore::wrap(objects.clone());
+        // Reads see the shared breaker row at once (no sync interval), so a test that opens
+        // it (`MetadataStore::set_breaker`) is answered accordingly by the next request.
+        let breaker = ObjectStoreBreaker::new(
+            meta.clone(),
+            clock.clone(),
+            BreakerConfig {
+                sync_interval: std::time::Duration::ZERO,
+                ..BreakerConfig::default()
+            },
+        );
         let mut traces = TraceService::new(
             meta.clone(),
             live.clone(),
             kind,
-            objects.clone(),
+            read_objects,
             jobs.clone(),
             clock,
-        );
+        )
+        .with_breaker(Arc::new(breaker));
         if let Some(max) = max_trace_size {
             traces = traces.with_max_trace_size(max);
         }
@@ -250,6 +267,7 @@ impl TestApp {
             live,
             live_kind: kind,
             store: objects,
+            reads,
         };
         let state = AppState {
             traces,

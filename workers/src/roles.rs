@@ -19,7 +19,7 @@ use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
-use buildlogs::traces::breaker::BreakerConfig;
+use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::ExpiryConfig;
 use buildlogs::traces::recovery::RecoveryConfig;
 use buildlogs::traces::service::TraceService;
@@ -506,7 +506,14 @@ async fn serve_web(
         clock.clone(),
     )
     .with_max_trace_size(args.max_trace_size)
-    .with_accept_timeout(accept_timeout);
+    .with_accept_timeout(accept_timeout)
+    // Reads follow the workers' breaker (its shared row): a log only in the object store is a
+    // quick 503 while the store is down. Only its sync interval matters here.
+    .with_breaker(Arc::new(ObjectStoreBreaker::new(
+        stack.meta.clone(),
+        clock.clone(),
+        BreakerConfig::default(),
+    )));
     let state = AppState {
         traces: Arc::new(traces),
         admin_token: tokens.admin.into(),

@@ -39,6 +39,8 @@ pub enum Bench {
     /// Mixed traffic with faults on the multi-process production stack, then the invariants
     /// (every build archived byte-identical, Redis keys back to baseline, RSS flat).
     Soak(crate::bench::soak::SoakArgs),
+    /// Concurrent readers of one large log served by a `buildlogs web` process (its RSS).
+    Reads(super::bench_reads::ReadsArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -80,6 +82,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Archive(args) => super::bench_archive::run(args).await,
         Bench::Recover(args) => super::bench_recover::run(args).await,
         Bench::Soak(args) => crate::bench::soak::run(args).await,
+        Bench::Reads(args) => super::bench_reads::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }
