@@ -257,6 +257,64 @@ async fn the_breaker_is_shared_and_closing_it_releases_waiting_archives(app: &Te
     );
 }
 
+/// Failures too few to open the breaker still send archives into their backoff: once the
+/// store answered and then stayed quiet, they are released (once); a store still failing, or
+/// one that never answered, releases nothing.
+async fn a_blip_that_never_opened_the_breaker_releases_waiting_archives_once_quiet(app: &TestApp) {
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let breaker = breaker(app, Arc::new(clock.clone()), 5);
+    let jobs = JobClient::new(app.broker.clone(), Arc::new(clock.clone()));
+    for build_id in [1, 2] {
+        jobs.enqueue_in(&ArchiveTrace { build_id }, Duration::from_secs(3_600))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        breaker.release_if_recovered(&jobs).await.unwrap(),
+        None,
+        "no failure, nothing to release"
+    );
+    breaker.record_failure(&"connection refused").await;
+    breaker.record_failure(&"connection refused").await;
+    assert!(!breaker.is_open_locally());
+    clock.advance_ms(60_000);
+    assert_eq!(
+        breaker.release_if_recovered(&jobs).await.unwrap(),
+        None,
+        "the store has not answered since"
+    );
+    breaker.record_failure(&"connection refused").await;
+    breaker.record_success();
+    assert_eq!(
+        breaker.release_if_recovered(&jobs).await.unwrap(),
+        None,
+        "answered, but failed a moment ago"
+    );
+    clock.advance_ms(5_000);
+    breaker.record_failure(&"connection reset").await;
+    breaker.record_success();
+    clock.advance_ms(9_000);
+    assert_eq!(
+        breaker.release_if_recovered(&jobs).await.unwrap(),
+        None,
+        "a failure within the quiet time: still flapping"
+    );
+    clock.advance_ms(1_000);
+    assert_eq!(breaker.release_if_recovered(&jobs).await.unwrap(), Some(2));
+    let due = app
+        .broker
+        .fetch(ArchiveTrace::NAME, 10, LEASE, clock.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 2, "released at once");
+    clock.advance_ms(60_000);
+    assert_eq!(
+        breaker.release_if_recovered(&jobs).await.unwrap(),
+        None,
+        "once per recovery"
+    );
+}
+
 /// Finishes `n` builds at `finished_at` (no logs needed: recovery goes by the builds table).
 async fn finished_builds(app: &TestApp, n: usize, finished_at: i64) -> Vec<i64> {
     let mut ids = Vec::new();
@@ -525,6 +583,7 @@ on_both_stacks!(
     a_late_archive_keeps_every_flushed_byte_and_checks_the_runners_checksum,
     an_outage_sends_flushes_to_the_database_and_the_archive_waits_for_storage,
     the_breaker_is_shared_and_closing_it_releases_waiting_archives,
+    a_blip_that_never_opened_the_breaker_releases_waiting_archives_once_quiet,
     recovery_enqueues_stale_traces_in_batches_under_the_archive_capacity,
     a_recovery_run_drains_the_backlog_with_a_bounded_queue,
 );

@@ -15,6 +15,14 @@
 //!
 //! If the database cannot be read, a process keeps its own view (a metadata outage must not
 //! reopen or close the breaker by accident).
+//!
+//! **A blip that never opened the breaker** (fewer failures in a row than the threshold, e.g.
+//! a store refusing connections for ten seconds while a worker was killed) still sends jobs
+//! into their backoff: by their third failure an archive waits minutes, though the store came
+//! back at once. So a process that saw a failure, then a success, then no failure for
+//! [`BreakerConfig::quiet_before_release`] releases the waiting jobs too, once
+//! ([`ObjectStoreBreaker::release_if_recovered`], from the probe loop). A flapping store keeps
+//! failing within that window, so it never triggers a release that would burn attempts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
@@ -46,6 +54,10 @@ pub struct BreakerConfig {
     /// How long an archive waits while the breaker is open: a fallback only, since closing
     /// the breaker releases waiting archives at once.
     pub snooze: Duration,
+    /// After failures that did not open the breaker: how long the store must answer without a
+    /// failure before the waiting jobs are released (two probe intervals: a flapping store
+    /// fails again well within it).
+    pub quiet_before_release: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -55,6 +67,7 @@ impl Default for BreakerConfig {
             sync_interval: Duration::from_secs(1),
             probe_interval: Duration::from_secs(5),
             snooze: Duration::from_secs(300),
+            quiet_before_release: Duration::from_secs(10),
         }
     }
 }
@@ -67,6 +80,12 @@ pub struct ObjectStoreBreaker {
     failures: AtomicU32,
     /// When this process last read the shared state (ms); `i64::MIN` = never.
     synced_at_ms: AtomicI64,
+    /// A failure was seen since the last release: waiting jobs may be backing off for it.
+    release_due: AtomicBool,
+    /// The store answered since the last failure.
+    answered_since_failure: AtomicBool,
+    /// When this process last saw a failure (ms).
+    last_failure_ms: AtomicI64,
 }
 
 impl ObjectStoreBreaker {
@@ -78,6 +97,9 @@ impl ObjectStoreBreaker {
             open: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             synced_at_ms: AtomicI64::new(i64::MIN),
+            release_due: AtomicBool::new(false),
+            answered_since_failure: AtomicBool::new(false),
+            last_failure_ms: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -120,11 +142,16 @@ impl ObjectStoreBreaker {
     /// An object-store call worked.
     pub fn record_success(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        self.answered_since_failure.store(true, Ordering::Relaxed);
     }
 
     /// An object-store call failed; opens the breaker at the threshold.
     pub async fn record_failure(&self, error: &(dyn std::fmt::Display + Sync)) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        self.answered_since_failure.store(false, Ordering::Relaxed);
+        self.last_failure_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+        self.release_due.store(true, Ordering::Relaxed);
         metrics::counter!("buildlogs_object_store_failures_total").increment(1);
         if failures >= self.config.failure_threshold && !self.open.load(Ordering::Relaxed) {
             self.set(true, Some(error.to_string())).await;
@@ -187,7 +214,13 @@ impl ObjectStoreBreaker {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.config.probe_interval) => {}
             }
-            if !self.is_open().await || !self.probe(store.as_ref()).await {
+            if !self.is_open().await {
+                if let Err(e) = self.release_if_recovered(&jobs).await {
+                    tracing::warn!(error = %e, "could not release the waiting jobs; they run at their own time");
+                }
+                continue;
+            }
+            if !self.probe(store.as_ref()).await {
                 continue;
             }
             self.set(false, None).await;
@@ -200,6 +233,33 @@ impl ObjectStoreBreaker {
                 }
             }
         }
+    }
+
+    /// After failures that left the breaker closed: once the store answered and then went
+    /// [`BreakerConfig::quiet_before_release`] without a failure, releases the waiting archives
+    /// and flushes, once (`Some(released)`); otherwise does nothing (`None`).
+    pub async fn release_if_recovered(
+        &self,
+        jobs: &JobClient,
+    ) -> Result<Option<u64>, crate::jobs::broker::BrokerError> {
+        let quiet = self.config.quiet_before_release.as_millis() as i64;
+        let since_failure = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.last_failure_ms.load(Ordering::Relaxed));
+        if self.is_open_locally()
+            || !self.answered_since_failure.load(Ordering::Relaxed)
+            || since_failure < quiet
+            || !self.release_due.swap(false, Ordering::Relaxed)
+        {
+            return Ok(None);
+        }
+        let released = release_waiting(jobs).await?;
+        tracing::info!(
+            released,
+            "the object store answers again after failures: released the jobs waiting for it"
+        );
+        Ok(Some(released))
     }
 
     /// Closes the breaker by hand (tests, operators): what a successful probe does.
