@@ -1,19 +1,24 @@
 //! One error shape for the whole API: a status, a JSON `{"message": …}` and the headers the
 //! runner protocol needs (`Range`, `Job-Status`). Known cases map to 4xx; a read that needs the
-//! object store while it is down (unreachable, or its circuit breaker open) is a 503 with
-//! `Retry-After`; anything else is a 500 whose cause chain is logged, never shown.
+//! object store while it is down (unreachable, or its circuit breaker open), or any request
+//! that finds the live store (Redis) unreachable, is a 503 with `Retry-After`; anything else is a 500 whose cause chain is logged, never shown.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::stores::objects::is_not_found;
 use crate::traces::chunk_source::ChunkReadError;
+use crate::traces::live::LiveStoreError;
 use crate::traces::service::TraceError;
 
 /// `Retry-After` (seconds) of a 503 while the object store is down: an open breaker probes the
 /// store every 5 s and closes at the first success, so a reader retrying after this long finds
 /// it back soon after it is, without hammering a store that is still down.
 pub const OBJECT_STORE_RETRY_AFTER_S: u64 = 10;
+
+/// `Retry-After` (seconds) of a 503 while Redis does not answer: a restart from its AOF or a
+/// failover takes a second or a few.
+pub const LIVE_STORE_RETRY_AFTER_S: u64 = 2;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -62,6 +67,12 @@ impl From<TraceError> for ApiError {
             {
                 object_store_down(&e)
             }
+            TraceError::Live(LiveStoreError::Redis(ref source))
+            | TraceError::ChunkRead(ChunkReadError::Live(LiveStoreError::Redis(ref source)))
+                if is_unreachable(source) =>
+            {
+                live_store_down(&e)
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -79,6 +90,23 @@ fn object_store_down(e: &TraceError) -> ApiError {
         "the object store holding this log is unavailable; retry later",
     )
     .header("retry-after", OBJECT_STORE_RETRY_AFTER_S.to_string())
+}
+
+/// A Redis error that says the server was not reached (restarting, refusing, dropped the
+/// connection, timed out), as opposed to a bad reply: the request may simply be repeated.
+fn is_unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// 503: the live store (Redis) holding a running log's chunks does not answer — a restart or a
+/// failover takes seconds, and the bytes are kept (AOF) — so the client is told to come back.
+fn live_store_down(e: &TraceError) -> ApiError {
+    tracing::warn!(error = %e, "request refused: the live chunk store is unreachable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the live store holding this log is unavailable; retry later",
+    )
+    .header("retry-after", LIVE_STORE_RETRY_AFTER_S.to_string())
 }
 
 impl IntoResponse for ApiError {

@@ -63,6 +63,10 @@ pub struct Counters {
     pub range_reads: AtomicU64,
     pub read_bytes: AtomicU64,
     pub read_errors: AtomicU64,
+    /// Reads answered 503 with `Retry-After` (a store was down): the right answer, not a finding.
+    pub reads_unavailable: AtomicU64,
+    /// Streams answered 503 with `Retry-After` (a store was down, or the stream cap).
+    pub tails_unavailable: AtomicU64,
     pub read_mismatch: AtomicU64,
     pub big_reads: AtomicU64,
     pub tails: AtomicU64,

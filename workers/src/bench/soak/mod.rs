@@ -341,10 +341,12 @@ async fn drive(
     r.figure("big_log_reads", load(&c.big_reads));
     r.figure("read_mb", load(&c.read_bytes) / MIB);
     r.figure("read_errors", load(&c.read_errors));
+    r.figure("reads_unavailable", load(&c.reads_unavailable));
     r.figure("tails", load(&c.tails));
     r.figure("tails_ended", load(&c.tails_ended));
     r.figure("tail_resumes", load(&c.tail_resumes));
     r.figure("tail_errors", load(&c.tail_errors));
+    r.figure("tails_unavailable", load(&c.tails_unavailable));
     if let Ok(log) = fault_log.lock() {
         for f in log.iter() {
             r.note(&format!("fault at {f}"));

@@ -66,6 +66,14 @@ fn biggest(book: &Book) -> Option<Arc<Build>> {
         .max_by_key(|b| b.planned)
 }
 
+/// A 503 with `Retry-After`: a store the read needs is down (the relay's outage, Redis
+/// restarting), and the server says so and when to come back — the answer the soak expects
+/// then. A 500, or a 503 without `Retry-After`, stays a finding.
+pub fn unavailable(reply: &reqwest::Response) -> bool {
+    reply.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        && reply.headers().contains_key(reqwest::header::RETRY_AFTER)
+}
+
 /// GET the whole log and check it streaming; false on a transport error or 5xx.
 async fn whole_read(client: &reqwest::Client, base: &str, build: &Build, book: &Book) -> bool {
     let at_least = build.acked();
@@ -76,6 +84,12 @@ async fn whole_read(client: &reqwest::Client, base: &str, build: &Build, book: &
         .await;
     let Ok(mut reply) = reply else { return false };
     let status = reply.status().as_u16();
+    if unavailable(&reply) {
+        book.counters
+            .reads_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
     if status != 200 {
         let text = reply.text().await.unwrap_or_default();
         book.finding(format!(
@@ -135,6 +149,12 @@ async fn range_read(
         .await;
     let Ok(reply) = reply else { return false };
     let status = reply.status().as_u16();
+    if unavailable(&reply) {
+        book.counters
+            .reads_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
     let Ok(body) = reply.bytes().await else {
         return false;
     };

@@ -82,6 +82,12 @@ async fn tail(
         }
         let mut reply = match request.send().await {
             Ok(r) if r.status().as_u16() == 200 => r,
+            Ok(r) if super::readers::unavailable(&r) => {
+                c.tails_unavailable.fetch_add(1, Ordering::Relaxed);
+                web += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             Ok(r) => {
                 c.tail_errors.fetch_add(1, Ordering::Relaxed);
                 book.finding(format!(
