@@ -431,3 +431,39 @@ async fn at_the_connection_cap_the_next_connection_waits_for_a_place() {
     assert!(read_response(&mut second).await.starts_with("HTTP/1.1 200"));
     shutdown.cancel();
 }
+
+/// On shutdown a request still in flight (its body stalled) holds the server no longer than
+/// the shutdown timeout: then `serve` returns and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_requests_in_flight_at_most_the_shutdown_timeout() {
+    let app = TestApp::embedded(None).await;
+    let (id, token) = app.create_job().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let served = tokio::spawn(serve(
+        listener,
+        app.router.clone(),
+        ServerLimits {
+            header_timeout: Duration::from_secs(600),
+            body_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        },
+        shutdown.clone(),
+    ));
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PATCH /api/v4/jobs/{id}/trace HTTP/1.1\r\nhost: test\r\njob-token: {token}\r\ncontent-range: 0-99\r\ncontent-length: 100\r\n\r\n0123456789"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The request is in the handler, waiting for the rest of its body.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.cancel();
+    tokio::time::timeout(TIMEOUT, served)
+        .await
+        .expect("serve returns at the shutdown timeout, not at the body timeout")
+        .unwrap();
+    assert_eq!(app.trace(id, &token).await.body, b"", "nothing written");
+}

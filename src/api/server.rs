@@ -14,7 +14,9 @@
 //!    long. A response that takes its time (a trace stream) is not idle: it writes keep-alive
 //!    comments every 15 s.
 //! 5. Graceful shutdown: on `shutdown`, stop accepting, let every connection finish its
-//!    request in flight (trace streams end on the same token), then return.
+//!    request in flight (trace streams end on the same token) for at most `shutdown_timeout`,
+//!    then return (the process exits and drops what is still open: a reader of a big log
+//!    retries its `Range`, a runner its PATCH).
 //!
 //! Why not `axum::serve`: it has no header, body or idle timeout and no connection cap.
 
@@ -55,6 +57,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// a few KiB.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 2048;
 
+/// Default time open requests get after SIGTERM: inside a 30 s termination grace period
+/// (Kubernetes' default), long enough for any PATCH or PUT in flight.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -65,6 +71,7 @@ pub struct ServerLimits {
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -74,11 +81,13 @@ impl Default for ServerLimits {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
 
-/// Serves `app` on `listener` until `shutdown`, then waits for open connections to finish.
+/// Serves `app` on `listener` until `shutdown`, then waits for open connections to finish (at
+/// most `limits.shutdown_timeout`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -114,8 +123,16 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Every place back: every connection closed.
-    let _ = places.acquire_many(max).await;
+    // Every place back: every connection closed — or the shutdown timeout.
+    if tokio::time::timeout(limits.shutdown_timeout, places.acquire_many(max))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = max as usize - places.available_permits(),
+            "connections still open at the shutdown timeout; closing them"
+        );
+    }
 }
 
 async fn serve_connection(

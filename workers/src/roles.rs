@@ -320,6 +320,10 @@ pub struct HttpArgs {
     /// Connections served at once by this process; more wait in the listen backlog.
     #[arg(long, env = "BUILDLOGS_HTTP_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     pub http_max_connections: u32,
+    /// Seconds open requests get to finish after SIGTERM; then the process exits and closes
+    /// them (clients retry: a reader its Range, a runner its PATCH).
+    #[arg(long, env = "BUILDLOGS_HTTP_SHUTDOWN_TIMEOUT", default_value_t = server::DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
+    pub http_shutdown_timeout: u64,
     /// PATCHes per second one job may send, sustained, to this process (0: no limit); past it
     /// and the burst: 429 with Retry-After.
     #[arg(long, env = "BUILDLOGS_PATCH_RATE", default_value_t = buildlogs::api::rate_limit::DEFAULT_PATCH_RATE)]
@@ -344,6 +348,7 @@ impl HttpArgs {
             body_timeout: Duration::from_secs(self.http_body_timeout.max(1)),
             idle_timeout: Duration::from_secs(self.http_idle_timeout.max(1)),
             max_connections: self.http_max_connections.max(1),
+            shutdown_timeout: Duration::from_secs(self.http_shutdown_timeout),
         }
     }
 }
