@@ -76,8 +76,12 @@ def rows(db, table, order, where=""):
 def snap(base, admin, db_path, sentinel):
     db = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=30)
     out = {"tables": {t: rows(db, t, o) for t, o in TABLES.items()}}
-    out["queue_limits"] = rows(db, "job_queues", "queue")
-    out["queue_limits"] = [{"queue": r["queue"], "limit": r["concurrency_limit"]} for r in out["queue_limits"]]
+    # Limits set, not every queue row: the scheduler's first tick of a schedule adds its
+    # queue's row (no limit) on its own.
+    out["queue_limits"] = [
+        {"queue": r["queue"], "limit": r["concurrency_limit"]}
+        for r in rows(db, "job_queues", "queue", "WHERE concurrency_limit IS NOT NULL")
+    ]
     out["dead_jobs"] = [r["id"] for r in rows(db, "jobs", "id", "WHERE state = 'dead'")]
     status, body = call(base, "GET", "/api/v4/jobs/%s" % sentinel, admin)
     out["sentinel_json"] = json.loads(body) if status == 200 else status
@@ -97,6 +101,17 @@ def sentinel_view(s, sentinel):
     return view
 
 
+def changes(b, a):
+    """What differs, briefly: rows gone and rows new (for lists), or both values."""
+    if isinstance(b, dict) and isinstance(a, dict):
+        return "; ".join("%s: %s" % (k, changes(b.get(k), a.get(k))) for k in sorted(set(b) | set(a)) if b.get(k) != a.get(k))
+    if isinstance(b, list) and isinstance(a, list):
+        gone = [r for r in b if r not in a][:5]
+        new = [r for r in a if r not in b][:5]
+        return "gone %r, new %r" % (gone, new)
+    return "%r -> %r" % (b, a)
+
+
 def diff(before_path, after_path, scope, created="0"):
     before = json.load(open(before_path))
     after = json.load(open(after_path))
@@ -104,7 +119,7 @@ def diff(before_path, after_path, scope, created="0"):
     if scope == "all":
         for key in sorted(set(before) | set(after)):
             if before.get(key) != after.get(key):
-                problems.append("%s changed" % key)
+                problems.append("%s changed: %s" % (key, changes(before.get(key), after.get(key))))
     else:
         sentinel = before["sentinel_json"]["id"]
         b, a = sentinel_view(before, sentinel), sentinel_view(after, sentinel)

@@ -223,6 +223,7 @@ pub struct FinishJob {
 pub struct FinishOutput {
     #[schema(pattern = "^crc32:[0-9a-fA-F]{8}$")]
     checksum: Option<String>,
+    #[schema(maximum = 9223372036854775807_u64)]
     bytesize: Option<u64>,
 }
 
@@ -237,7 +238,7 @@ pub struct FinishJobForm {
     exit_code: Option<i32>,
     #[schema(rename = "output[checksum]", pattern = "^crc32:[0-9a-fA-F]{8}$")]
     output_checksum: Option<String>,
-    #[schema(rename = "output[bytesize]")]
+    #[schema(rename = "output[bytesize]", maximum = 9223372036854775807_u64)]
     output_bytesize: Option<u64>,
     #[schema(pattern = "^crc32:[0-9a-fA-F]{8}$")]
     checksum: Option<String>,

@@ -281,11 +281,16 @@ fn finish_request(fields: &HashMap<String, String>) -> Result<FinishRequest, Api
     };
     let bytesize = match fields.get("output[bytesize]") {
         None => None,
-        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "output[bytesize]: expected a byte count, got {raw:?}"
-            ))
-        })?),
+        Some(raw) => Some(
+            raw.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= MAX_BYTESIZE)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "output[bytesize]: expected a byte count from 0 to {MAX_BYTESIZE}, got {raw:?}"
+                    ))
+                })?,
+        ),
     };
     let exit_code = match fields.get("exit_code") {
         None => None,
@@ -305,6 +310,11 @@ fn finish_request(fields: &HashMap<String, String>) -> Result<FinishRequest, Api
         bytesize,
     })
 }
+
+/// The largest `output[bytesize]` taken: the databases store it as a signed 64-bit integer.
+/// Checked here, before anything is recorded: past it, the PUT used to close the log and then
+/// fail to store its pending state (a 500 that had changed something).
+const MAX_BYTESIZE: u64 = i64::MAX as u64;
 
 /// The longest `failure_reason` taken (the longest known one is 47 bytes): a bound on what an
 /// error message echoes back, checked before the list.
