@@ -15,7 +15,7 @@
 # Prints per run and in total `requests=… 5xx=… panics=… changed=…`, and exits non-zero on
 # any 5xx, panic ("panicked" in the server log), change, or a server that died.
 # Bounds: --max-examples per operation and phase (default 30), --max-time per run (default
-# 40 s); traffic only to 127.0.0.1. schemathesis is installed (pinned) into a venv under
+# 25 s); traffic only to 127.0.0.1. schemathesis is installed (pinned) into a venv under
 # ${XDG_CACHE_HOME:-~/.cache}/buildlogs-fuzz once, then reused. Trace streams last 1 s on the
 # fuzzed server (BUILDLOGS_STREAM_LIFETIME), so a stream a token opens ends within a request's
 # timeout. schemathesis' full output, its HAR files (every request and answer) and the server
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 max_examples=30
-max_time=40
+max_time=25
 seed=1
 while [[ $# -gt 0 ]]; do
   case "$1" in

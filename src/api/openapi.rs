@@ -58,7 +58,7 @@ pub const JOB_TOKEN_QUERY: &str = "job_token_query";
     tags(
         (name = "runner", description = "GitLab's runner wire format"),
         (name = "jobs", description = "Job registration (standing in for the CI coordinator) and reads"),
-        (name = "admin", description = "The operator dashboard's JSON API"),
+        (name = "admin", description = "The operator dashboard's JSON API. Times are integers, milliseconds since the Unix epoch, in fields named `*_ms`."),
     )
 )]
 struct ApiDoc;
