@@ -3,7 +3,11 @@
 # schemathesis, on a `buildlogs all` of its own (embedded stack: SQLite and a local folder in a
 # temp dir), and check that nothing it was refused changed anything.
 #
-#   scripts/fuzz-api.sh [--max-examples N] [--max-time SECONDS] [--seed N]
+#   scripts/fuzz-api.sh [--stack embedded|production] [--max-examples N] [--max-time SECONDS] [--seed N]
+#
+# --stack production: PostgreSQL (a schema of its own in BUILDLOGS_TEST_DATABASE_URL, default
+# postgres://postgres@127.0.0.1:5432/test) and Redis (a key prefix of its own on
+# BUILDLOGS_TEST_REDIS_URL, default redis://127.0.0.1:6379); both removed at the end.
 #
 # Runs, one after the other: no token (everything but the document must be refused), the
 # read-only token, the admin token, and a job token (JOB-TOKEN of a job registered for it).
@@ -27,12 +31,14 @@ SCHEMATHESIS_VERSION=4.32.5
 max_examples=30
 max_time=25
 seed=1
+stack=embedded
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --max-examples) max_examples="$2"; shift 2 ;;
     --max-time) max_time="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
-    *) echo "usage: $0 [--max-examples N] [--max-time SECONDS] [--seed N]" >&2; exit 2 ;;
+    --stack) stack="$2"; shift 2 ;;
+    *) echo "usage: $0 [--stack embedded|production] [--max-examples N] [--max-time SECONDS] [--seed N]" >&2; exit 2 ;;
   esac
 done
 
@@ -61,7 +67,21 @@ admin="fuzz-admin-$(od -An -tx8 -N16 /dev/urandom | tr -d ' \n')"
 reader="fuzz-read-$(od -An -tx8 -N16 /dev/urandom | tr -d ' \n')"
 server_log="$work/server.log"
 
-BUILDLOGS_DATA_DIR="$work/data" BUILDLOGS_LISTEN="127.0.0.1:$port" BUILDLOGS_METRICS_LISTEN=off \
+db="$work/data/buildlogs.db"
+stack_env=()
+if [[ "$stack" == production ]]; then
+  pg="${BUILDLOGS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  redis="${BUILDLOGS_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+  schema="fuzz_api_$(od -An -tx4 -N4 /dev/urandom | tr -d ' \n')"
+  psql -XAtq "$pg" -c "CREATE SCHEMA $schema"
+  sep='?'; [[ "$pg" == *\?* ]] && sep='&'
+  db="$pg${sep}options=-csearch_path%3D$schema"
+  stack_env=(DATABASE_URL="$db" REDIS_URL="$redis" BUILDLOGS_REDIS_PREFIX="$schema")
+elif [[ "$stack" != embedded ]]; then
+  echo "--stack: embedded or production" >&2; exit 2
+fi
+
+env "${stack_env[@]}" BUILDLOGS_DATA_DIR="$work/data" BUILDLOGS_LISTEN="127.0.0.1:$port" BUILDLOGS_METRICS_LISTEN=off \
   BUILDLOGS_STREAM_LIFETIME=1 BUILDLOGS_ADMIN_TOKEN="$admin" BUILDLOGS_READ_TOKEN="$reader" RUST_LOG="${RUST_LOG:-info}" \
   RUST_BACKTRACE=1 "$bin" all >"$server_log" 2>&1 &
 server=$!
@@ -72,6 +92,10 @@ cleanup() {
   rm -rf "$reports" && mkdir -p "$reports"
   cp "$work"/*.out "$work"/*.har "$server_log" "$reports"/ 2>/dev/null || true
   rm -rf "$work"
+  if [[ "$stack" == production ]]; then
+    psql -XAtq "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null || true
+    redis-cli -u "$redis" --scan --pattern "$schema*" | xargs -r -n 500 redis-cli -u "$redis" del >/dev/null || true
+  fi
 }
 trap cleanup EXIT
 
@@ -81,7 +105,6 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 curl -fsS -o "$work/openapi.json" "$base/api/v4/openapi.json"
-db="$work/data/buildlogs.db"
 
 read -r sentinel fuzz_id fuzz_token < <("$python" "$helper" setup "$base" "$admin")
 echo "server $base (pid $server), sentinel job $sentinel, fuzzed job $fuzz_id"

@@ -19,6 +19,7 @@ Standard library only; traffic only to BASE (127.0.0.1).
 import hashlib
 import json
 import sqlite3
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -73,16 +74,25 @@ def rows(db, table, order, where=""):
     return out
 
 
-def snap(base, admin, db_path, sentinel):
-    db = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=30)
-    out = {"tables": {t: rows(db, t, o) for t, o in TABLES.items()}}
-    # Limits set, not every queue row: the scheduler's first tick of a schedule adds its
-    # queue's row (no limit) on its own.
-    out["queue_limits"] = [
-        {"queue": r["queue"], "limit": r["concurrency_limit"]}
-        for r in rows(db, "job_queues", "queue", "WHERE concurrency_limit IS NOT NULL")
-    ]
-    out["dead_jobs"] = [r["id"] for r in rows(db, "jobs", "id", "WHERE state = 'dead'")]
+def pg_rows(url, table, order):
+    """A PostgreSQL table's rows as JSON (DB is `postgres://…?options=-csearch_path%3D…`)."""
+    sql = "SELECT coalesce(json_agg(t ORDER BY %s), '[]') FROM %s t" % (order, table)
+    out = subprocess.run(["psql", "-XAtq", url, "-c", sql], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def snap(base, admin, db, sentinel):
+    if db.startswith("postgres"):
+        out = {"tables": {t: pg_rows(db, t, o) for t, o in TABLES.items()}}
+    else:
+        conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=30)
+        out = {"tables": {t: rows(conn, t, o) for t, o in TABLES.items()}}
+    # The queues as the dashboard shows them (either broker): limits set (not every queue: the
+    # scheduler's first tick of a schedule adds its queue on its own) and dead jobs.
+    status, body = call(base, "GET", "/admin/api/queues", admin)
+    queues = json.loads(body)["queues"] if status == 200 else []
+    out["queue_limits"] = sorted((q["queue"], q["limit"]) for q in queues if q["limit"] is not None)
+    out["dead_jobs"] = sorted((q["queue"], q["dead"]) for q in queues if q["dead"])
     status, body = call(base, "GET", "/api/v4/jobs/%s" % sentinel, admin)
     out["sentinel_json"] = json.loads(body) if status == 200 else status
     status, body = call(base, "GET", "/api/v4/jobs/%s/trace" % sentinel, admin)
