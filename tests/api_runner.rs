@@ -292,6 +292,7 @@ on_both_stacks!(
     reads_are_identical_before_and_after_full_chunks_are_flushed,
     the_runner_finishes_a_job_put_202_then_200_and_the_log_is_intact,
     bad_puts_get_400_and_change_nothing,
+    a_byte_size_too_large_to_store_is_400_and_the_log_stays_open,
 );
 
 #[tokio::test]
@@ -576,4 +577,43 @@ async fn bad_puts_get_400_and_change_nothing(app: &TestApp) {
         format!("crc32:{:08x}", crc32fast::hash(b"abc")).as_str()
     );
     assert_eq!(app.trace(id, &token).await.body, b"abc");
+}
+
+/// Found by scripts/fuzz-api.sh: a final PUT whose `output[bytesize]` is a u64 past what the
+/// database stores (i64) was a 500 after the log had been closed (appends refused from then
+/// on): a refused request must change nothing.
+async fn a_byte_size_too_large_to_store_is_400_and_the_log_stays_open(app: &TestApp) {
+    let (id, token) = app.create_job().await;
+    assert_eq!(app.patch(id, &token, 0, b"abc").await.status, 202);
+    for bytesize in [serde_json::json!(u64::MAX), serde_json::json!(1u64 << 63)] {
+        let reply = put(
+            app,
+            id,
+            serde_json::json!({"token": token, "state": "success", "output": {"bytesize": bytesize}}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bytesize}");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("output[bytesize]"),
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    assert_eq!(job_status(app, id).await, "running");
+    assert_eq!(
+        app.patch(id, &token, 3, b"def").await.status,
+        StatusCode::ACCEPTED,
+        "the refused PUT left the log open"
+    );
+    assert_eq!(app.trace(id, &token).await.body, b"abcdef");
+    let largest = put(
+        app,
+        id,
+        serde_json::json!({"token": token, "state": "success", "output": {"bytesize": i64::MAX}}),
+    )
+    .await;
+    assert!(largest.status.is_success(), "{}", largest.status);
 }

@@ -45,6 +45,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Access};
+use super::openapi::{
+    Backlog, Breaker, Cron, DeadDone, DeadList, LimitSet, Queues, Recovery, SetLimit,
+};
 use super::{ApiError, AppState};
 use crate::jobs::broker::QueueStats;
 use crate::traces::breaker::OBJECT_STORE_BREAKER;
@@ -159,7 +162,20 @@ fn queue_json(s: &QueueStats) -> Value {
     })
 }
 
-async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/admin/api/queues",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "Every queue's counts", body = Queues),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let broker = state.jobs.broker();
     let now = now_ms(&state);
     let names = broker
@@ -178,11 +194,29 @@ async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
 }
 
 #[derive(Debug, Deserialize)]
-struct DeadQuery {
+pub(super) struct DeadQuery {
     limit: Option<String>,
 }
 
-async fn dead_list(
+#[utoipa::path(
+    get,
+    path = "/admin/api/queues/{queue}/dead",
+    tag = "admin",
+    params(("queue" = String, Path, description = "A queue name"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Jobs listed at most (50)"),
+    ),
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "Its dead jobs, newest first", body = DeadList),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+        (status = 400, description = "A limit that is not 1 to 1000", body = super::openapi::ErrorBody),
+        (status = 404, description = "An unknown queue", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn dead_list(
     State(state): State<AppState>,
     Path(queue): Path<String>,
     Query(query): Query<DeadQuery>,
@@ -229,7 +263,22 @@ fn no_dead_job(queue: &str, id: &str) -> ApiError {
     )
 }
 
-async fn dead_retry(
+#[utoipa::path(
+    post,
+    path = "/admin/api/queues/{queue}/dead/{id}/retry",
+    tag = "admin",
+    params(("queue" = String, Path, description = "A queue name"), ("id" = String, Path, description = "The dead job")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Queued again with fresh attempts", body = DeadDone),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such dead job in the queue", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn dead_retry(
     State(state): State<AppState>,
     Path((queue, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -247,7 +296,22 @@ async fn dead_retry(
     Ok(Json(json!({ "queue": queue, "id": id, "retried": true })))
 }
 
-async fn dead_discard(
+#[utoipa::path(
+    delete,
+    path = "/admin/api/queues/{queue}/dead/{id}",
+    tag = "admin",
+    params(("queue" = String, Path, description = "A queue name"), ("id" = String, Path, description = "The dead job")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = DeadDone),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such dead job in the queue", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn dead_discard(
     State(state): State<AppState>,
     Path((queue, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -298,7 +362,24 @@ fn parse_limit(body: &[u8]) -> Result<Option<u32>, ApiError> {
     }
 }
 
-async fn set_limit(
+#[utoipa::path(
+    put,
+    path = "/admin/api/queues/{queue}/limit",
+    tag = "admin",
+    params(("queue" = String, Path, description = "A queue name"),),
+    request_body = SetLimit,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The limit now set", body = LimitSet),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+        (status = 400, description = "A body that is not `{\"limit\": N | \"none\" | null}` with N ≥ 1; nothing changed", body = super::openapi::ErrorBody),
+        (status = 404, description = "An unknown queue", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn set_limit(
     State(state): State<AppState>,
     Path(queue): Path<String>,
     body: Bytes,
@@ -315,7 +396,20 @@ async fn set_limit(
     Ok(Json(json!({ "queue": queue, "limit": limit })))
 }
 
-async fn cron(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/admin/api/cron",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "Cron schedules", body = Cron),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn cron(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let schedules: Vec<Value> = state
         .cron
         .status()
@@ -337,7 +431,20 @@ async fn cron(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     ))
 }
 
-async fn breaker(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/admin/api/breaker",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "The object store's circuit breaker", body = Breaker),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn breaker(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let record = state
         .meta
         .breaker(OBJECT_STORE_BREAKER)
@@ -353,7 +460,20 @@ async fn breaker(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
     })))
 }
 
-async fn recovery(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/admin/api/recovery",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "The stale-trace recovery cursor", body = Recovery),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn recovery(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let cursor = state
         .meta
         .cursor(RECOVERY_CURSOR)
@@ -364,7 +484,20 @@ async fn recovery(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     ))
 }
 
-async fn backlog(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/admin/api/backlog",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "The backlog chart's samples", body = Backlog),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token (or, for a change, the read-only one)", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn backlog(State(state): State<AppState>) -> Json<Value> {
     let history = &state.backlog;
     Json(json!({
         "now_ms": now_ms(&state),

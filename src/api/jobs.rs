@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 
 use super::auth::{self, Access};
+use super::openapi::{CreatedJob, Job};
 use super::runner::{TokenParam, job_token};
 use super::{ApiError, AppState};
 use crate::traces::model::Build;
@@ -41,6 +42,19 @@ pub(super) async fn authorize_read(
     Ok(state.traces.authenticate(id, &token).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v4/jobs",
+    tag = "jobs",
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "A new running job and its token", body = CreatedJob),
+        (status = 401, description = "No or a wrong admin token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The read-only token", body = super::openapi::ErrorBody),
+        (status = 503, description = "The live store (Redis) does not answer", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -63,6 +77,20 @@ pub async fn create(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v4/jobs/{id}",
+    tag = "jobs",
+    params(("id" = i64, Path, description = "The job")),
+    security(("admin_token" = []), ("read_token" = []), ("job_token" = []), ("job_token_query" = [])),
+    responses(
+        (status = 200, description = "The job and its log's state", body = Job),
+        (status = 403, description = "No operator token and no or a wrong job token (unknown jobs too)", body = super::openapi::ErrorBody),
+        (status = 404, description = "An unknown job (with an operator token)", body = super::openapi::ErrorBody),
+        (status = 503, description = "The live store (Redis) does not answer", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -174,6 +202,28 @@ const LOG_SECURITY_HEADERS: [(header::HeaderName, &str); 2] = [
 /// The first frame is read before the headers go out, so a log whose bytes are unreachable is
 /// an error status (503 while the object store is down), not an empty 200; an error after that
 /// ends the body with an error (the client sees a truncated transfer, never short bytes).
+#[utoipa::path(
+    method(get, head),
+    path = "/api/v4/jobs/{id}/trace",
+    tag = "jobs",
+    params(
+        ("id" = i64, Path, description = "The job"),
+        ("Range" = Option<String>, Header, description = "One `bytes=a-b`, `bytes=a-` or `bytes=-n` (GET only); any other value is ignored", example = "bytes=0-99"),
+    ),
+    security(("admin_token" = []), ("read_token" = []), ("job_token" = []), ("job_token_query" = [])),
+    responses(
+        (status = 200, description = "The whole log (HEAD: its headers only)", content_type = "text/plain", body = String,
+            headers(("Content-Length" = u64), ("Accept-Ranges" = String, description = "`bytes`"))),
+        (status = 206, description = "The range asked for", content_type = "text/plain", body = String,
+            headers(("Content-Range" = String, description = "`bytes <first>-<last>/<length>`"))),
+        (status = 403, description = "No operator token and no or a wrong job token (unknown jobs too)", body = super::openapi::ErrorBody),
+        (status = 404, description = "An unknown job (with an operator token), or `trace expired`", body = super::openapi::ErrorBody),
+        (status = 416, description = "A range wholly past the end", body = super::openapi::ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */<length>`"))),
+        (status = 503, description = "The bytes are in the object store (or Redis), which does not answer", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn trace(
     State(state): State<AppState>,
     Path(id): Path<i64>,

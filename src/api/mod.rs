@@ -1,6 +1,6 @@
 //! The HTTP API: GitLab's runner wire format (`runner`, rate limited per job by
 //! `rate_limit`), job registration and reading (`jobs`), live tailing (`stream`, one poller per
-//! build in `stream_hub`), the operator dashboard (`admin`, with its backlog chart's samples in
+//! build in `stream_hub`), the OpenAPI document of all of it (`openapi`), the operator dashboard (`admin`, with its backlog chart's samples in
 //! `backlog`), one error shape (`error`), operator tokens (`auth`), and the HTTP server with its timeouts and connection
 //! cap (`server`). Handlers are thin: they parse the wire
 //! format and call the [`TraceService`](crate::traces::service::TraceService), or, for the
@@ -11,6 +11,7 @@ mod auth;
 pub mod backlog;
 mod error;
 mod jobs;
+pub mod openapi;
 pub mod rate_limit;
 mod runner;
 pub mod server;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
             patch(runner::append_trace).get(jobs::trace),
         )
         .route("/api/v4/jobs/{id}/trace/stream", get(stream::trace_stream))
+        .route("/api/v4/openapi.json", get(openapi::openapi_json))
         .merge(admin::routes(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_PATCH_BYTES))
         .with_state(state)

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use std::collections::HashMap;
 
+use super::openapi::{FinishJob, FinishJobForm};
 use super::{ApiError, AppState, MAX_PATCH_BYTES};
 use crate::traces::chunk::parse_runner_crc32;
 use crate::traces::model::BuildStatus;
@@ -59,6 +60,35 @@ fn range_start(headers: &HeaderMap) -> Result<u64, ApiError> {
     })
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v4/jobs/{id}/trace",
+    tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The job"),
+        ("Content-Range" = String, Header, description = "`<start>-<end>`: where the body goes; only `start` counts (it must be the log's length)", example = "0-5"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The log bytes (any bytes), at most 4 MiB"),
+    security(("job_token" = []), ("job_token_query" = [])),
+    responses(
+        (status = 202, description = "Appended", headers(
+            ("Range" = String, description = "`0-<length>`: the log's length now"),
+            ("Job-Status" = String, description = "The job's status"),
+            ("X-GitLab-Trace-Update-Interval" = u32, description = "Seconds until the next PATCH: 60, or 3 while someone tails the log"),
+        )),
+        (status = 400, description = "No or a malformed Content-Range; a body cut short", body = super::openapi::ErrorBody),
+        (status = 403, description = "No or a wrong job token, an unknown job, a job not running, or a log past the size limit", body = super::openapi::ErrorBody,
+            headers(("Job-Status" = String, description = "The job's status, when it is not running"))),
+        (status = 408, description = "The body stopped arriving", body = super::openapi::ErrorBody),
+        (status = 413, description = "A body over 4 MiB", body = super::openapi::ErrorBody),
+        (status = 416, description = "`start` is not the log's length: nothing written; resend from `Range`'s end", body = super::openapi::ErrorBody,
+            headers(("Range" = String, description = "`0-<length>`"))),
+        (status = 429, description = "Past the job's PATCH rate", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "The live store (Redis) does not answer", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn append_trace(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -140,6 +170,30 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 
 /// `PUT /api/v4/jobs/:id`, JSON or form: `token`, `state`, `failure_reason`, `exit_code`,
 /// `output[checksum]` (`crc32:%08x`), `output[bytesize]`, legacy `checksum`.
+#[utoipa::path(
+    put,
+    path = "/api/v4/jobs/{id}",
+    tag = "runner",
+    params(("id" = i64, Path, description = "The job")),
+    request_body(content(
+        (FinishJob = "application/json"),
+        (FinishJobForm = "application/x-www-form-urlencoded"),
+    ), description = "The final state; the token in the body or `JOB-TOKEN`"),
+    security(("job_token" = []), ()),
+    responses(
+        (status = 200, description = "State committed (or `running`: the keep-alive)", content_type = "text/plain", body = String,
+            headers(("Job-Status" = String, description = "The job's status"))),
+        (status = 202, description = "Live chunks are being flushed: PUT again after the backoff", content_type = "text/plain", body = String,
+            headers(
+                ("Job-Status" = String, description = "`running`"),
+                ("X-GitLab-Trace-Update-Interval" = u64, description = "Seconds to wait before the next PUT"),
+            )),
+        (status = 400, description = "A body that does not parse, an unknown state, a malformed checksum or byte size, a non-integer exit code, an unknown failure_reason; nothing recorded", body = super::openapi::ErrorBody),
+        (status = 403, description = "No or a wrong job token, or an unknown job", body = super::openapi::ErrorBody),
+        (status = 503, description = "The live store (Redis) does not answer", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn update_job(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -227,11 +281,16 @@ fn finish_request(fields: &HashMap<String, String>) -> Result<FinishRequest, Api
     };
     let bytesize = match fields.get("output[bytesize]") {
         None => None,
-        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "output[bytesize]: expected a byte count, got {raw:?}"
-            ))
-        })?),
+        Some(raw) => Some(
+            raw.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= MAX_BYTESIZE)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "output[bytesize]: expected a byte count from 0 to {MAX_BYTESIZE}, got {raw:?}"
+                    ))
+                })?,
+        ),
     };
     let exit_code = match fields.get("exit_code") {
         None => None,
@@ -251,6 +310,11 @@ fn finish_request(fields: &HashMap<String, String>) -> Result<FinishRequest, Api
         bytesize,
     })
 }
+
+/// The largest `output[bytesize]` taken: the databases store it as a signed 64-bit integer.
+/// Checked here, before anything is recorded: past it, the PUT used to close the log and then
+/// fail to store its pending state (a 500 that had changed something).
+const MAX_BYTESIZE: u64 = i64::MAX as u64;
 
 /// The longest `failure_reason` taken (the longest known one is 47 bytes): a bound on what an
 /// error message echoes back, checked before the list.

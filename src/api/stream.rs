@@ -85,6 +85,27 @@ pub struct StreamQuery {
     offset: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v4/jobs/{id}/trace/stream",
+    tag = "jobs",
+    params(
+        ("id" = i64, Path, description = "The job"),
+        ("offset" = Option<u64>, Query, description = "Byte offset to start from (0)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this byte offset (wins over `offset`)"),
+    ),
+    security(("admin_token" = []), ("read_token" = []), ("job_token" = []), ("job_token_query" = [])),
+    responses(
+        (status = 200, description = "Server-Sent Events: `append` (base64 bytes, `id` = offset after them), then `end`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed offset or Last-Event-ID", body = super::openapi::ErrorBody),
+        (status = 403, description = "No operator token and no or a wrong job token (unknown jobs too)", body = super::openapi::ErrorBody),
+        (status = 404, description = "An unknown job (with an operator token), or `trace expired`", body = super::openapi::ErrorBody),
+        (status = 416, description = "An offset past the end of the log", body = super::openapi::ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */<length>`"))),
+        (status = 503, description = "Too many open streams, or a store that does not answer", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
 pub async fn trace_stream(
     State(state): State<AppState>,
     Path(id): Path<i64>,
