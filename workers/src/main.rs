@@ -122,10 +122,18 @@ enum Command {
     },
 }
 
+/// Threads for blocking work (file I/O of a local object folder, DNS): enough to keep a disk
+/// busy, few enough that memory does not grow with concurrent readers.
+const BLOCKING_THREADS: usize = 16;
+
 fn main() -> std::process::ExitCode {
     // BUILDLOGS_THREADS: async worker threads (default: one per core). No-op jobs run fastest
     // on one thread; jobs that compute (checksums, compression) gain from more.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The blocking pool runs local-folder object reads and writes (object_store's file store)
+    // and DNS lookups. Tokio's default of 512 threads let 20 readers of a 100 MiB log on the
+    // embedded stack spread over ~50 threads, each keeping allocator memory of its own.
+    builder.max_blocking_threads(BLOCKING_THREADS);
     if let Some(n) = std::env::var("BUILDLOGS_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
