@@ -35,10 +35,11 @@ pub const CLOSED_AFTER_DELETE: Duration = Duration::from_secs(5 * 60);
 /// How far behind the last append a build's recorded activity may be: the Redis append script
 /// rewrites its `at` key only once it is this old (a GET otherwise). A SET on every append
 /// measured ~40% more Redis time in the script's body (a private redis-server, 64-byte appends:
-/// 15.4 µs against 10.9 µs at best of 6); a GET and a SET now and then measured the same as
-/// none (10.4 µs). The stuck-build sweep adds it to its timeout, so a build PATCHing more often
-/// than the timeout is never taken for silent, whatever the timeout; 10 s keeps short timeouts
-/// (tests, the soak's 20 s) meaningful at the cost of one SET per build every 10 s.
+/// 15.4 µs against 10.9 µs at best of 6); a GET and a SET once a minute measured the same as
+/// none (10.4 µs). At 10 s a runner PATCHing every 3 s pays a SET on about one append in three
+/// (not measured; by the figures above, roughly +13% of the script body on those builds). The
+/// stuck-build sweep adds this lag to its timeout, so a build PATCHing more often than the
+/// timeout is never taken for silent; 10 s keeps short timeouts (tests, the soak's 20 s) usable.
 pub const ACTIVITY_RESOLUTION: Duration = Duration::from_secs(10);
 
 /// What an append did.
