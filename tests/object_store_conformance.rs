@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
+use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op};
 use buildlogs::stores::objects::{
     MultipartWriter, ObjectStoreConfig, ObjectStoreError, delete, get_bytes, get_range,
     is_not_found, put_bytes,
@@ -54,6 +55,7 @@ on_both_object_stores!(
     multipart_upload_of_12_mib_in_128_kib_pieces_round_trips,
     empty_multipart_upload_creates_an_empty_object,
     aborted_multipart_upload_leaves_nothing,
+    a_writer_dropped_while_it_finishes_leaves_no_upload,
     stores_with_different_prefixes_do_not_see_each_others_keys,
 );
 
@@ -238,6 +240,47 @@ async fn aborted_multipart_upload_leaves_nothing(objects: &TestObjects) {
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
     let listed: Vec<_> = store.list(None).try_collect().await.expect("list");
     assert!(listed.is_empty(), "{}: {listed:?}", objects.kind);
+}
+
+/// A job timeout or a cancelled task can drop an archive while `finish` waits for its last
+/// parts: the upload must be aborted then too, not left stored (and billed) until a lifecycle
+/// rule removes it.
+async fn a_writer_dropped_while_it_finishes_leaves_no_upload(objects: &TestObjects) {
+    let opened = objects.open("dropped");
+    let (store, switch) = FaultyObjectStore::wrap(opened.store.clone());
+    let path = key("late");
+    let mut writer = MultipartWriter::start(store.as_ref(), &path)
+        .await
+        .expect("start");
+    // The first part is stored; the rest hang, so `finish` waits on them.
+    switch.set(Fault::hang().only(&[Op::PutPart]).after(1));
+    for piece in pattern(11 * 1024 * 1024, 5).chunks(128 * 1024) {
+        writer
+            .write(Bytes::copy_from_slice(piece))
+            .await
+            .expect("write");
+    }
+    let finishing = tokio::spawn(writer.finish());
+    switch.wait_hanging(1).await;
+    finishing.abort();
+    assert!(finishing.await.expect_err("cancelled").is_cancelled());
+    switch.heal();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !objects.pending_uploads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the dropped upload is still pending: {:?}",
+            objects.kind,
+            objects.pending_uploads()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(switch.calls(Op::AbortMultipart), 1, "{}", objects.kind);
+    assert_eq!(switch.calls(Op::CompleteMultipart), 0, "{}", objects.kind);
+    let err = get_bytes(opened.store.as_ref(), &path)
+        .await
+        .expect_err("nothing at the key");
+    assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
 }
 
 async fn stores_with_different_prefixes_do_not_see_each_others_keys(objects: &TestObjects) {

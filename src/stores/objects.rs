@@ -37,9 +37,10 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, PutResult,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
+    PutPayloadMut, PutResult, RetryConfig,
 };
+use tokio::task::JoinSet;
 
 use crate::redact::url as redact;
 
@@ -369,14 +370,24 @@ pub fn is_not_found(error: &object_store::Error) -> bool {
 /// appears; uploaded parts are discarded).
 ///
 /// Memory stays bounded: at most [`MAX_PARTS_IN_FLIGHT`] parts of [`PART_SIZE`] are uploading
-/// while the next one fills. After an error from `write`, call `abort`; a failed `finish`
-/// aborts by itself. Dropped without either (a job timeout, a cancelled task), it aborts the
-/// upload in the background, so no incomplete upload stays stored (S3 keeps one, invisible
-/// but billed, until aborted; a local upload's staging file). Only a killed process leaves
-/// one behind: the bucket's lifecycle rule for incomplete multipart uploads removes those.
+/// while the next one fills. Every part but the last is exactly [`PART_SIZE`] (some S3-compatible
+/// stores require equal parts). After an error from `write`, call `abort`; a failed `finish`
+/// aborts by itself.
+///
+/// Dropped before it finished or aborted — a job timeout or a cancelled task, also while
+/// `finish` or `abort` is under way — it aborts the upload in the background, so no incomplete
+/// upload stays stored (S3 keeps one, invisible but billed, until aborted; a local upload's
+/// staging file). That is why the upload stays in `self` until the very end instead of moving
+/// into object_store's `WriteMultipart`, whose `finish` cannot be aborted once it started. Only
+/// a killed process leaves an upload behind: the bucket's lifecycle rule for incomplete
+/// multipart uploads removes those.
 pub struct MultipartWriter {
     /// `None` once finished or aborted.
-    upload: Option<WriteMultipart>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// Parts being uploaded.
+    parts: JoinSet<object_store::Result<()>>,
+    /// The next part's bytes (less than [`PART_SIZE`]).
+    buffer: PutPayloadMut,
     path: Path,
     written: u64,
 }
@@ -386,13 +397,15 @@ impl MultipartWriter {
     pub async fn start(store: &dyn ObjectStore, path: &Path) -> object_store::Result<Self> {
         let upload = store.put_multipart(path).await?;
         Ok(Self {
-            upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+            upload: Some(upload),
+            parts: JoinSet::new(),
+            buffer: PutPayloadMut::new(),
             path: path.clone(),
             written: 0,
         })
     }
 
-    fn upload(&mut self) -> object_store::Result<&mut WriteMultipart> {
+    fn upload(&mut self) -> object_store::Result<&mut Box<dyn MultipartUpload>> {
         let path = &self.path;
         self.upload.as_mut().ok_or_else(|| ended(path))
     }
@@ -400,13 +413,40 @@ impl MultipartWriter {
     /// Appends `chunk`; waits while [`MAX_PARTS_IN_FLIGHT`] parts are uploading. An error is a
     /// failed part upload: the upload cannot complete, so `abort` it.
     pub async fn write(&mut self, chunk: impl Into<Bytes>) -> object_store::Result<()> {
-        let chunk = chunk.into();
-        let len = chunk.len() as u64;
-        let upload = self.upload()?;
-        upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
-        upload.put(chunk);
-        self.written += len;
+        let mut chunk: Bytes = chunk.into();
+        self.upload()?;
+        self.written += chunk.len() as u64;
+        while !chunk.is_empty() {
+            let room = PART_SIZE - self.buffer.content_length();
+            self.buffer.push(chunk.split_to(room.min(chunk.len())));
+            if self.buffer.content_length() == PART_SIZE {
+                while self.parts.len() >= MAX_PARTS_IN_FLIGHT {
+                    self.join_one().await?;
+                }
+                self.send_buffer()?;
+            }
+        }
         Ok(())
+    }
+
+    /// Starts uploading the buffered bytes as the next part.
+    fn send_buffer(&mut self) -> object_store::Result<()> {
+        let part = std::mem::take(&mut self.buffer).freeze();
+        let upload = self.upload()?.put_part(part);
+        self.parts.spawn(upload);
+        Ok(())
+    }
+
+    /// Waits for one part upload to end; its error, if it failed.
+    async fn join_one(&mut self) -> object_store::Result<()> {
+        match self.parts.join_next().await {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(object_store::Error::Generic {
+                store: "MultipartWriter",
+                source: format!("a part upload to {} ended abnormally: {e}", self.path).into(),
+            }),
+        }
     }
 
     /// Bytes written so far.
@@ -420,21 +460,47 @@ impl MultipartWriter {
     }
 
     /// Uploads what is buffered and completes the upload: the object is now at `path`, whole.
-    /// On failure the upload is aborted (by object_store, best effort) and nothing new is at
-    /// `path`.
+    /// On failure the upload is aborted (best effort) and nothing new is at `path`.
     pub async fn finish(mut self) -> object_store::Result<PutResult> {
-        match self.upload.take() {
-            Some(upload) => upload.finish().await,
-            None => Err(ended(&self.path)),
+        match self.complete().await {
+            Ok(done) => {
+                self.upload = None;
+                Ok(done)
+            }
+            Err(e) => {
+                if let Err(abort) = self.abort_upload().await {
+                    tracing::warn!(path = %self.path, error = %abort, "could not abort a failed multipart upload");
+                }
+                Err(e)
+            }
         }
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if self.buffer.content_length() > 0 {
+            self.send_buffer()?;
+        }
+        while !self.parts.is_empty() {
+            self.join_one().await?;
+        }
+        self.upload()?.complete().await
     }
 
     /// Discards the upload and any parts already sent.
     pub async fn abort(mut self) -> object_store::Result<()> {
-        match self.upload.take() {
+        self.abort_upload().await
+    }
+
+    /// Stops the parts, then aborts; the upload leaves `self` only once the abort answered (a
+    /// cancelled abort is retried by `Drop`).
+    async fn abort_upload(&mut self) -> object_store::Result<()> {
+        self.parts.shutdown().await;
+        let result = match self.upload.as_mut() {
             Some(upload) => upload.abort().await,
             None => Ok(()),
-        }
+        };
+        self.upload = None;
+        result
     }
 }
 
@@ -448,13 +514,16 @@ fn ended(path: &Path) -> object_store::Error {
 
 impl Drop for MultipartWriter {
     fn drop(&mut self) {
-        let Some(upload) = self.upload.take() else {
+        let Some(mut upload) = self.upload.take() else {
             return;
         };
+        let mut parts = std::mem::take(&mut self.parts);
         let path = self.path.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
+                    // Parts first: one still sending after the abort would be stored again.
+                    parts.shutdown().await;
                     match upload.abort().await {
                         Ok(()) => tracing::debug!(%path, "dropped multipart upload aborted"),
                         Err(e) => {
