@@ -1,14 +1,16 @@
 //! `buildlogs`: one binary, one subcommand per role (Procfile) plus the operator CLI.
 
+mod admin_token;
 mod bench;
 mod cli;
 mod jobs;
 mod roles;
 mod schedules;
+mod settings_help;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 
 use buildlogs::config::Settings;
 
@@ -17,7 +19,7 @@ use buildlogs::config::Settings;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(
     name = "buildlogs",
     version,
@@ -62,6 +64,10 @@ struct Cli {
         global = true
     )]
     accept_timeout: u64,
+    /// Async worker threads of the process (default: one per core). No-op jobs run fastest on
+    /// one; jobs that compute (checksums, compression) gain from more.
+    #[arg(long, env = "BUILDLOGS_THREADS", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    threads: Option<u16>,
     /// Without one: `all` (web, worker and scheduler in one process, the embedded default).
     #[command(subcommand)]
     command: Option<Command>,
@@ -74,7 +80,7 @@ enum Command {
         #[command(flatten)]
         worker: roles::WorkerArgs,
         #[command(flatten)]
-        metrics: roles::MetricsArgs,
+        metrics: roles::WorkerMetricsArgs,
     },
     /// Fire cron ticks, exactly once per tick across replicas (Procfile role `scheduler`).
     Scheduler(roles::SchedulerArgs),
@@ -127,18 +133,14 @@ enum Command {
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> std::process::ExitCode {
-    // BUILDLOGS_THREADS: async worker threads (default: one per core). No-op jobs run fastest
-    // on one thread; jobs that compute (checksums, compression) gain from more.
+    let cli = parse_cli();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // The blocking pool runs local-folder object reads and writes (object_store's file store)
     // and DNS lookups. Tokio's default of 512 threads let 20 readers of a 100 MiB log on the
     // embedded stack spread over ~50 threads, each keeping allocator memory of its own.
     builder.max_blocking_threads(BLOCKING_THREADS);
-    if let Some(n) = std::env::var("BUILDLOGS_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        builder.worker_threads(n.max(1));
+    if let Some(n) = cli.threads {
+        builder.worker_threads(usize::from(n));
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -147,7 +149,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
@@ -172,12 +174,20 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run() -> anyhow::Result<()> {
+/// The command line (exits with clap's message on bad input or `--help`); the top-level help
+/// ends with every setting of every command.
+fn parse_cli() -> Cli {
+    let command = Cli::command();
+    let settings = settings_help::every_setting(&command);
+    let matches = command.after_help(settings).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
-    let cli = Cli::parse();
     // `bench recover` counts SQL statements from sqlx's per-statement events; other commands
     // leave those events off (they cost a little on every query).
     let count_statements = matches!(

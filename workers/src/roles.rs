@@ -2,11 +2,13 @@
 //! process; each process that records metrics serves them on its own `/metrics` listener.
 //!
 //! Safe defaults: `/metrics` is never on the API's listener (it would tell anyone who reaches
-//! the API the queues' and jobs' figures); it listens on loopback unless told otherwise. The
+//! the API the queues' and jobs' figures); it listens on loopback unless told otherwise, `web`
+//! and `all` on 9394 and `worker` on 9395, so the Procfile's roles share a host as they are. The
 //! `web` role refuses to start without `BUILDLOGS_ADMIN_TOKEN`: a generated token would differ
 //! per replica, so a caller would be refused by every replica but one. Only the roles that check
-//! tokens need it (`web`, and `all`, which may still generate one: it is the only process);
-//! `worker` and `scheduler` never read it, so they are not given a secret they do not use.
+//! tokens need it (`web`, and `all`, which may still make one up, kept in its data dir: it is the
+//! only process); `worker` and `scheduler` never read it, so they are not given a secret they do
+//! not use.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,16 +165,19 @@ impl WorkerArgs {
     }
 }
 
-/// Where a process serves its Prometheus metrics (one listener a process, whatever its roles).
+/// Where `web` (and `all`) serves its metrics unless told: Prometheus exporters' customary port.
+pub const WEB_METRICS_LISTEN: &str = "127.0.0.1:9394";
+/// Where `worker` serves its metrics unless told: a port of its own, so that the Procfile's
+/// web and worker can run on one host without settings.
+pub const WORKER_METRICS_LISTEN: &str = "127.0.0.1:9395";
+
+/// Where `web` or `all` serves its Prometheus metrics (one listener a process, whatever its
+/// roles).
 #[derive(clap::Args, Debug, Clone)]
 pub struct MetricsArgs {
     /// Where this process serves Prometheus metrics (`/metrics`), never on the API's
     /// listener; "off" to disable. Each process on a host needs its own port.
-    #[arg(
-        long,
-        env = "BUILDLOGS_METRICS_LISTEN",
-        default_value = "127.0.0.1:9394"
-    )]
+    #[arg(long, env = "BUILDLOGS_METRICS_LISTEN", default_value = WEB_METRICS_LISTEN)]
     pub metrics_listen: String,
 }
 
@@ -186,6 +191,15 @@ impl MetricsArgs {
         }
         <Only as clap::Parser>::parse_from(["buildlogs"]).args
     }
+}
+
+/// Where `worker` serves its Prometheus metrics: by default not `web`'s port.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerMetricsArgs {
+    /// Where this process serves Prometheus metrics (`/metrics`); "off" to disable. Each
+    /// process on a host needs its own port (a second worker on this host: set another).
+    #[arg(long, env = "BUILDLOGS_METRICS_LISTEN", default_value = WORKER_METRICS_LISTEN)]
+    pub metrics_listen: String,
 }
 
 /// The scheduler's cron schedules.
@@ -289,7 +303,7 @@ pub struct WebArgs {
     #[arg(long, env = "BUILDLOGS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Registers jobs, reads any of them, changes the dashboard's settings. Required by `web`
-    /// (the same on every replica); `all` generates and prints one when unset.
+    /// (the same on every replica); `all` without it keeps one in `<data dir>/admin-token`.
     #[arg(long, env = "BUILDLOGS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Reads any job, its log and stream, and the dashboard's views; cannot register jobs or
@@ -356,7 +370,7 @@ impl HttpArgs {
 pub async fn worker(
     settings: &Settings,
     args: WorkerArgs,
-    metrics: MetricsArgs,
+    metrics: WorkerMetricsArgs,
 ) -> anyhow::Result<()> {
     serve_metrics(&metrics.metrics_listen)?;
     let stack = settings.open_stack().await.context("opening the stores")?;
@@ -406,7 +420,7 @@ pub async fn scheduler(settings: &Settings, args: SchedulerArgs) -> anyhow::Resu
 }
 
 pub async fn web(settings: &Settings, args: WebArgs, metrics: MetricsArgs) -> anyhow::Result<()> {
-    let tokens = Tokens::from_args(&args, false)?;
+    let tokens = Tokens::from_args(&args, None)?;
     serve_metrics(&metrics.metrics_listen)?;
     let stack = settings.open_stack().await.context("opening the stores")?;
     tracing::info!(objects = %stack.objects_at, "stores opened");
@@ -432,7 +446,7 @@ pub async fn all(
     scheduler_args: SchedulerArgs,
     metrics: MetricsArgs,
 ) -> anyhow::Result<()> {
-    let tokens = Tokens::from_args(&web_args, true)?;
+    let tokens = Tokens::from_args(&web_args, Some(&settings.data_dir))?;
     serve_metrics(&metrics.metrics_listen)?;
     let stack = settings.open_stack().await.context("opening the stores")?;
     tracing::info!(objects = %stack.objects_at, "stores opened");
@@ -462,18 +476,29 @@ struct Tokens {
 }
 
 impl Tokens {
-    /// The tokens `args` set. Without an admin token: with `generate` (`all`, one process) a
-    /// fresh one, printed; otherwise (`web`, maybe one replica of many) an error naming it.
-    fn from_args(args: &WebArgs, generate: bool) -> anyhow::Result<Self> {
+    /// The tokens `args` set. Without an admin token: with `keep_in` (`all`, one process) the
+    /// one kept in that data dir (made up on first start), its path printed; otherwise (`web`,
+    /// maybe one replica of many) an error naming the variable.
+    fn from_args(args: &WebArgs, keep_in: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let set = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
-        let admin = match set(&args.admin_token) {
-            Some(t) => t,
-            None if generate => {
-                let t = buildlogs::traces::tokens::generate();
-                println!("BUILDLOGS_ADMIN_TOKEN is not set; this run's admin token: {t}");
-                t
+        let admin = match (set(&args.admin_token), keep_in) {
+            (Some(t), _) => t,
+            (None, Some(data_dir)) => {
+                let stored = crate::admin_token::load_or_create(data_dir)?;
+                // One line on stdout, apart from the logs: where the token is, never the token.
+                println!(
+                    "admin token: {} {} (read it with `cat {}`; BUILDLOGS_ADMIN_TOKEN overrides it)",
+                    if stored.created {
+                        "made up and saved in"
+                    } else {
+                        "kept in"
+                    },
+                    stored.path.display(),
+                    stored.path.display(),
+                );
+                stored.token
             }
-            None => anyhow::bail!(
+            (None, None) => anyhow::bail!(
                 "BUILDLOGS_ADMIN_TOKEN is not set: `buildlogs web` needs it, the same on every \
                  replica (a generated one would differ per replica); set it to a long random \
                  string, e.g. `openssl rand -hex 32`"

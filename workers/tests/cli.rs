@@ -374,3 +374,96 @@ async fn the_worker_drops_stuck_builds_and_commits_overdue_final_states_by_its_s
     let fresh = meta.build(fresh.id).await.unwrap().unwrap();
     assert_eq!(fresh.status, BuildStatus::Running);
 }
+
+/// `buildlogs <path> --help`'s text.
+fn help(path: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+        .args(path)
+        .arg("--help")
+        .output()
+        .expect("buildlogs --help");
+    assert!(out.status.success(), "{path:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// The environment variables a help text names (`[env: NAME=…]` or `[env: NAME]`).
+fn env_names(help: &str) -> Vec<String> {
+    help.split("[env: ")
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// The subcommands a help text lists under "Commands:" (but `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    let Some((_, rest)) = help.split_once("Commands:\n") else {
+        return Vec::new();
+    };
+    rest.lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_top_level_help_lists_every_setting_of_every_command() {
+    let top = help(&[]);
+    let (_, settings) = top
+        .split_once("Settings: ")
+        .unwrap_or_else(|| panic!("no settings list:\n{top}"));
+    // Every command's own help, at any depth: each variable it names is in the list.
+    let mut pending: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let text = help(&args);
+        for name in env_names(&text) {
+            assert!(
+                settings.contains(&format!("  {name} ")),
+                "`buildlogs {} --help` names {name}; `buildlogs --help` does not:\n{top}",
+                path.join(" ")
+            );
+            seen += 1;
+        }
+        for sub in subcommands(&text) {
+            let mut deeper = path.clone();
+            deeper.push(sub);
+            pending.push(deeper);
+        }
+    }
+    assert!(seen > 30, "only {seen} settings found");
+    // Read outside the flags of any one role.
+    for name in ["BUILDLOGS_THREADS", "RUST_LOG", "AWS_ENDPOINT_URL"] {
+        assert!(settings.contains(name), "{name}:\n{top}");
+    }
+    // Each role's metrics default, as it behaves.
+    assert!(
+        settings.contains("Read by worker:\n  BUILDLOGS_METRICS_LISTEN"),
+        "{settings}"
+    );
+    assert!(settings.contains("[default: 127.0.0.1:9395]"), "{settings}");
+    assert!(settings.contains("[default: 127.0.0.1:9394]"), "{settings}");
+    // `-h` shows the same list.
+    let short = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+        .arg("-h")
+        .output()
+        .expect("buildlogs -h");
+    assert!(stdout(&short).contains(settings.trim_end()));
+}
+
+#[test]
+fn a_bad_thread_count_is_refused_naming_the_setting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_buildlogs"))
+        .arg("status")
+        .env("BUILDLOGS_THREADS", "0")
+        .output()
+        .expect("buildlogs status");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
+}

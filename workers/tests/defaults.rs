@@ -1,10 +1,12 @@
 //! Safe defaults of the `buildlogs` processes, run as an operator would (embedded SQLite in a
-//! temp data dir, nothing shared): `/metrics` never on the API's listener; `web` refuses to
-//! start without `BUILDLOGS_ADMIN_TOKEN` while `all` makes one up and prints it, and `worker`
-//! and `scheduler` do not need it; logs written to a file or pipe carry no colour codes; a CLI
-//! call logs nothing at the default level.
+//! temp data dir, nothing shared): `/metrics` never on the API's listener, and the Procfile's
+//! roles on ports of their own; `web` refuses to start without `BUILDLOGS_ADMIN_TOKEN` while
+//! `all` keeps one in its data dir and says where, and `worker` and `scheduler` do not need it;
+//! logs written to a file or pipe carry no colour codes; a CLI call logs nothing at the default
+//! level.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,11 +22,29 @@ struct Proc {
 }
 
 impl Proc {
-    /// `buildlogs <args>` with `env`, stderr to a file (as under a process manager).
+    /// `buildlogs <args>` with `env` in a data dir of its own, stderr to a file (as under a
+    /// process manager).
     fn start(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        Self::spawn(args, env, stdout, data, dir)
+    }
+
+    /// The same in the data dir `data` (shared, or kept across runs).
+    fn start_in(args: &[&str], env: &[(&str, &str)], stdout: Stdio, data: PathBuf) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::spawn(args, env, stdout, data, dir)
+    }
+
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        data: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> Self {
         let stderr = dir.path().join("stderr.log");
-        let mut command = bare(args, dir.path().join("data"));
+        let mut command = bare(args, data);
         command
             .envs(env.iter().copied())
             .stdout(stdout)
@@ -107,6 +127,7 @@ fn bare(args: &[&str], data: PathBuf) -> Command {
         "BUILDLOGS_READ_TOKEN",
         "BUILDLOGS_LISTEN",
         "BUILDLOGS_METRICS_LISTEN",
+        "BUILDLOGS_THREADS",
         "RUST_LOG",
         "NO_COLOR",
     ] {
@@ -191,40 +212,88 @@ async fn web_refuses_to_start_without_an_admin_token_naming_the_variable() {
 }
 
 #[tokio::test]
-async fn all_makes_up_an_admin_token_prints_it_and_accepts_it() {
+async fn all_keeps_a_made_up_admin_token_in_its_data_dir_says_where_and_reuses_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let file = data.join("admin-token");
+    let mut tokens = Vec::new();
+    for said in ["made up and saved in", "kept in"] {
+        let api = free_addr();
+        let mut proc = Proc::start_in(
+            &["all"],
+            &[
+                ("BUILDLOGS_LISTEN", &api),
+                ("BUILDLOGS_METRICS_LISTEN", "off"),
+            ],
+            Stdio::piped(),
+            data.clone(),
+        );
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await
+        .unwrap()
+        .expect("a line on stdout");
+        let path = file.display();
+        assert_eq!(
+            line.trim_end(),
+            format!(
+                "admin token: {said} {path} (read it with `cat {path}`; BUILDLOGS_ADMIN_TOKEN \
+                 overrides it)"
+            )
+        );
+        proc.listening(&api).await;
+        let token = std::fs::read_to_string(&file).expect("the token file");
+        let token = token.trim_end().to_owned();
+        assert!(token.len() >= 32, "{token}");
+        assert!(!line.contains(&token), "the token itself printed: {line}");
+        assert!(!proc.log().contains(&token), "the token logged");
+        let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+        let client = reqwest::Client::new();
+        let register = |token: &str| {
+            client
+                .post(format!("http://{api}/api/v4/jobs"))
+                .bearer_auth(token)
+                .send()
+        };
+        assert_eq!(register(&token).await.unwrap().status(), 201);
+        assert_eq!(register("guess").await.unwrap().status(), 401);
+        assert_eq!(proc.terminate().await, 0, "{}", proc.log());
+        tokens.push(token);
+    }
+    assert_eq!(
+        tokens[0], tokens[1],
+        "the second start reuses the first's token"
+    );
+}
+
+#[tokio::test]
+async fn a_set_admin_token_wins_and_no_token_file_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
     let api = free_addr();
-    let mut proc = Proc::start(
+    let mut proc = Proc::start_in(
         &["all"],
         &[
+            ("BUILDLOGS_ADMIN_TOKEN", "defaults-test-admin"),
             ("BUILDLOGS_LISTEN", &api),
             ("BUILDLOGS_METRICS_LISTEN", "off"),
         ],
-        Stdio::piped(),
+        Stdio::null(),
+        data.clone(),
     );
-    let stdout = proc.child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .unwrap()
-    .expect("a line on stdout");
-    let token = line
-        .trim_end()
-        .strip_prefix("BUILDLOGS_ADMIN_TOKEN is not set; this run's admin token: ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_owned();
-    assert!(token.len() >= 32, "{token}");
     proc.listening(&api).await;
-    let client = reqwest::Client::new();
-    let register = |token: String| {
-        client
-            .post(format!("http://{api}/api/v4/jobs"))
-            .bearer_auth(token)
-            .send()
-    };
-    assert_eq!(register(token).await.unwrap().status(), 201);
-    assert_eq!(register("guess".into()).await.unwrap().status(), 401);
+    let created = reqwest::Client::new()
+        .post(format!("http://{api}/api/v4/jobs"))
+        .bearer_auth("defaults-test-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(!data.join("admin-token").exists());
     assert_eq!(proc.terminate().await, 0, "{}", proc.log());
 }
 
@@ -277,4 +346,80 @@ async fn a_cli_call_logs_nothing_by_default_and_no_colours_when_asked() {
         "says where: {log}"
     );
     assert!(!log.contains('\u{1b}'), "colour codes in a pipe: {log:?}");
+}
+
+/// The Procfile's roles, started as it says on one host with no metrics setting: `web` and
+/// `worker` serve `/metrics` on ports of their own (9394 and 9395), so neither refuses to start.
+#[tokio::test]
+async fn the_procfiles_roles_share_one_host_with_metrics_ports_of_their_own() {
+    let help = |role: &str| {
+        let out = bare(&[role, "--help"], PathBuf::from("unused"))
+            .output()
+            .expect("help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(help("web").contains("[default: 127.0.0.1:9394]"));
+    assert!(help("all").contains("[default: 127.0.0.1:9394]"));
+    assert!(help("worker").contains("[default: 127.0.0.1:9395]"));
+
+    // The fixed ports belong to whoever runs this machine: on a shared one something may hold
+    // them; then the defaults above are all that can be checked.
+    let taken: Vec<&str> = ["127.0.0.1:9394", "127.0.0.1:9395"]
+        .into_iter()
+        .filter(|a| std::net::TcpListener::bind(a).is_err())
+        .collect();
+    if !taken.is_empty() {
+        eprintln!("skipping the start: {taken:?} in use on this host");
+        return;
+    }
+    let procfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Procfile"))
+        .expect("Procfile");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let api = free_addr();
+    let mut procs: Vec<(String, Proc)> = Vec::new();
+    // One after the other: on one fresh SQLite file, processes starting at once race to
+    // migrate it (the production stack's PostgreSQL migrations take a lock).
+    for line in procfile
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (role, command) = line.split_once(':').expect("role: command");
+        let words: Vec<&str> = command.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"buildlogs"), "{line}");
+        let mut proc = Proc::start_in(
+            &words[1..],
+            &[
+                ("BUILDLOGS_ADMIN_TOKEN", "defaults-test-admin"),
+                ("BUILDLOGS_LISTEN", &api),
+            ],
+            Stdio::null(),
+            dir.path().join("data"),
+        );
+        match role {
+            "web" => {
+                proc.listening(&api).await;
+                proc.listening("127.0.0.1:9394").await;
+            }
+            "worker" => proc.listening("127.0.0.1:9395").await,
+            _ => {
+                let exited = proc
+                    .exit_or(|p| p.log().contains("scheduler started"))
+                    .await;
+                assert_eq!(exited, None, "{role}:\n{}", proc.log());
+            }
+        }
+        procs.push((role.to_owned(), proc));
+    }
+    let roles: Vec<&str> = procs.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(roles, ["web", "worker", "scheduler"]);
+    for metrics in ["127.0.0.1:9394", "127.0.0.1:9395"] {
+        assert_eq!(
+            get(&format!("http://{metrics}/metrics")).await,
+            reqwest::StatusCode::OK,
+            "{metrics}"
+        );
+    }
+    for (role, proc) in &mut procs {
+        assert_eq!(proc.terminate().await, 0, "{role}:\n{}", proc.log());
+    }
 }
