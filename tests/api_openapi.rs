@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v4/jobs/{id}/trace/stream"),
     ("get", "/api/v4/openapi.json"),
     ("get", "/admin/api/queues"),
+    ("get", "/admin/api/builds"),
     ("get", "/admin/api/queues/{queue}/dead"),
     ("post", "/admin/api/queues/{queue}/dead/{id}/retry"),
     ("delete", "/admin/api/queues/{queue}/dead/{id}"),
@@ -30,6 +31,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/api/cron"),
     ("get", "/admin/api/breaker"),
     ("get", "/admin/api/recovery"),
+    ("post", "/admin/api/recovery/run"),
     ("get", "/admin/api/backlog"),
 ];
 

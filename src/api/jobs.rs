@@ -127,7 +127,7 @@ pub async fn show(
 
 /// A stored time (ms since the epoch) as RFC 3339 in UTC with milliseconds, as GitLab's job
 /// JSON writes times; `None` (and a time chrono cannot represent) is `null`.
-fn rfc3339(ms: Option<i64>) -> Option<String> {
+pub(super) fn rfc3339(ms: Option<i64>) -> Option<String> {
     let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms?)?;
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

@@ -7,6 +7,7 @@
 //! dashboard, the broker and the metadata store.
 
 mod admin;
+mod admin_builds;
 mod auth;
 pub mod backlog;
 mod error;

@@ -45,6 +45,7 @@ pub const JOB_TOKEN_QUERY: &str = "job_token_query";
         super::stream::trace_stream,
         openapi_json,
         super::admin::queues,
+        super::admin_builds::builds,
         super::admin::dead_list,
         super::admin::dead_retry,
         super::admin::dead_discard,
@@ -52,6 +53,7 @@ pub const JOB_TOKEN_QUERY: &str = "job_token_query";
         super::admin::cron,
         super::admin::breaker,
         super::admin::recovery,
+        super::admin::recovery_run,
         super::admin::backlog,
     ),
     modifiers(&SecuritySchemes),
@@ -269,6 +271,46 @@ pub struct QueueRow {
     failed: u64,
 }
 
+/// `GET /admin/api/builds`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Builds {
+    now_ms: i64,
+    /// Newest first.
+    builds: Vec<BuildRow>,
+    /// `before=` for the next page; null on the last one.
+    next_before: Option<i64>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BuildRow {
+    id: i64,
+    #[schema(example = "running")]
+    status: String,
+    failure_reason: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    created_at: String,
+    finished_at: Option<String>,
+    trace: BuildRowTrace,
+    /// The job's log page: `/jobs/<id>`.
+    web_url: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BuildRowTrace {
+    /// Bytes; null once an archive expired.
+    size: Option<u64>,
+    /// `live`, `flushing`, `archived` or `expired`.
+    state: String,
+    /// False: the runner's checksum did not match the log.
+    checksum_valid: Option<bool>,
+    /// Bytes were lost before the archive (a marker line holds their place).
+    partial: bool,
+    lost_bytes: u64,
+}
+
 /// `GET /admin/api/queues/{queue}/dead`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -369,9 +411,28 @@ pub struct Breaker {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct Recovery {
+    now_ms: i64,
     cursor_name: String,
     /// The last build id recovery looked at.
     cursor: Option<i64>,
+    /// When a run last moved (or reset) the cursor.
+    last_step_ms: Option<i64>,
+    /// Finished builds not archived after `stale_after_ms`, counted up to 1,000.
+    stale: u32,
+    /// More than 1,000 are stale.
+    stale_more: bool,
+    stale_after_ms: i64,
+    /// Its cron schedule: `{last_fired_ms, next_tick_ms}`; null when this process has none.
+    schedule: Option<serde_json::Value>,
+}
+
+/// `POST /admin/api/recovery/run`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RecoveryRun {
+    /// False: a run was already queued or running (one at a time).
+    queued: bool,
+    message: String,
 }
 
 /// `GET /admin/api/backlog`.
