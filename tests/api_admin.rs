@@ -17,7 +17,7 @@ use buildlogs::jobs::{Clock, Envelope, SystemClock};
 use buildlogs::traces::breaker::OBJECT_STORE_BREAKER;
 use buildlogs::traces::jobs::RecoverStaleTraces;
 use buildlogs::traces::metadata::BreakerRecord;
-use buildlogs::traces::model::BuildStatus;
+use buildlogs::traces::model::{BuildStatus, NewArtifact};
 use buildlogs::traces::recovery::RECOVERY_CURSOR;
 use serde_json::{Value, json};
 use support::app::{ADMIN, RECOVERY_CRON, RECOVERY_SCHEDULE, Reply, TestApp};
@@ -154,6 +154,7 @@ fn endpoints() -> Vec<(Method, String, Option<&'static str>)> {
         (Method::GET, "/admin/api/breaker".into(), None),
         (Method::GET, "/admin/api/recovery".into(), None),
         (Method::POST, "/admin/api/recovery/run".into(), None),
+        (Method::GET, "/admin/api/expiry".into(), None),
         (Method::GET, "/admin/api/backlog".into(), None),
     ]
 }
@@ -250,6 +251,8 @@ async fn the_page_is_served_without_the_token_and_holds_no_data(app: &TestApp) {
         "/admin/api/recovery",
         "/admin/api/cron",
         "/admin/api/builds",
+        "/admin/api/expiry",
+        "/admin/api/recovery/run",
     ] {
         assert!(js.contains(&format!("\"{path}\"")), "{path}");
     }
@@ -562,6 +565,41 @@ async fn cron_and_recovery_views_show_last_and_next_ticks_and_the_cursor(app: &T
     assert_eq!(get_json(app, "/admin/api/recovery").await["stale"], 1);
 }
 
+async fn expiry_shows_off_until_an_archive_is_written_with_an_expiry(app: &TestApp) {
+    let none = get_json(app, "/admin/api/expiry").await;
+    assert_eq!(none["archived"], false);
+    assert_eq!(none["on"], Value::Null);
+    let archive = |build_id, expire_at_ms| NewArtifact {
+        build_id,
+        object_path: format!("traces/{build_id}/job.log"),
+        size: 1,
+        crc32: 0,
+        sha256: "ab".repeat(32),
+        expire_at_ms,
+    };
+    let (kept, _) = app.create_job().await;
+    let meta = &app.parts.meta;
+    meta.record_archive(&archive(kept, None), 1_000)
+        .await
+        .unwrap();
+    let off = get_json(app, "/admin/api/expiry").await;
+    assert_eq!(
+        (off["archived"].clone(), off["on"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(off["keep_ms"], Value::Null);
+
+    let (expiring, _) = app.create_job().await;
+    let day = 24 * 3_600_000;
+    meta.record_archive(&archive(expiring, Some(2_000 + 30 * day)), 2_000)
+        .await
+        .unwrap();
+    let on = get_json(app, "/admin/api/expiry").await;
+    assert_eq!(on["on"], true);
+    assert_eq!(on["keep_ms"], 30 * day);
+    assert_eq!(on["newest_expires_at_ms"], 2_000 + 30 * day);
+}
+
 async fn run_now_enqueues_one_recovery_run_at_a_time(app: &TestApp) {
     let queued = admin(app, Method::POST, "/admin/api/recovery/run", None).await;
     assert_eq!(queued.status, StatusCode::OK);
@@ -735,6 +773,7 @@ on_both_stacks!(
     the_breaker_view_shows_the_shared_state,
     cron_and_recovery_views_show_last_and_next_ticks_and_the_cursor,
     run_now_enqueues_one_recovery_run_at_a_time,
+    expiry_shows_off_until_an_archive_is_written_with_an_expiry,
     the_backlog_series_holds_each_queues_ready_scheduled_and_running,
 );
 

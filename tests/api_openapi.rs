@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/api/breaker"),
     ("get", "/admin/api/recovery"),
     ("post", "/admin/api/recovery/run"),
+    ("get", "/admin/api/expiry"),
     ("get", "/admin/api/backlog"),
 ];
 

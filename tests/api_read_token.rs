@@ -129,6 +129,7 @@ async fn the_read_token_opens_dashboard_views_and_changes_nothing() {
     for path in [
         "/admin/api/queues".to_owned(),
         "/admin/api/builds".to_owned(),
+        "/admin/api/expiry".to_owned(),
         format!("/admin/api/queues/{QUEUE}/dead"),
         "/admin/api/cron".to_owned(),
         "/admin/api/breaker".to_owned(),

@@ -851,6 +851,13 @@ async fn expired_artifacts_are_the_unlocked_ones_due_oldest_first(f: &Fixture) {
     );
 }
 
+async fn the_newest_trace_artifact_is_the_last_written(f: &Fixture) {
+    assert_eq!(f.store.newest_trace_artifact().await.unwrap(), None);
+    archived(f, Some(30_000)).await;
+    let newest = archived(f, None).await;
+    assert_eq!(f.store.newest_trace_artifact().await.unwrap(), Some(newest));
+}
+
 async fn deleting_an_artifact_keeps_the_build_archived_without_it(f: &Fixture) {
     let gone = archived(f, Some(30_000)).await;
     let other = archived(f, Some(30_000)).await;
@@ -1344,6 +1351,7 @@ on_every_sql_store!(
     values_beyond_bigint_are_refused_and_write_nothing,
     expired_artifacts_are_the_unlocked_ones_due_oldest_first,
     deleting_an_artifact_keeps_the_build_archived_without_it,
+    the_newest_trace_artifact_is_the_last_written,
     a_lease_has_one_holder_until_it_expires_or_is_released,
     of_concurrent_takers_of_a_lease_exactly_one_holds_it,
     rows_the_live_store_writes_are_the_rows_the_metadata_lists,

@@ -86,6 +86,22 @@
     return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
   }
 
+  /** A span of time in its two largest units, zero parts left out: "1h", "2m 5s". */
+  function duration(ms) {
+    const s = Math.floor(ms / 1000);
+    const parts = [[Math.floor(s / 86400), "d"], [Math.floor(s / 3600) % 24, "h"],
+      [Math.floor(s / 60) % 60, "m"], [s % 60, "s"]];
+    const first = parts.findIndex(([n]) => n > 0);
+    if (first < 0) return "0s";
+    return parts.slice(first, first + 2).filter(([n]) => n > 0).map(([n, u]) => `${n}${u}`)
+      .join(" ");
+  }
+
+  /** A long id as its head and tail (where ids differ), the whole id in the tooltip. */
+  function shortId(id) {
+    return id.length > 18 ? `${id.slice(0, 8)}\u2026${id.slice(-8)}` : id;
+  }
+
   function bytes(n) {
     if (n === null || n === undefined) return "-";
     if (n < 1024) return `${n} B`;
@@ -346,7 +362,7 @@
         actions.append(retry, " ", discard);
         const died = el("td", null, "nowrap");
         died.appendChild(when(job.died_at_ms));
-        const id = el("td", job.id, "id");
+        const id = el("td", shortId(job.id), "id");
         id.title = job.id;
         tr.append(id, el("td", `${job.attempts}/${job.max_attempts}`, "num"), died,
           el("td", job.error, "text"), el("td", job.payload, "text"), actions);
@@ -433,7 +449,7 @@
         : r.cursor === 0
           ? "0 (the next run walks from the first build)"
           : `build ${r.cursor} (the next run resumes above it)`;
-      const stale = `${r.stale}${r.stale_more ? "+" : ""} finished over ${millis(r.stale_after_ms)}`
+      const stale = `${r.stale}${r.stale_more ? "+" : ""} finished over ${duration(r.stale_after_ms)}`
         + " ago, not archived";
       definitions("recovery", [
         ["last step", r.last_step_ms === null ? "never" : when(r.last_step_ms)],
@@ -441,6 +457,26 @@
         ["stale logs", stale],
         ["cursor", cursor],
       ]);
+    });
+  }
+
+  function renderExpiry(x) {
+    renderIfChanged("expiry", [x.archived, x.on, x.keep_ms, x.newest_expires_at_ms], () => {
+      if (!x.archived) {
+        definitions("expiry", [["state", "no log archived yet"]]);
+      } else if (!x.on) {
+        definitions("expiry", [
+          ["state", el("span", "off", "closed")],
+          ["meaning", "archived logs are kept forever (BUILDLOGS_TRACE_EXPIRE_DAYS unset when "
+            + "the newest was archived)"],
+        ]);
+      } else {
+        definitions("expiry", [
+          ["state", "on"],
+          ["kept for", duration(x.keep_ms)],
+          ["newest expires", when(x.newest_expires_at_ms)],
+        ]);
+      }
     });
   }
 
@@ -584,6 +620,7 @@
       api("GET", "/admin/api/backlog").then(renderBacklog),
       api("GET", "/admin/api/breaker").then(renderBreaker),
       api("GET", "/admin/api/recovery").then(renderRecovery),
+      api("GET", "/admin/api/expiry").then(renderExpiry),
       api("GET", "/admin/api/cron").then(renderCron),
     ];
     const results = await Promise.allSettled(views);

@@ -18,6 +18,7 @@
 //! | `GET /admin/api/breaker`                         | the object store breaker: open, since, why  |
 //! | `GET /admin/api/recovery`                        | stale-trace recovery: cursor, last step, stale builds, schedule |
 //! | `POST /admin/api/recovery/run`                   | a recovery run enqueued now (admin only)    |
+//! | `GET /admin/api/expiry`                          | whether archives expire (the newest archive's `expire_at`) |
 //! | `GET /admin/api/backlog`                         | the chart's samples ([`super::backlog`])    |
 //!
 //! Authorization: every `/admin/api/` call needs `Authorization: Bearer <BUILDLOGS_ADMIN_TOKEN>`:
@@ -48,7 +49,8 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Access};
 use super::openapi::{
-    Backlog, Breaker, Cron, DeadDone, DeadList, LimitSet, Queues, Recovery, RecoveryRun, SetLimit,
+    Backlog, Breaker, Cron, DeadDone, DeadList, Expiry, LimitSet, Queues, Recovery, RecoveryRun,
+    SetLimit,
 };
 use super::{ApiError, AppState};
 use crate::jobs::Job;
@@ -91,6 +93,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/api/breaker", get(breaker))
         .route("/admin/api/recovery", get(recovery))
         .route("/admin/api/recovery/run", post(recovery_run))
+        .route("/admin/api/expiry", get(expiry))
         .route("/admin/api/backlog", get(backlog))
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
@@ -555,6 +558,38 @@ pub(super) async fn recovery_run(State(state): State<AppState>) -> Result<Json<V
         } else {
             "a recovery run is already queued or running"
         },
+    })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/api/expiry",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "Whether archived logs expire", body = Expiry),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token", body = super::openapi::ErrorBody),
+        (status = 500, description = "The metadata store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn expiry(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // The workers stamp each archive with its expiry (or none, with
+    // BUILDLOGS_TRACE_EXPIRE_DAYS unset); the web role has no such setting, so the newest
+    // archive is what says whether expiry is on now, whatever process wrote it.
+    let newest = state
+        .meta
+        .newest_trace_artifact()
+        .await
+        .map_err(|e| failed("reading the newest archive", e))?;
+    Ok(Json(json!({
+        "now_ms": now_ms(&state),
+        "archived": newest.is_some(),
+        "on": newest.as_ref().map(|a| a.expire_at_ms.is_some()),
+        "keep_ms": newest.as_ref().and_then(|a| a.expire_at_ms.map(|at| at - a.created_at_ms)),
+        "newest_archived_at_ms": newest.as_ref().map(|a| a.created_at_ms),
+        "newest_expires_at_ms": newest.and_then(|a| a.expire_at_ms),
     })))
 }
 

@@ -54,6 +54,7 @@ pub const JOB_TOKEN_QUERY: &str = "job_token_query";
         super::admin::breaker,
         super::admin::recovery,
         super::admin::recovery_run,
+        super::admin::expiry,
         super::admin::backlog,
     ),
     modifiers(&SecuritySchemes),
@@ -424,6 +425,22 @@ pub struct Recovery {
     stale_after_ms: i64,
     /// Its cron schedule: `{last_fired_ms, next_tick_ms}`; null when this process has none.
     schedule: Option<serde_json::Value>,
+}
+
+/// `GET /admin/api/expiry`: what the newest archive says about artifact expiry.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Expiry {
+    now_ms: i64,
+    /// Any log archived yet.
+    archived: bool,
+    /// The newest archive expires (BUILDLOGS_TRACE_EXPIRE_DAYS was set on the worker that
+    /// wrote it); null before the first archive.
+    on: Option<bool>,
+    /// How long the newest archive is kept, ms.
+    keep_ms: Option<i64>,
+    newest_archived_at_ms: Option<i64>,
+    newest_expires_at_ms: Option<i64>,
 }
 
 /// `POST /admin/api/recovery/run`.

@@ -259,6 +259,8 @@ struct Statements {
     record_activity: &'static str,
     /// $1 build → its `trace` artifact.
     trace_artifact: &'static str,
+    /// → the `trace` artifact with the highest id.
+    newest_trace_artifact: &'static str,
     /// $1 build, $2 object path, $3 size, $4 crc32, $5 sha256, $6 expire at, $7 now → the new
     /// artifact.
     insert_artifact: &'static str,
@@ -384,6 +386,11 @@ const SQLITE: Statements = Statements {
         artifact_columns!(),
         " FROM job_artifacts WHERE build_id = $1 AND kind = 'trace'"
     ),
+    newest_trace_artifact: concat!(
+        "SELECT ",
+        artifact_columns!(),
+        " FROM job_artifacts WHERE kind = 'trace' ORDER BY id DESC LIMIT 1"
+    ),
     insert_artifact: concat!(
         "INSERT INTO job_artifacts \
          (build_id, kind, object_path, size, crc32, sha256, expire_at, created_at) \
@@ -461,6 +468,7 @@ const POSTGRES: Statements = Statements {
     overdue_pending_states: SQLITE.overdue_pending_states,
     record_activity: SQLITE.record_activity,
     trace_artifact: SQLITE.trace_artifact,
+    newest_trace_artifact: SQLITE.newest_trace_artifact,
     insert_artifact: SQLITE.insert_artifact,
     record_archived: SQLITE.record_archived,
     mark_trace_archived: SQLITE.mark_trace_archived,
@@ -1046,6 +1054,15 @@ impl MetadataStore for SqlMetadata {
         let row: Option<ArtifactTuple> = on_db!(&self.db, |pool, q| {
             sqlx::query_as(q.trace_artifact)
                 .bind(build_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(to_artifact).transpose()
+    }
+
+    async fn newest_trace_artifact(&self) -> Result<Option<Artifact>, MetadataError> {
+        let row: Option<ArtifactTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.newest_trace_artifact)
                 .fetch_optional(pool)
                 .await?
         });

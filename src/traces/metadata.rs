@@ -182,6 +182,10 @@ pub trait MetadataStore: StuckBuildStore + Send + Sync + 'static {
     /// A build's trace artifact, if archived.
     async fn trace_artifact(&self, build_id: i64) -> Result<Option<Artifact>, MetadataError>;
 
+    /// The trace artifact written last (highest id): its `expire_at` says whether the workers
+    /// archive with an expiry (`BUILDLOGS_TRACE_EXPIRE_DAYS`) now. One primary key lookup.
+    async fn newest_trace_artifact(&self) -> Result<Option<Artifact>, MetadataError>;
+
     /// Stale-trace recovery's batch: ids of finished builds whose log is not archived, finished
     /// before `finished_before_ms`, above `after_id`, with fewer than `gave_up_after` archival
     /// attempts (an archive that used them all is in the dead set: an operator re-runs or
