@@ -561,6 +561,12 @@
       row.style.top = `${logBox.scrollTop + (r - top) * state.rowHeight}px`;
       frag.appendChild(row);
     }
+    if (n === 0) {
+      const empty = document.createElement("div");
+      empty.className = "row notice";
+      empty.textContent = state.final ? "This log is empty." : "No output yet: new lines appear here as the job writes them.";
+      frag.appendChild(empty);
+    }
     rowsBox.replaceChildren(frag);
     for (const p of wanted) fetchPage(p);
     // Fetch the pages next to the screen too, so scrolling a little never shows "…".
@@ -867,7 +873,7 @@
     try {
       summary = await getJson("/summary");
     } catch (e) {
-      if (e instanceof Unauthorized) return showSignin();
+      if (e instanceof Unauthorized) return showSignin(state.grantError);
       showError("summary", `Could not load this job: ${e.message}`);
       return;
     }
@@ -944,8 +950,8 @@
       history.replaceState(null, "", location.pathname + location.search);
       const message = await openSession({ grant: decodeURIComponent(grant[1]) });
       if (message) {
-        showSignin(`This read link did not work (${message}). Ask for a new one, or sign in.`);
-        return;
+        // A cookie from before may still open the page.
+        state.grantError = `This read link did not work (${message}). Ask for a new one, or sign in.`;
       }
     }
     load();
@@ -970,6 +976,34 @@
     const unit = e.deltaMode === 1 ? 1 : e.deltaMode === 2 ? viewRows() : 1 / state.rowHeight;
     scrollToRow(topRow() + e.deltaY * unit);
   }, { passive: false });
+
+  // Keys in the log: Home/End everywhere; past the height cap, page and line keys move by rows.
+  logBox.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const page = Math.max(1, Math.floor(viewRows()) - 1);
+    const moves = { PageDown: page, PageUp: -page, ArrowDown: 1, ArrowUp: -1, " ": e.shiftKey ? -page : page };
+    if (e.key === "Home") {
+      e.preventDefault();
+      setFollow(false);
+      scrollToRow(0);
+    } else if (e.key === "End") {
+      e.preventDefault();
+      scrollToEnd();
+      if (state.stream) setFollow(true);
+    } else if (state.scaled && e.key in moves) {
+      e.preventDefault();
+      if (moves[e.key] < 0) setFollow(false);
+      scrollToRow(topRow() + moves[e.key]);
+    }
+  });
+
+  // "/" anywhere but a text field: search.
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "/" || e.target.closest("input, select, textarea") || $("toolbar").hidden) return;
+    e.preventDefault();
+    $("q").focus();
+    $("q").select();
+  });
 
   rowsBox.addEventListener("click", (e) => {
     const row = e.target.closest(".row.section");
