@@ -1,0 +1,1 @@
+// Placeholder: the log page's script (branch task/logui writes it).
