@@ -281,7 +281,6 @@ impl TestApp {
             patch_rate: Default::default(),
             streams: Default::default(),
             logpage: Default::default(),
-            logpage: Default::default(),
         };
         (
             router(state.clone()),
