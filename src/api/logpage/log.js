@@ -623,6 +623,8 @@
       div.append(dt, dd);
       return div;
     }));
+    $("raw").hidden = false;
+    $("download").hidden = false;
     $("raw").href = `${base}/raw`;
     $("download").href = `${base}/raw?download=1`;
     $("download").setAttribute("download", `job-${jobId}.log`);
@@ -858,6 +860,9 @@
     $("log").hidden = true;
     $("toolbar").hidden = true;
     $("sign-out").hidden = true;
+    $("raw").hidden = true;
+    $("download").hidden = true;
+    $("job-title").textContent = `Job #${jobId}`;
     $("status").textContent = "signed out";
     $("status").className = "badge";
     $("facts").replaceChildren();
