@@ -97,7 +97,7 @@ function stackSettings(name) {
 
 /**
  * Starts `buildlogs all` and waits until it answers. `env` is added on top of the defaults.
- * Returns { url, stop(), log() }.
+ * Returns { url, stop(), log(), stack, dataDir, env }.
  */
 export async function startServer(name, env = {}) {
   if (!existsSync(BINARY)) {
@@ -164,5 +164,6 @@ export async function startServer(name, env = {}) {
     }
     await new Promise((ok) => setTimeout(ok, 100));
   }
-  return { url, stop, log, stack: STACK };
+  // dataDir and env let a test seed what no API makes (e.g. a dead job in the job queue).
+  return { url, stop, log, stack: STACK, dataDir: join(dir, 'data'), env: stack.env };
 }

@@ -142,9 +142,10 @@
     }
     const updated = $("updated");
     if (lastOkMs === null) return;
-    const age = millis(Math.max(0, Date.now() - lastOkMs));
+    const ms = Math.max(0, Date.now() - lastOkMs);
+    const age = ms < 1000 ? "just now" : `${millis(ms)} ago`;
     const failing = !$("error").hidden;
-    updated.textContent = failing ? `stale: last updated ${age} ago` : `updated ${age} ago`;
+    updated.textContent = failing ? `stale: last updated ${age}` : `updated ${age}`;
     updated.className = failing ? "stale" : "muted";
     updated.title = new Date(lastOkMs).toLocaleString();
   }
