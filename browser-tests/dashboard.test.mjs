@@ -143,6 +143,20 @@ test('a dead job is retried (queued again) and another discarded; ids shown whol
   await page.context().close();
 });
 
+test('a retried job that dies again at once is reported as such, not as queued', async () => {
+  // A payload its handler cannot decode: the worker buries it again as soon as it runs it.
+  const id = '01JBROWSERTESTDIESAGAIN001';
+  seedDeadJob(server, { queue: 'drop_stuck_builds', id, error: 'cannot decode', payload: 'not json' });
+  const page = await newPage(browser, DESKTOP);
+  await signIn(page, server);
+  await page.selectOption('#dead-queue', 'drop_stuck_builds');
+  const row = page.locator('#dead tbody tr', { has: page.locator(`td[title="${id}"]`) });
+  await row.locator('button', { hasText: 'retry' }).click();
+  await page.locator('#dead-result', { hasText: `${id}: ran again and died again: ` }).waitFor({ timeout: 15_000 });
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test('run recovery now queues a run; the read-only token sees everything and changes nothing', async () => {
   const page = await newPage(browser, DESKTOP);
   await signIn(page, server);
