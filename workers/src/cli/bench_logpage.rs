@@ -53,7 +53,7 @@ fn line(n: u64, out: &mut Vec<u8>) {
     use std::io::Write;
     let at = 1_700_000_000 + n / 100;
     let _ = if n % 10_000 == 1 {
-        let collapsed = if (n / 10_000) % 2 == 0 {
+        let collapsed = if (n / 10_000).is_multiple_of(2) {
             "[collapsed=true]"
         } else {
             ""
@@ -64,7 +64,7 @@ fn line(n: u64, out: &mut Vec<u8>) {
             n / 10_000,
             n / 10_000
         )
-    } else if n % 10_000 == 0 {
+    } else if n.is_multiple_of(10_000) {
         write!(
             out,
             "\x1b[0Ksection_end:{at}:step_{}\r\x1b[0K",
