@@ -54,7 +54,7 @@ test('a 100 MiB log opens at its end, scrolls to the top and the middle, and sea
   });
   let started = Date.now();
   await page.goto(job.created.read_link);
-  await row(page, LINES).waitFor({ timeout: 30_000 });
+  await row(page, LINES).waitFor({ timeout: 120_000 }); // a cold index of 100 MiB on a debug build
   await settled(page);
   const firstOpen = Date.now() - started;
   assert.ok(await lineOnScreen(page, LINES), 'it opens at the last line');
@@ -87,7 +87,7 @@ test('a 100 MiB log opens at its end, scrolls to the top and the middle, and sea
   started = Date.now();
   await page.fill('#q', NEEDLE.toUpperCase());
   await page.press('#q', 'Enter');
-  await page.waitForFunction(() => document.getElementById('search-count').textContent === '1 of 1', null, { timeout: 60_000 });
+  await page.waitForFunction(() => document.getElementById('search-count').textContent === '1 of 1', null, { timeout: 120_000 });
   await row(page, 1_000_000).waitFor();
   await settled(page);
   t.diagnostic(`search of 100 MiB to line 1,000,000 on screen: ${Date.now() - started} ms`);

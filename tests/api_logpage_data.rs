@@ -311,7 +311,7 @@ async fn search_counts_every_match_across_chunks_without_escapes(app: &TestApp) 
     let mut n = 0u64;
     while log.len() < 3 * CHUNK + CHUNK / 3 {
         n += 1;
-        let line = if n % 1000 == 0 {
+        let line = if n.is_multiple_of(1000) {
             expected.push(n);
             format!("2024-05-01T10:00:00Z 00O found \x1b[31mNee\x1b[1mdLE\x1b[0m at {n}\n")
         } else {

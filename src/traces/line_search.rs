@@ -26,9 +26,9 @@ pub struct SearchResult {
 
 /// One search, fed the log's bytes in order.
 pub struct LineSearch {
-    /// The query, lowercased (ASCII-only queries are matched on bytes).
+    /// The query, lowercased (ASCII-only queries are matched on bytes, by `finder`).
     needle: String,
-    ascii: bool,
+    finder: Option<memchr::memmem::Finder<'static>>,
     from: u64,
     limit: usize,
     /// The line being read (spanning frames), at most [`LINE_MAX`] bytes of it.
@@ -41,9 +41,13 @@ pub struct LineSearch {
 
 impl LineSearch {
     pub fn new(query: &str, from: u64, limit: usize) -> Self {
+        let needle = query.to_lowercase();
+        let finder = query
+            .is_ascii()
+            .then(|| memchr::memmem::Finder::new(needle.as_bytes()).into_owned());
         Self {
-            needle: query.to_lowercase(),
-            ascii: query.is_ascii(),
+            needle,
+            finder,
             from,
             limit,
             carry: Vec::new(),
@@ -104,9 +108,9 @@ impl LineSearch {
 
     fn matches(&mut self, line: &[u8]) -> bool {
         log_text::visible(line, &mut self.visible);
-        if self.ascii {
+        if let Some(finder) = &self.finder {
             self.visible.make_ascii_lowercase();
-            memchr::memmem::find(&self.visible, self.needle.as_bytes()).is_some()
+            finder.find(&self.visible).is_some()
         } else {
             String::from_utf8_lossy(&self.visible)
                 .to_lowercase()

@@ -710,9 +710,11 @@
     const es = new EventSource(`${base}/stream?offset=${state.streamOffset}`);
     state.stream = es;
     $("follow").hidden = false;
-    es.addEventListener("append", (ev) => {
+    es.onopen = () => {
       streamRetry = 0;
       hideError("stream");
+    };
+    es.addEventListener("append", (ev) => {
       const bytes = decodeBase64(ev.data);
       const offset = Number(ev.lastEventId);
       if (Number.isFinite(offset) && offset > 0) {
@@ -744,11 +746,14 @@
       es.close();
       if (state.stream !== es) return;
       state.stream = null;
+      // A stream's lifetime ends it now and then (BUILDLOGS_STREAM_LIFETIME): only say so
+      // when reconnecting fails.
       streamRetry = Math.min(streamRetry + 1, 5);
-      showError("stream", "Live updates interrupted; reconnecting…");
+      if (streamRetry > 1) showError("stream", "Live updates interrupted; reconnecting…");
+      // At once after a stream that had opened, then backing off to 4 s while it fails.
       setTimeout(() => {
         if (!state.stream && !state.final) openStream();
-      }, 500 * streamRetry);
+      }, streamRetry === 1 ? 50 : 1000 * (streamRetry - 1));
     };
   }
 
@@ -976,6 +981,7 @@
 
   // Past the height cap a pixel is more than a row: move by rows instead.
   logBox.addEventListener("wheel", (e) => {
+    if (e.deltaY < 0 && state.follow) setFollow(false); // the reader looks back
     if (!state.scaled || Math.abs(e.deltaY) < Math.abs(e.deltaX)) return;
     e.preventDefault();
     const unit = e.deltaMode === 1 ? 1 : e.deltaMode === 2 ? viewRows() : 1 / state.rowHeight;
@@ -995,9 +1001,10 @@
       e.preventDefault();
       scrollToEnd();
       if (state.stream) setFollow(true);
-    } else if (state.scaled && e.key in moves) {
+    } else if (e.key in moves) {
+      if (moves[e.key] < 0 && state.follow) setFollow(false);
+      if (!state.scaled) return;
       e.preventDefault();
-      if (moves[e.key] < 0) setFollow(false);
       scrollToRow(topRow() + moves[e.key]);
     }
   });
