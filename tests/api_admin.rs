@@ -17,6 +17,7 @@ use buildlogs::jobs::{Clock, Envelope, SystemClock};
 use buildlogs::traces::breaker::OBJECT_STORE_BREAKER;
 use buildlogs::traces::jobs::RecoverStaleTraces;
 use buildlogs::traces::metadata::BreakerRecord;
+use buildlogs::traces::model::{BuildStatus, NewArtifact};
 use buildlogs::traces::recovery::RECOVERY_CURSOR;
 use serde_json::{Value, json};
 use support::app::{ADMIN, RECOVERY_CRON, RECOVERY_SCHEDULE, Reply, TestApp};
@@ -132,6 +133,7 @@ async fn limit_of(app: &TestApp, queue: &str) -> Option<u32> {
 fn endpoints() -> Vec<(Method, String, Option<&'static str>)> {
     vec![
         (Method::GET, "/admin/api/queues".into(), None),
+        (Method::GET, "/admin/api/builds".into(), None),
         (Method::GET, format!("/admin/api/queues/{QUEUE}/dead"), None),
         (
             Method::POST,
@@ -151,6 +153,8 @@ fn endpoints() -> Vec<(Method, String, Option<&'static str>)> {
         (Method::GET, "/admin/api/cron".into(), None),
         (Method::GET, "/admin/api/breaker".into(), None),
         (Method::GET, "/admin/api/recovery".into(), None),
+        (Method::POST, "/admin/api/recovery/run".into(), None),
+        (Method::GET, "/admin/api/expiry".into(), None),
         (Method::GET, "/admin/api/backlog".into(), None),
     ]
 }
@@ -246,6 +250,9 @@ async fn the_page_is_served_without_the_token_and_holds_no_data(app: &TestApp) {
         "/admin/api/breaker",
         "/admin/api/recovery",
         "/admin/api/cron",
+        "/admin/api/builds",
+        "/admin/api/expiry",
+        "/admin/api/recovery/run",
     ] {
         assert!(js.contains(&format!("\"{path}\"")), "{path}");
     }
@@ -526,16 +533,100 @@ async fn cron_and_recovery_views_show_last_and_next_ticks_and_the_cursor(app: &T
     assert_eq!(after["schedules"][0]["last_fired_ms"], tick);
 
     let recovery = get_json(app, "/admin/api/recovery").await;
+    assert_eq!(recovery["cursor_name"], RECOVERY_CURSOR);
+    assert_eq!(recovery["cursor"], Value::Null);
+    assert_eq!(recovery["last_step_ms"], Value::Null, "never ran");
+    assert_eq!(recovery["stale"], 0);
+    assert_eq!(recovery["stale_more"], false);
+    assert_eq!(recovery["stale_after_ms"], 3_600_000);
     assert_eq!(
-        recovery,
-        json!({"cursor_name": RECOVERY_CURSOR, "cursor": null})
+        recovery["schedule"],
+        json!({"last_fired_ms": tick, "next_tick_ms": next})
     );
     app.parts
         .meta
         .set_cursor(RECOVERY_CURSOR, 4242, now)
         .await
         .unwrap();
-    assert_eq!(get_json(app, "/admin/api/recovery").await["cursor"], 4242);
+    let recovery = get_json(app, "/admin/api/recovery").await;
+    assert_eq!(recovery["cursor"], 4242);
+    assert_eq!(recovery["last_step_ms"], now);
+
+    // Builds finished over an hour ago and not archived are stale; a recent one is not yet.
+    let (old, _) = app.create_job().await;
+    let (recent, _) = app.create_job().await;
+    let meta = &app.parts.meta;
+    meta.finish_build(old, BuildStatus::Success, None, now - 2 * 3_600_000)
+        .await
+        .unwrap();
+    meta.finish_build(recent, BuildStatus::Success, None, now)
+        .await
+        .unwrap();
+    assert_eq!(get_json(app, "/admin/api/recovery").await["stale"], 1);
+}
+
+async fn expiry_shows_off_until_an_archive_is_written_with_an_expiry(app: &TestApp) {
+    let none = get_json(app, "/admin/api/expiry").await;
+    assert_eq!(none["archived"], false);
+    assert_eq!(none["on"], Value::Null);
+    let archive = |build_id, expire_at_ms| NewArtifact {
+        build_id,
+        object_path: format!("traces/{build_id}/job.log"),
+        size: 1,
+        crc32: 0,
+        sha256: "ab".repeat(32),
+        expire_at_ms,
+    };
+    let (kept, _) = app.create_job().await;
+    let meta = &app.parts.meta;
+    meta.record_archive(&archive(kept, None), 1_000)
+        .await
+        .unwrap();
+    let off = get_json(app, "/admin/api/expiry").await;
+    assert_eq!(
+        (off["archived"].clone(), off["on"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(off["keep_ms"], Value::Null);
+
+    let (expiring, _) = app.create_job().await;
+    let day = 24 * 3_600_000;
+    meta.record_archive(&archive(expiring, Some(2_000 + 30 * day)), 2_000)
+        .await
+        .unwrap();
+    let on = get_json(app, "/admin/api/expiry").await;
+    assert_eq!(on["on"], true);
+    assert_eq!(on["keep_ms"], 30 * day);
+    assert_eq!(on["newest_expires_at_ms"], 2_000 + 30 * day);
+}
+
+async fn run_now_enqueues_one_recovery_run_at_a_time(app: &TestApp) {
+    let queued = admin(app, Method::POST, "/admin/api/recovery/run", None).await;
+    assert_eq!(queued.status, StatusCode::OK);
+    assert_eq!(queued.json()["queued"], true, "{}", queued.json());
+    let stats = app
+        .broker
+        .stats("recover_stale_traces", SystemClock.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(stats.ready, 1, "one run waits for a worker");
+    let again = admin(app, Method::POST, "/admin/api/recovery/run", None).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["queued"], false);
+    assert!(
+        again.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("already queued"),
+        "{}",
+        again.json()
+    );
+    let stats = app
+        .broker
+        .stats("recover_stale_traces", SystemClock.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(stats.ready, 1, "still one");
 }
 
 async fn the_backlog_series_holds_each_queues_ready_scheduled_and_running(app: &TestApp) {
@@ -566,7 +657,114 @@ async fn the_backlog_series_holds_each_queues_ready_scheduled_and_running(app: &
     );
 }
 
+async fn the_builds_list_pages_newest_first_with_sizes_states_and_log_links(app: &TestApp) {
+    let (older, older_token) = app.create_job().await;
+    let (newer, newer_token) = app.create_job().await;
+    let (finished, _) = app.create_job().await;
+    assert_eq!(
+        app.patch(older, &older_token, 0, b"hello ").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.patch(newer, &newer_token, 0, b"hi").await.status,
+        StatusCode::ACCEPTED
+    );
+    let now = SystemClock.now_ms();
+    let meta = &app.parts.meta;
+    meta.finish_build(finished, BuildStatus::Failed, Some("script_failure"), now)
+        .await
+        .unwrap();
+    meta.record_lost_bytes(finished, 131_072).await.unwrap();
+    meta.record_checksums(finished, 1, Some(2), Some(false))
+        .await
+        .unwrap();
+
+    let all = get_json(app, "/admin/api/builds").await;
+    let ids: Vec<i64> = all["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![finished, newer, older], "newest first: {all}");
+    assert_eq!(all["next_before"], Value::Null, "one page");
+    assert!(all["now_ms"].is_i64());
+    let first = &all["builds"][0];
+    assert_eq!(first["status"], "failed");
+    assert_eq!(first["failure_reason"], "script_failure");
+    assert_eq!(first["web_url"], format!("/jobs/{finished}"));
+    assert_eq!(
+        first["trace"],
+        json!({"size": 0, "state": "flushing", "checksum_valid": false, "partial": true,
+            "lost_bytes": 131_072})
+    );
+    assert!(
+        first["finished_at"].as_str().unwrap().ends_with('Z'),
+        "{first}"
+    );
+    let live = &all["builds"][2];
+    assert_eq!(live["trace"]["size"], 6, "the live length: {live}");
+    assert_eq!(live["trace"]["state"], "live");
+    assert_eq!(live["finished_at"], Value::Null);
+    // The job JSON agrees on what they share.
+    let job = admin(app, Method::GET, &format!("/api/v4/jobs/{older}"), None)
+        .await
+        .json();
+    assert_eq!(live["created_at"], job["created_at"]);
+    assert_eq!(live["trace"]["size"], job["trace"]["size"]);
+
+    // Keyset pages.
+    let page1 = get_json(app, "/admin/api/builds?state=running&limit=1").await;
+    assert_eq!(page1["builds"][0]["id"], newer);
+    assert_eq!(page1["next_before"], newer);
+    let page2 = get_json(
+        app,
+        &format!("/admin/api/builds?state=running&limit=1&before={newer}"),
+    )
+    .await;
+    assert_eq!(page2["builds"][0]["id"], older);
+    let page3 = get_json(
+        app,
+        &format!("/admin/api/builds?state=running&limit=1&before={older}"),
+    )
+    .await;
+    assert_eq!(page3["builds"], json!([]));
+    assert_eq!(page3["next_before"], Value::Null);
+    for filter in ["finished", "partial", "mismatch"] {
+        let only = get_json(app, &format!("/admin/api/builds?state={filter}")).await;
+        assert_eq!(
+            only["builds"].as_array().unwrap().len(),
+            1,
+            "{filter}: {only}"
+        );
+        assert_eq!(only["builds"][0]["id"], finished, "{filter}");
+    }
+
+    for (query, field) in [
+        ("state=done", "state:"),
+        ("limit=0", "limit:"),
+        ("limit=201", "limit:"),
+        ("before=-3", "before:"),
+        ("before=x", "before:"),
+    ] {
+        let reply = admin(
+            app,
+            Method::GET,
+            &format!("/admin/api/builds?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            message(&reply).starts_with(field),
+            "{query}: {}",
+            message(&reply)
+        );
+    }
+}
+
 on_both_stacks!(
+    the_builds_list_pages_newest_first_with_sizes_states_and_log_links,
     every_endpoint_needs_the_admin_token_401_without_403_with_a_wrong_one,
     the_page_is_served_without_the_token_and_holds_no_data,
     the_queues_view_shows_what_the_broker_holds,
@@ -574,6 +772,8 @@ on_both_stacks!(
     dead_jobs_are_listed_retried_and_discarded_through_the_api,
     the_breaker_view_shows_the_shared_state,
     cron_and_recovery_views_show_last_and_next_ticks_and_the_cursor,
+    run_now_enqueues_one_recovery_run_at_a_time,
+    expiry_shows_off_until_an_archive_is_written_with_an_expiry,
     the_backlog_series_holds_each_queues_ready_scheduled_and_running,
 );
 

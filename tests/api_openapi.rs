@@ -10,9 +10,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use support::app::TestApp;
 
-/// Every operation the router serves (src/api/mod.rs and src/api/admin.rs), but the dashboard's
-/// static page and assets (`/admin`, `/admin/`, `/admin/admin.js`, `/admin/admin.css`), which
-/// are not API.
+/// Every operation the router serves (src/api/mod.rs, src/api/admin.rs, src/api/logpage/), but
+/// the static pages and assets (`/admin`, `/admin/`, `/admin/admin.js`, `/admin/admin.css`,
+/// `/jobs/{id}`, `/jobs/assets/log.js`, `/jobs/assets/log.css`), which are not API.
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v4/jobs"),
     ("get", "/api/v4/jobs/{id}"),
@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v4/jobs/{id}/trace/stream"),
     ("get", "/api/v4/openapi.json"),
     ("get", "/admin/api/queues"),
+    ("get", "/admin/api/builds"),
     ("get", "/admin/api/queues/{queue}/dead"),
     ("post", "/admin/api/queues/{queue}/dead/{id}/retry"),
     ("delete", "/admin/api/queues/{queue}/dead/{id}"),
@@ -30,7 +31,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/admin/api/cron"),
     ("get", "/admin/api/breaker"),
     ("get", "/admin/api/recovery"),
+    ("post", "/admin/api/recovery/run"),
+    ("get", "/admin/api/expiry"),
     ("get", "/admin/api/backlog"),
+    ("post", "/api/v4/jobs/{id}/read_link"),
+    ("post", "/jobs/{id}/session"),
+    ("delete", "/jobs/{id}/session"),
+    ("get", "/jobs/{id}/summary"),
+    ("get", "/jobs/{id}/lines"),
+    ("get", "/jobs/{id}/search"),
+    ("get", "/jobs/{id}/stream"),
+    ("get", "/jobs/{id}/raw"),
 ];
 
 const METHODS: &[&str] = &["get", "head", "post", "put", "patch", "delete"];

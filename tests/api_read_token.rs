@@ -128,6 +128,8 @@ async fn the_read_token_opens_dashboard_views_and_changes_nothing() {
 
     for path in [
         "/admin/api/queues".to_owned(),
+        "/admin/api/builds".to_owned(),
+        "/admin/api/expiry".to_owned(),
         format!("/admin/api/queues/{QUEUE}/dead"),
         "/admin/api/cron".to_owned(),
         "/admin/api/breaker".to_owned(),
@@ -164,6 +166,7 @@ async fn the_read_token_opens_dashboard_views_and_changes_nothing() {
             format!("/admin/api/queues/{QUEUE}/limit"),
             r#"{"limit": 1}"#,
         ),
+        (Method::POST, "/admin/api/recovery/run".to_owned(), ""),
     ] {
         let reply = call(&app, method.clone(), &path, READER, body).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method} {path}");

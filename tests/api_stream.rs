@@ -483,6 +483,7 @@ async fn open_streams_end_at_once_when_the_server_shuts_down(app: &TestApp) {
         shutdown: tokio_util::sync::CancellationToken::new(),
         patch_rate: Default::default(),
         streams: Default::default(),
+        logpage: Default::default(),
         ..app.state.clone()
     });
     let request = Request::get(format!("/api/v4/jobs/{id}/trace/stream"))
@@ -778,6 +779,7 @@ async fn own_stack_with_state() -> (
         shutdown: tokio_util::sync::CancellationToken::new(),
         patch_rate: Default::default(),
         streams: Default::default(),
+        logpage: Default::default(),
     };
     (router(state.clone()), state, (db, objects))
 }

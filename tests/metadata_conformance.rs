@@ -12,8 +12,8 @@ use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::live::{AppendOutcome, LiveChunkStore};
 use buildlogs::traces::metadata::{ChunkFlip, MetadataError, MetadataStore, StuckBuildStore};
 use buildlogs::traces::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, IdleBuild, NewArtifact, PendingState,
-    TraceMetadata,
+    Artifact, Build, BuildListFilter, BuildStatus, BuildSummary, ChunkRow, DataStore, IdleBuild,
+    NewArtifact, PendingState, TraceMetadata, TraceState,
 };
 use support::sql::{TestPostgres, TestSql, TestSqlite};
 
@@ -851,6 +851,13 @@ async fn expired_artifacts_are_the_unlocked_ones_due_oldest_first(f: &Fixture) {
     );
 }
 
+async fn the_newest_trace_artifact_is_the_last_written(f: &Fixture) {
+    assert_eq!(f.store.newest_trace_artifact().await.unwrap(), None);
+    archived(f, Some(30_000)).await;
+    let newest = archived(f, None).await;
+    assert_eq!(f.store.newest_trace_artifact().await.unwrap(), Some(newest));
+}
+
 async fn deleting_an_artifact_keeps_the_build_archived_without_it(f: &Fixture) {
     let gone = archived(f, Some(30_000)).await;
     let other = archived(f, Some(30_000)).await;
@@ -1169,6 +1176,148 @@ async fn lost_bytes_make_a_trace_partial(f: &Fixture) {
     ));
 }
 
+// --- The dashboard's builds list --------------------------------------------------------------
+
+async fn builds_pages_list_newest_first_by_filter_with_their_trace_state(f: &Fixture) {
+    let live = f.build().await;
+    let flushing = f.build().await;
+    let archived_ok = f.build().await;
+    let partial = f.build().await;
+    let expired = f.build().await;
+    let mismatch = f.build().await;
+    let running = f.build().await;
+    for (b, status) in [
+        (flushing.id, BuildStatus::Failed),
+        (archived_ok.id, BuildStatus::Success),
+        (partial.id, BuildStatus::Success),
+        (expired.id, BuildStatus::Success),
+        (mismatch.id, BuildStatus::Canceled),
+    ] {
+        let reason = (status == BuildStatus::Failed).then_some("script_failure");
+        f.store
+            .finish_build(b, status, reason, 2_000)
+            .await
+            .unwrap();
+    }
+    for b in [archived_ok.id, partial.id, expired.id] {
+        f.store
+            .record_archive(&new_artifact(b, &format!("traces/{b}/job.log")), 3_000)
+            .await
+            .unwrap();
+    }
+    f.store.record_lost_bytes(partial.id, 4_096).await.unwrap();
+    let gone = f.store.trace_artifact(expired.id).await.unwrap().unwrap();
+    assert!(f.store.delete_artifact(gone.id).await.unwrap());
+    f.store
+        .record_checksums(mismatch.id, 1, Some(2), Some(false))
+        .await
+        .unwrap();
+    f.store
+        .record_checksums(archived_ok.id, 1, Some(1), Some(true))
+        .await
+        .unwrap();
+
+    let page = |filter, before, limit| {
+        let store = f.store.clone();
+        async move {
+            store
+                .builds_page(filter, before, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|b| b.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = vec![
+        running.id,
+        mismatch.id,
+        expired.id,
+        partial.id,
+        archived_ok.id,
+        flushing.id,
+        live.id,
+    ];
+    assert_eq!(page(BuildListFilter::All, i64::MAX, 100).await, all);
+    // Keyset pages: `before` the last id seen, `limit` at a time, nothing skipped or repeated.
+    assert_eq!(page(BuildListFilter::All, i64::MAX, 3).await, all[..3]);
+    assert_eq!(page(BuildListFilter::All, all[2], 3).await, all[3..6]);
+    assert_eq!(page(BuildListFilter::All, all[5], 3).await, all[6..]);
+    assert!(page(BuildListFilter::All, live.id, 3).await.is_empty());
+    assert_eq!(
+        page(BuildListFilter::Running, i64::MAX, 100).await,
+        vec![running.id, live.id]
+    );
+    assert_eq!(
+        page(BuildListFilter::Running, running.id, 100).await,
+        vec![live.id]
+    );
+    assert_eq!(
+        page(BuildListFilter::Finished, i64::MAX, 100).await,
+        all[1..6]
+    );
+    assert_eq!(
+        page(BuildListFilter::Partial, i64::MAX, 100).await,
+        vec![partial.id]
+    );
+    assert!(
+        page(BuildListFilter::Partial, partial.id, 100)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        page(BuildListFilter::Mismatch, i64::MAX, 100).await,
+        vec![mismatch.id]
+    );
+
+    let rows = f
+        .store
+        .builds_page(BuildListFilter::All, i64::MAX, 100)
+        .await
+        .unwrap();
+    let row = |id: i64| -> &BuildSummary { rows.iter().find(|r| r.id == id).unwrap() };
+    assert_eq!(
+        row(flushing.id),
+        &BuildSummary {
+            id: flushing.id,
+            status: BuildStatus::Failed,
+            failure_reason: Some("script_failure".into()),
+            created_at_ms: 1_000,
+            finished_at_ms: Some(2_000),
+            trace_state: TraceState::Flushing,
+            archived_size: None,
+            checksum_valid: None,
+            lost_bytes: 0,
+        }
+    );
+    // (id, trace state, archive size, checksum valid, lost bytes)
+    let states: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                r.trace_state,
+                r.archived_size,
+                r.checksum_valid,
+                r.lost_bytes,
+            )
+        })
+        .collect();
+    let size = Some(5 * CHUNK_SIZE);
+    assert_eq!(
+        states,
+        vec![
+            (running.id, TraceState::Live, None, None, 0),
+            (mismatch.id, TraceState::Flushing, None, Some(false), 0),
+            (expired.id, TraceState::Expired, None, None, 0),
+            (partial.id, TraceState::Archived, size, None, 4_096),
+            (archived_ok.id, TraceState::Archived, size, Some(true), 0),
+            (flushing.id, TraceState::Flushing, None, None, 0),
+            (live.id, TraceState::Live, None, None, 0),
+        ]
+    );
+}
+
 macro_rules! on_every_sql_store {
     ($($name:ident),* $(,)?) => {
         tests_on!(sqlite, sqlite, $($name),*);
@@ -1202,10 +1351,12 @@ on_every_sql_store!(
     values_beyond_bigint_are_refused_and_write_nothing,
     expired_artifacts_are_the_unlocked_ones_due_oldest_first,
     deleting_an_artifact_keeps_the_build_archived_without_it,
+    the_newest_trace_artifact_is_the_last_written,
     a_lease_has_one_holder_until_it_expires_or_is_released,
     of_concurrent_takers_of_a_lease_exactly_one_holds_it,
     rows_the_live_store_writes_are_the_rows_the_metadata_lists,
     a_flush_that_read_a_chunk_before_an_append_loses,
     stuck_build_queries_see_running_builds_by_activity_and_overdue_pending_states,
     lost_bytes_make_a_trace_partial,
+    builds_pages_list_newest_first_by_filter_with_their_trace_state,
 );

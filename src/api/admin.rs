@@ -9,13 +9,16 @@
 //! | method and path                                  | what                                        |
 //! |--------------------------------------------------|---------------------------------------------|
 //! | `GET /admin/api/queues`                          | every queue's [`QueueStats`]                |
+//! | `GET /admin/api/builds?state=&before=&limit=`    | builds, newest first ([`super::admin_builds`]) |
 //! | `GET /admin/api/queues/{queue}/dead?limit=N`     | its dead jobs, newest first (N ≤ 1000)      |
 //! | `POST /admin/api/queues/{queue}/dead/{id}/retry` | a dead job back to ready, fresh attempts    |
 //! | `DELETE /admin/api/queues/{queue}/dead/{id}`     | a dead job deleted                          |
 //! | `PUT /admin/api/queues/{queue}/limit`            | `{"limit": N}`, or `"none"` / `null`        |
 //! | `GET /admin/api/cron`                            | schedules: last fired, next tick            |
 //! | `GET /admin/api/breaker`                         | the object store breaker: open, since, why  |
-//! | `GET /admin/api/recovery`                        | the stale-trace recovery cursor             |
+//! | `GET /admin/api/recovery`                        | stale-trace recovery: cursor, last step, stale builds, schedule |
+//! | `POST /admin/api/recovery/run`                   | a recovery run enqueued now (admin only)    |
+//! | `GET /admin/api/expiry`                          | whether archives expire (the newest archive's `expire_at`) |
 //! | `GET /admin/api/backlog`                         | the chart's samples ([`super::backlog`])    |
 //!
 //! Authorization: every `/admin/api/` call needs `Authorization: Bearer <BUILDLOGS_ADMIN_TOKEN>`:
@@ -46,12 +49,16 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Access};
 use super::openapi::{
-    Backlog, Breaker, Cron, DeadDone, DeadList, LimitSet, Queues, Recovery, SetLimit,
+    Backlog, Breaker, Cron, DeadDone, DeadList, Expiry, LimitSet, Queues, Recovery, RecoveryRun,
+    SetLimit,
 };
 use super::{ApiError, AppState};
-use crate::jobs::broker::QueueStats;
+use crate::jobs::Job;
+use crate::jobs::broker::{EnqueueOutcome, QueueStats};
 use crate::traces::breaker::OBJECT_STORE_BREAKER;
+use crate::traces::jobs::{ArchiveTrace, RecoverStaleTraces};
 use crate::traces::recovery::RECOVERY_CURSOR;
+use crate::traces::recovery::RecoveryConfig;
 
 const PAGE: &str = include_str!("admin.html");
 const SCRIPT: &str = include_str!("admin.js");
@@ -60,6 +67,9 @@ const STYLE: &str = include_str!("admin.css");
 /// Only the page's own script, style and API; no framing (the page changes limits).
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Stale builds counted at most for the recovery view (more shows as "over 1,000").
+const STALE_COUNT_MAX: u32 = 1_000;
 
 /// Dead jobs listed when the page does not say: a screenful.
 const DEAD_LIST_DEFAULT: usize = 50;
@@ -71,6 +81,7 @@ const DEAD_LIST_MAX: usize = 1_000;
 pub fn routes(state: AppState) -> Router<AppState> {
     let api = Router::new()
         .route("/admin/api/queues", get(queues))
+        .route("/admin/api/builds", get(super::admin_builds::builds))
         .route("/admin/api/queues/{queue}/dead", get(dead_list))
         .route("/admin/api/queues/{queue}/dead/{id}", delete(dead_discard))
         .route(
@@ -81,6 +92,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/api/cron", get(cron))
         .route("/admin/api/breaker", get(breaker))
         .route("/admin/api/recovery", get(recovery))
+        .route("/admin/api/recovery/run", post(recovery_run))
+        .route("/admin/api/expiry", get(expiry))
         .route("/admin/api/backlog", get(backlog))
         .route_layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
@@ -99,7 +112,8 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     let mut response = if access == Access::Admin || (access == Access::Read && view) {
         next.run(request).await
     } else if access == Access::Read {
-        auth::read_only("change anything (re-run or discard dead jobs, set limits)").into_response()
+        auth::read_only("change anything (re-run or discard dead jobs, set limits, run recovery)")
+            .into_response()
     } else if auth::bearer(request.headers()).is_none() {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -117,7 +131,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 }
 
 /// A store that failed: logged with its cause, answered without it.
-fn failed(what: &'static str, error: impl std::fmt::Display) -> ApiError {
+pub(super) fn failed(what: &'static str, error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "dashboard: {what} failed");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -474,14 +488,109 @@ pub(super) async fn breaker(State(state): State<AppState>) -> Result<Json<Value>
     )
 )]
 pub(super) async fn recovery(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let cursor = state
-        .meta
-        .cursor(RECOVERY_CURSOR)
+    let meta = &state.meta;
+    let read = |e| failed("reading the recovery cursor", e);
+    let cursor = meta.cursor(RECOVERY_CURSOR).await.map_err(read)?;
+    // Every run that gets to read sets the cursor (to 0 at the end of its walk).
+    let last_step_ms = meta
+        .cursor_updated_at(RECOVERY_CURSOR)
         .await
-        .map_err(|e| failed("reading the recovery cursor", e))?;
-    Ok(Json(
-        json!({ "cursor_name": RECOVERY_CURSOR, "cursor": cursor }),
-    ))
+        .map_err(read)?;
+    let now = now_ms(&state);
+    // The web role does not know BUILDLOGS_RECOVERY_STALE_MINUTES: it counts with the default.
+    let stale_after_ms = RecoveryConfig::default().stale_after.as_millis() as i64;
+    let stale = meta
+        .stale_traces(
+            0,
+            now - stale_after_ms,
+            ArchiveTrace::options().max_attempts,
+            STALE_COUNT_MAX + 1,
+        )
+        .await
+        .map_err(|e| failed("counting stale traces", e))?
+        .len() as u32;
+    let schedule = state
+        .cron
+        .status()
+        .await
+        .map_err(|e| failed("reading the cron schedules", e))?
+        .into_iter()
+        .find(|s| s.queue == RecoverStaleTraces::NAME)
+        .map(|s| json!({ "last_fired_ms": s.last_fired_ms, "next_tick_ms": s.next_tick_ms }));
+    Ok(Json(json!({
+        "now_ms": now,
+        "cursor_name": RECOVERY_CURSOR,
+        "cursor": cursor,
+        "last_step_ms": last_step_ms,
+        "stale": stale.min(STALE_COUNT_MAX),
+        "stale_more": stale > STALE_COUNT_MAX,
+        "stale_after_ms": stale_after_ms,
+        "schedule": schedule,
+    })))
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/api/recovery/run",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A recovery run queued now, or one already queued or running", body = RecoveryRun),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token, or the read-only one", body = super::openapi::ErrorBody),
+        (status = 500, description = "The job system's store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn recovery_run(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // The cron job itself, so one run at a time still holds (its dedup key).
+    let outcome = state
+        .jobs
+        .enqueue(&RecoverStaleTraces {})
+        .await
+        .map_err(|e| failed("enqueueing a recovery run", e))?;
+    let queued = outcome == EnqueueOutcome::Enqueued;
+    tracing::info!(queued, "dashboard: recovery run asked for");
+    Ok(Json(json!({
+        "queued": queued,
+        "message": if queued {
+            "a recovery run is queued: a worker starts it shortly"
+        } else {
+            "a recovery run is already queued or running"
+        },
+    })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/api/expiry",
+    tag = "admin",
+    security(("admin_token" = []), ("read_token" = [])),
+    responses(
+        (status = 200, description = "Whether archived logs expire", body = Expiry),
+        (status = 401, description = "No bearer token", body = super::openapi::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "A wrong token", body = super::openapi::ErrorBody),
+        (status = 500, description = "The metadata store failed (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn expiry(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // The workers stamp each archive with its expiry (or none, with
+    // BUILDLOGS_TRACE_EXPIRE_DAYS unset); the web role has no such setting, so the newest
+    // archive is what says whether expiry is on now, whatever process wrote it.
+    let newest = state
+        .meta
+        .newest_trace_artifact()
+        .await
+        .map_err(|e| failed("reading the newest archive", e))?;
+    Ok(Json(json!({
+        "now_ms": now_ms(&state),
+        "archived": newest.is_some(),
+        "on": newest.as_ref().map(|a| a.expire_at_ms.is_some()),
+        "keep_ms": newest.as_ref().and_then(|a| a.expire_at_ms.map(|at| at - a.created_at_ms)),
+        "newest_archived_at_ms": newest.as_ref().map(|a| a.created_at_ms),
+        "newest_expires_at_ms": newest.and_then(|a| a.expire_at_ms),
+    })))
 }
 
 #[utoipa::path(

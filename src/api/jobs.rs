@@ -70,9 +70,16 @@ pub async fn create(
         }
     }
     let new = state.traces.create_build().await?;
+    let id = new.build.id;
+    let (read_link, _) = super::logpage::session::read_link(&state, id);
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "id": new.build.id, "token": new.token })),
+        Json(serde_json::json!({
+            "id": id,
+            "token": new.token,
+            "web_url": state.logpage.web_url(id),
+            "read_link": read_link,
+        })),
     )
         .into_response())
 }
@@ -98,12 +105,22 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let build = authorize_read(&state, id, &headers, &query).await?;
+    Ok(Json(job_json(&state, &build).await?).into_response())
+}
+
+/// The job JSON of `build` (`GET /api/v4/jobs/:id`, and the log page's summary).
+pub(super) async fn job_json(
+    state: &AppState,
+    build: &Build,
+) -> Result<serde_json::Value, ApiError> {
+    let id = build.id;
     let size = state.traces.length(id).await?;
-    let (trace_state, artifact) = state.traces.trace_state(&build).await?;
+    let (trace_state, artifact) = state.traces.trace_state(build).await?;
     let meta = state.traces.trace_metadata(id).await?.unwrap_or_default();
     let hex = |c: Option<u32>| c.map(crate::traces::chunk::format_crc32);
-    Ok(Json(serde_json::json!({
+    Ok(serde_json::json!({
         "id": build.id,
+        "web_url": state.logpage.web_url(id),
         "status": build.status,
         "failure_reason": build.failure_reason,
         "created_at": rfc3339(Some(build.created_at_ms)),
@@ -122,12 +139,11 @@ pub async fn show(
             "object_path": artifact.map(|a| a.object_path),
         },
     }))
-    .into_response())
 }
 
 /// A stored time (ms since the epoch) as RFC 3339 in UTC with milliseconds, as GitLab's job
 /// JSON writes times; `None` (and a time chrono cannot represent) is `null`.
-fn rfc3339(ms: Option<i64>) -> Option<String> {
+pub(super) fn rfc3339(ms: Option<i64>) -> Option<String> {
     let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms?)?;
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
@@ -189,7 +205,7 @@ fn byte_range(raw: &str, len: u64) -> Ranged {
 
 /// Headers of every answer of the log route: a log is untrusted text (a job prints what it
 /// likes), so a browser must neither sniff it into HTML nor run anything it might hold.
-const LOG_SECURITY_HEADERS: [(header::HeaderName, &str); 2] = [
+pub(super) const LOG_SECURITY_HEADERS: [(header::HeaderName, &str); 2] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (
         header::CONTENT_SECURITY_POLICY,

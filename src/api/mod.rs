@@ -1,16 +1,19 @@
 //! The HTTP API: GitLab's runner wire format (`runner`, rate limited per job by
 //! `rate_limit`), job registration and reading (`jobs`), live tailing (`stream`, one poller per
 //! build in `stream_hub`), the OpenAPI document of all of it (`openapi`), the operator dashboard (`admin`, with its backlog chart's samples in
-//! `backlog`), one error shape (`error`), operator tokens (`auth`), and the HTTP server with its timeouts and connection
+//! `backlog`), the log page for readers in a browser (`logpage`: read links, sessions, the log
+//! by lines, search), one error shape (`error`), operator tokens (`auth`), and the HTTP server with its timeouts and connection
 //! cap (`server`). Handlers are thin: they parse the wire
 //! format and call the [`TraceService`](crate::traces::service::TraceService), or, for the
 //! dashboard, the broker and the metadata store.
 
 mod admin;
+mod admin_builds;
 mod auth;
 pub mod backlog;
 mod error;
 mod jobs;
+pub mod logpage;
 pub mod openapi;
 pub mod rate_limit;
 mod runner;
@@ -32,6 +35,7 @@ use crate::traces::service::TraceService;
 
 pub use backlog::BacklogHistory;
 pub use error::ApiError;
+pub use logpage::LogPage;
 pub use rate_limit::{PatchRate, PatchRateLimit};
 pub use stream_hub::{StreamHub, StreamLimits};
 
@@ -63,6 +67,8 @@ pub struct AppState {
     pub patch_rate: Arc<PatchRateLimit>,
     /// This process's trace streams: their cap and lifetime, one poller per tailed build.
     pub streams: Arc<StreamHub>,
+    /// The log page's settings (public URL, read link lifetime) and line index cache.
+    pub logpage: Arc<LogPage>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -76,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v4/jobs/{id}/trace/stream", get(stream::trace_stream))
         .route("/api/v4/openapi.json", get(openapi::openapi_json))
         .merge(admin::routes(state.clone()))
+        .merge(logpage::routes())
         .layer(DefaultBodyLimit::max(MAX_PATCH_BYTES))
         .with_state(state)
 }

@@ -3,8 +3,9 @@
 //!
 //! Duties:
 //! 1. Gather the handlers' `#[utoipa::path]` annotations (in `runner`, `jobs`, `stream`,
-//!    `admin`) into one document ([`document`]): every route the router serves except the
-//!    dashboard's static page and assets (`/admin`, `/admin/`, `admin.js`, `admin.css`).
+//!    `admin`, `logpage`) into one document ([`document`]): every route the router serves
+//!    except the static pages and assets (`/admin`, `/admin/`, `admin.js`, `admin.css`,
+//!    `/jobs/{id}`, `/jobs/assets/log.js`, `log.css`).
 //! 2. Describe the bodies the handlers read and write (the `ToSchema` types below; the handlers
 //!    build their JSON themselves, these types only describe it) and the three ways to
 //!    authenticate: the admin bearer token, the read-only bearer token and a job's token
@@ -29,6 +30,8 @@ pub const READ_TOKEN: &str = "read_token";
 pub const JOB_TOKEN: &str = "job_token";
 /// Security scheme: a job's token in the `token` query parameter.
 pub const JOB_TOKEN_QUERY: &str = "job_token_query";
+/// Security scheme: the log page's session cookie for one job (`buildlogs_job_<id>`).
+pub const PAGE_SESSION: &str = "page_session";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +48,7 @@ pub const JOB_TOKEN_QUERY: &str = "job_token_query";
         super::stream::trace_stream,
         openapi_json,
         super::admin::queues,
+        super::admin_builds::builds,
         super::admin::dead_list,
         super::admin::dead_retry,
         super::admin::dead_discard,
@@ -52,12 +56,23 @@ pub const JOB_TOKEN_QUERY: &str = "job_token_query";
         super::admin::cron,
         super::admin::breaker,
         super::admin::recovery,
+        super::admin::recovery_run,
+        super::admin::expiry,
         super::admin::backlog,
+        super::logpage::session::create_read_link,
+        super::logpage::session::sign_in,
+        super::logpage::session::sign_out,
+        super::logpage::data::summary,
+        super::logpage::data::lines,
+        super::logpage::data::search,
+        super::logpage::data::stream,
+        super::logpage::data::raw,
     ),
     modifiers(&SecuritySchemes),
     tags(
         (name = "runner", description = "GitLab's runner wire format"),
         (name = "jobs", description = "Job registration (standing in for the CI coordinator) and reads"),
+        (name = "log page", description = "What the log page (`/jobs/{id}`) reads: a session from a read link or a token, the log by lines, search, the live stream, the raw log"),
         (name = "admin", description = "The operator dashboard's JSON API. Times are integers, milliseconds since the Unix epoch, in fields named `*_ms`."),
     )
 )]
@@ -89,6 +104,13 @@ impl Modify for SecuritySchemes {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "JOB-TOKEN",
                 "the token POST /api/v4/jobs returned: opens that one job",
+            ))),
+        );
+        components.add_security_scheme(
+            PAGE_SESSION,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "buildlogs_job_<id>",
+                "the log page's session for job <id>, set by POST /jobs/{id}/session",
             ))),
         );
         components.add_security_scheme(
@@ -136,6 +158,96 @@ pub struct CreatedJob {
     id: i64,
     /// The job's token: the runner sends it as `JOB-TOKEN`.
     token: String,
+    /// The job's log page (`BUILDLOGS_PUBLIC_URL`/jobs/<id>).
+    web_url: String,
+    /// A signed, expiring, read-only link to the log page (`…/jobs/<id>#grant=…`).
+    read_link: String,
+}
+
+/// `POST /api/v4/jobs/{id}/read_link`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReadLink {
+    /// `<public url>/jobs/<id>#grant=<grant>`: the grant is in the fragment, which no server sees.
+    url: String,
+    #[schema(format = DateTime)]
+    expires_at: String,
+}
+
+/// `POST /jobs/{id}/session`: exactly one of the two.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SessionRequest {
+    /// The grant of a read link (its fragment after `#grant=`).
+    grant: Option<String>,
+    /// A read-only, admin or this job's token (the sign-in form).
+    token: Option<String>,
+}
+
+/// A GitLab section of the log.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LogSection {
+    name: String,
+    /// Header text, escapes dropped.
+    header: String,
+    /// The line holding `section_start`.
+    start_line: u64,
+    /// The line holding `section_end`; null while open.
+    end_line: Option<u64>,
+    /// Unix seconds.
+    start_ts: i64,
+    end_ts: Option<i64>,
+    collapsed: bool,
+    /// Nesting level, 0 at the top.
+    depth: u32,
+}
+
+/// `GET /jobs/{id}/summary`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LogSummary {
+    job: Job,
+    /// Lines so far (a last line without its newline counts).
+    lines: u64,
+    bytes: u64,
+    sections: Vec<LogSection>,
+    /// The log carries the runner's per-line timestamps.
+    timestamps: bool,
+    /// The first runner timestamp, or the job's `created_at`.
+    #[schema(format = DateTime)]
+    started_at: String,
+}
+
+/// `GET /jobs/{id}/lines`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LinesPage {
+    /// The line number of `lines[0]`.
+    first: u64,
+    /// Raw lines as lossy UTF-8, escapes and `\r` kept, the newline removed.
+    lines: Vec<String>,
+    total_lines: u64,
+    total_bytes: u64,
+    /// The byte offset right after the last byte returned (resume the stream there).
+    end_offset: u64,
+    /// The last line returned ended with a newline.
+    last_complete: bool,
+    /// The job finished: no more bytes will come.
+    #[schema(rename = "final")]
+    is_final: bool,
+}
+
+/// `GET /jobs/{id}/search`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SearchResult {
+    /// Matching lines in the whole log.
+    total: u64,
+    /// Matching line numbers at or after `from`, ascending.
+    matches: Vec<u64>,
+    /// More matches after the last one returned.
+    truncated: bool,
 }
 
 #[derive(ToSchema)]
@@ -172,6 +284,8 @@ pub enum TraceState {
 #[allow(dead_code)]
 pub struct Job {
     id: i64,
+    /// The job's log page (`BUILDLOGS_PUBLIC_URL`/jobs/<id>).
+    web_url: String,
     status: JobStatus,
     failure_reason: Option<String>,
     #[schema(format = DateTime)]
@@ -267,6 +381,46 @@ pub struct QueueRow {
     dead: u64,
     processed: u64,
     failed: u64,
+}
+
+/// `GET /admin/api/builds`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Builds {
+    now_ms: i64,
+    /// Newest first.
+    builds: Vec<BuildRow>,
+    /// `before=` for the next page; null on the last one.
+    next_before: Option<i64>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BuildRow {
+    id: i64,
+    #[schema(example = "running")]
+    status: String,
+    failure_reason: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    created_at: String,
+    finished_at: Option<String>,
+    trace: BuildRowTrace,
+    /// The job's log page: `/jobs/<id>`.
+    web_url: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BuildRowTrace {
+    /// Bytes; null once an archive expired.
+    size: Option<u64>,
+    /// `live`, `flushing`, `archived` or `expired`.
+    state: String,
+    /// False: the runner's checksum did not match the log.
+    checksum_valid: Option<bool>,
+    /// Bytes were lost before the archive (a marker line holds their place).
+    partial: bool,
+    lost_bytes: u64,
 }
 
 /// `GET /admin/api/queues/{queue}/dead`.
@@ -369,9 +523,44 @@ pub struct Breaker {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct Recovery {
+    now_ms: i64,
     cursor_name: String,
     /// The last build id recovery looked at.
     cursor: Option<i64>,
+    /// When a run last moved (or reset) the cursor.
+    last_step_ms: Option<i64>,
+    /// Finished builds not archived after `stale_after_ms`, counted up to 1,000.
+    stale: u32,
+    /// More than 1,000 are stale.
+    stale_more: bool,
+    stale_after_ms: i64,
+    /// Its cron schedule: `{last_fired_ms, next_tick_ms}`; null when this process has none.
+    schedule: Option<serde_json::Value>,
+}
+
+/// `GET /admin/api/expiry`: what the newest archive says about artifact expiry.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Expiry {
+    now_ms: i64,
+    /// Any log archived yet.
+    archived: bool,
+    /// The newest archive expires (BUILDLOGS_TRACE_EXPIRE_DAYS was set on the worker that
+    /// wrote it); null before the first archive.
+    on: Option<bool>,
+    /// How long the newest archive is kept, ms.
+    keep_ms: Option<i64>,
+    newest_archived_at_ms: Option<i64>,
+    newest_expires_at_ms: Option<i64>,
+}
+
+/// `POST /admin/api/recovery/run`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RecoveryRun {
+    /// False: a run was already queued or running (one at a time).
+    queued: bool,
+    message: String,
 }
 
 /// `GET /admin/api/backlog`.

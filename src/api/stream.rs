@@ -81,8 +81,8 @@ const FULL_RETRY_AFTER_S: u64 = 5;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
-    token: Option<String>,
-    offset: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) offset: Option<String>,
 }
 
 #[utoipa::path(
@@ -117,6 +117,12 @@ pub async fn trace_stream(
     };
     authorize_read(&state, id, &headers, &token).await?;
     let offset = start_offset(&headers, &query)?;
+    tail_from(state, id, offset).await
+}
+
+/// The stream of job `id`'s log from byte `offset`, for a caller already authorized (here, or
+/// by the log page's session: `GET /jobs/:id/stream`).
+pub(super) async fn tail_from(state: AppState, id: i64, offset: u64) -> Result<Response, ApiError> {
     let slot = state.streams.open().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -344,7 +350,7 @@ impl Tail {
 
 /// The start offset: `Last-Event-ID`, else `?offset=`, else 0 (an empty value counts as none:
 /// an `EventSource` whose last `id` was empty sends none).
-fn start_offset(headers: &HeaderMap, query: &StreamQuery) -> Result<u64, ApiError> {
+pub(super) fn start_offset(headers: &HeaderMap, query: &StreamQuery) -> Result<u64, ApiError> {
     if let Some(raw) = headers.get("last-event-id") {
         let bad = || {
             ApiError::bad_request(format!(

@@ -21,6 +21,10 @@
 //!    `overdue_pending_states` joins running builds to their pending states;
 //!    `record_activity` moves `activity_at` forward only. `record_lost_bytes` marks a partial
 //!    trace in its metadata.
+//! 7. The dashboard's builds list: `builds_page` reads one page newest first, joined to its
+//!    trace metadata and artifact, through the primary key or a partial index per filter
+//!    (`builds_running_id`, `builds_finished_id`, `build_trace_metadata_partial`,
+//!    `build_trace_metadata_mismatch`).
 //!
 //! Callers: the runner API (builds, pending states, checksums), the chunk flush
 //! (`ensure_chunks` for a live chunk's first row, `chunks`, `flip_chunk`), readers (`chunks`,
@@ -70,14 +74,57 @@ use crate::traces::metadata::{
     BreakerRecord, ChunkFlip, MetadataError, MetadataStore, StuckBuildStore,
 };
 use crate::traces::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, IdleBuild, NewArtifact, PendingState,
-    TraceMetadata,
+    Artifact, Build, BuildListFilter, BuildStatus, BuildSummary, ChunkRow, DataStore, IdleBuild,
+    NewArtifact, PendingState, TraceMetadata, TraceState,
 };
 
 /// `builds` columns, in [`BuildTuple`] order.
 macro_rules! build_columns {
     () => {
         "id, token_digest, status, failure_reason, finished_at, created_at"
+    };
+}
+
+/// A builds list row's columns, in [`SummaryTuple`] order (`b`: builds, `m`: its trace
+/// metadata, `a`: its trace artifact).
+macro_rules! summary_columns {
+    () => {
+        "b.id, b.status, b.failure_reason, b.created_at, b.finished_at, m.checksum_valid, \
+         COALESCE(m.lost_bytes, 0), m.archived_at, a.size"
+    };
+}
+
+/// A builds list page from `builds b` ($1 before id, $2 limit), outer-joined to its trace
+/// metadata and artifact.
+macro_rules! builds_list {
+    ($from:literal, $where:literal) => {
+        concat!(
+            "SELECT ",
+            summary_columns!(),
+            " FROM ",
+            $from,
+            " LEFT JOIN build_trace_metadata m ON m.build_id = b.id \
+             LEFT JOIN job_artifacts a ON a.build_id = b.id AND a.kind = 'trace' WHERE ",
+            $where,
+            " ORDER BY b.id DESC LIMIT $2"
+        )
+    };
+}
+
+/// A builds list page from `build_trace_metadata m` (the traces matching `$where`), joined to
+/// the build and outer-joined to its artifact.
+macro_rules! trace_list {
+    ($from:literal, $where:literal) => {
+        concat!(
+            "SELECT ",
+            summary_columns!(),
+            " FROM ",
+            $from,
+            " JOIN builds b ON b.id = m.build_id \
+             LEFT JOIN job_artifacts a ON a.build_id = b.id AND a.kind = 'trace' WHERE ",
+            $where,
+            " AND m.build_id < $1 ORDER BY m.build_id DESC LIMIT $2"
+        )
     };
 }
 
@@ -111,6 +158,17 @@ macro_rules! artifact_columns {
 }
 
 type BuildTuple = (i64, String, String, Option<String>, Option<i64>, i64);
+type SummaryTuple = (
+    i64,
+    String,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<bool>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 type ChunkTuple = (i64, i64, String, i64, Option<i64>, i64);
 type PendingTuple = (
     i64,
@@ -157,6 +215,13 @@ struct Statements {
     create_build: &'static str,
     /// $1 build → the build.
     build: &'static str,
+    /// $1 before id, $2 limit → builds list rows, newest first: every build, running ones,
+    /// finished ones, partial logs, checksum mismatches.
+    builds_all: &'static str,
+    builds_running: &'static str,
+    builds_finished: &'static str,
+    builds_partial: &'static str,
+    builds_mismatch: &'static str,
     /// $1 build, $2 status, $3 failure reason, $4 now → 1 row if the build was running.
     finish_build: &'static str,
     /// $1 build, $2 index, $3 data store, $4 now → 1 row unless the chunk's row exists.
@@ -194,6 +259,8 @@ struct Statements {
     record_activity: &'static str,
     /// $1 build → its `trace` artifact.
     trace_artifact: &'static str,
+    /// → the `trace` artifact with the highest id.
+    newest_trace_artifact: &'static str,
     /// $1 build, $2 object path, $3 size, $4 crc32, $5 sha256, $6 expire at, $7 now → the new
     /// artifact.
     insert_artifact: &'static str,
@@ -205,6 +272,8 @@ struct Statements {
     stale_traces: &'static str,
     /// $1 name → position.
     cursor: &'static str,
+    /// $1 name → updated at.
+    cursor_updated_at: &'static str,
     /// $1 name, $2 position, $3 now.
     set_cursor: &'static str,
     /// $1 name → state, reason, changed at.
@@ -233,6 +302,26 @@ const SQLITE: Statements = Statements {
         build_columns!()
     ),
     build: concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1"),
+    // Each walks one index backwards from `before`: the primary key, or the filter's partial
+    // index, named with `INDEXED BY` since SQLite without `ANALYZE` statistics would rather
+    // sort every running build (an error, not a slow plan, if the index cannot serve).
+    builds_all: builds_list!("builds b", "b.id < $1"),
+    builds_running: builds_list!(
+        "builds b INDEXED BY builds_running_id",
+        "b.status = 'running' AND b.id < $1"
+    ),
+    builds_finished: builds_list!(
+        "builds b INDEXED BY builds_finished_id",
+        "b.status <> 'running' AND b.id < $1"
+    ),
+    builds_partial: trace_list!(
+        "build_trace_metadata m INDEXED BY build_trace_metadata_partial",
+        "m.lost_bytes > 0"
+    ),
+    builds_mismatch: trace_list!(
+        "build_trace_metadata m INDEXED BY build_trace_metadata_mismatch",
+        "m.checksum_valid = false"
+    ),
     finish_build: "UPDATE builds SET status = $2, failure_reason = $3, finished_at = $4 \
          WHERE id = $1 AND status = 'running'",
     ensure_chunk: "INSERT INTO build_trace_chunks \
@@ -297,6 +386,11 @@ const SQLITE: Statements = Statements {
         artifact_columns!(),
         " FROM job_artifacts WHERE build_id = $1 AND kind = 'trace'"
     ),
+    newest_trace_artifact: concat!(
+        "SELECT ",
+        artifact_columns!(),
+        " FROM job_artifacts WHERE kind = 'trace' ORDER BY id DESC LIMIT 1"
+    ),
     insert_artifact: concat!(
         "INSERT INTO job_artifacts \
          (build_id, kind, object_path, size, crc32, sha256, expire_at, created_at) \
@@ -316,6 +410,7 @@ const SQLITE: Statements = Statements {
          WHERE m.build_id = builds.id AND m.archival_attempts >= $4) \
          ORDER BY id LIMIT $3",
     cursor: "SELECT position FROM cursors WHERE name = $1",
+    cursor_updated_at: "SELECT updated_at FROM cursors WHERE name = $1",
     set_cursor: "INSERT INTO cursors (name, position, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
          updated_at = excluded.updated_at",
@@ -349,6 +444,13 @@ const POSTGRES: Statements = Statements {
     lock_build: "SELECT id FROM builds WHERE id = $1 FOR NO KEY UPDATE",
     create_build: SQLITE.create_build,
     build: SQLITE.build,
+    // The same walks; PostgreSQL's planner picks the partial indexes itself (the WHERE repeats
+    // their predicates word for word).
+    builds_all: SQLITE.builds_all,
+    builds_running: builds_list!("builds b", "b.status = 'running' AND b.id < $1"),
+    builds_finished: builds_list!("builds b", "b.status <> 'running' AND b.id < $1"),
+    builds_partial: trace_list!("build_trace_metadata m", "m.lost_bytes > 0"),
+    builds_mismatch: trace_list!("build_trace_metadata m", "m.checksum_valid = false"),
     finish_build: SQLITE.finish_build,
     ensure_chunk: SQLITE.ensure_chunk,
     chunks: SQLITE.chunks,
@@ -366,11 +468,13 @@ const POSTGRES: Statements = Statements {
     overdue_pending_states: SQLITE.overdue_pending_states,
     record_activity: SQLITE.record_activity,
     trace_artifact: SQLITE.trace_artifact,
+    newest_trace_artifact: SQLITE.newest_trace_artifact,
     insert_artifact: SQLITE.insert_artifact,
     record_archived: SQLITE.record_archived,
     mark_trace_archived: SQLITE.mark_trace_archived,
     stale_traces: SQLITE.stale_traces,
     cursor: SQLITE.cursor,
+    cursor_updated_at: SQLITE.cursor_updated_at,
     set_cursor: SQLITE.set_cursor,
     breaker: SQLITE.breaker,
     set_breaker: SQLITE.set_breaker,
@@ -454,6 +558,29 @@ fn to_build(row: BuildTuple) -> Result<Build, MetadataError> {
         failure_reason,
         finished_at_ms,
         created_at_ms,
+    })
+}
+
+fn to_summary(row: SummaryTuple) -> Result<BuildSummary, MetadataError> {
+    let (id, status, failure_reason, created, finished, valid, lost, archived_at, size) = row;
+    let status: BuildStatus = status.parse().map_err(|e: String| corrupt(id, e))?;
+    // As `TraceService::trace_state` decides it, from the same rows.
+    let trace_state = match (size, archived_at) {
+        (Some(_), _) => TraceState::Archived,
+        (None, Some(_)) if status.is_finished() => TraceState::Expired,
+        _ if status.is_finished() => TraceState::Flushing,
+        _ => TraceState::Live,
+    };
+    Ok(BuildSummary {
+        id,
+        status,
+        failure_reason,
+        created_at_ms: created,
+        finished_at_ms: finished,
+        trace_state,
+        archived_size: size.map(|n| to_u64(id, "artifact size", n)).transpose()?,
+        checksum_valid: valid,
+        lost_bytes: to_u64(id, "lost bytes", lost)?,
     })
 }
 
@@ -602,6 +729,29 @@ impl MetadataStore for SqlMetadata {
                 .await?
         });
         row.map(to_build).transpose()
+    }
+
+    async fn builds_page(
+        &self,
+        filter: BuildListFilter,
+        before_id: i64,
+        limit: u32,
+    ) -> Result<Vec<BuildSummary>, MetadataError> {
+        let rows: Vec<SummaryTuple> = on_db!(&self.db, |pool, q| {
+            let statement = match filter {
+                BuildListFilter::All => q.builds_all,
+                BuildListFilter::Running => q.builds_running,
+                BuildListFilter::Finished => q.builds_finished,
+                BuildListFilter::Partial => q.builds_partial,
+                BuildListFilter::Mismatch => q.builds_mismatch,
+            };
+            sqlx::query_as(statement)
+                .bind(before_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(to_summary).collect()
     }
 
     async fn finish_build(
@@ -910,6 +1060,15 @@ impl MetadataStore for SqlMetadata {
         row.map(to_artifact).transpose()
     }
 
+    async fn newest_trace_artifact(&self) -> Result<Option<Artifact>, MetadataError> {
+        let row: Option<ArtifactTuple> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.newest_trace_artifact)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(to_artifact).transpose()
+    }
+
     async fn stale_traces(
         &self,
         after_id: i64,
@@ -931,6 +1090,15 @@ impl MetadataStore for SqlMetadata {
     async fn cursor(&self, name: &str) -> Result<Option<i64>, MetadataError> {
         Ok(on_db!(&self.db, |pool, q| {
             sqlx::query_scalar(q.cursor)
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    async fn cursor_updated_at(&self, name: &str) -> Result<Option<i64>, MetadataError> {
+        Ok(on_db!(&self.db, |pool, q| {
+            sqlx::query_scalar(q.cursor_updated_at)
                 .bind(name)
                 .fetch_optional(pool)
                 .await?

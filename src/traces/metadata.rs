@@ -20,12 +20,15 @@
 //! 7. `take_lease` is atomic: of any number of holders, at most one holds a name until its
 //!    `expires_at` passes; the holder renews by taking again. `release_lease` frees it only for
 //!    its holder.
+//! 8. `builds_page` lists builds by descending id below the given one, only those matching the
+//!    filter, with the trace state `trace_state` gives (`archived`, `expired`, `flushing`,
+//!    `live`).
 
 use async_trait::async_trait;
 
 use super::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, IdleBuild, NewArtifact, PendingState,
-    TraceMetadata,
+    Artifact, Build, BuildListFilter, BuildStatus, BuildSummary, ChunkRow, DataStore, IdleBuild,
+    NewArtifact, PendingState, TraceMetadata,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,17 @@ pub trait MetadataStore: StuckBuildStore + Send + Sync + 'static {
     async fn create_build(&self, token_digest: &str, now_ms: i64) -> Result<Build, MetadataError>;
 
     async fn build(&self, id: i64) -> Result<Option<Build>, MetadataError>;
+
+    /// A page of the dashboard's builds list: builds matching `filter` with ids below
+    /// `before_id`, newest (highest id) first, at most `limit`, each with its log's state.
+    /// One index range scan of `limit` rows (the primary key, or the filter's partial index),
+    /// however many builds there are.
+    async fn builds_page(
+        &self,
+        filter: BuildListFilter,
+        before_id: i64,
+        limit: u32,
+    ) -> Result<Vec<BuildSummary>, MetadataError>;
 
     /// Commits a final state once (see guarantee 1).
     async fn finish_build(
@@ -168,6 +182,10 @@ pub trait MetadataStore: StuckBuildStore + Send + Sync + 'static {
     /// A build's trace artifact, if archived.
     async fn trace_artifact(&self, build_id: i64) -> Result<Option<Artifact>, MetadataError>;
 
+    /// The trace artifact written last (highest id): its `expire_at` says whether the workers
+    /// archive with an expiry (`BUILDLOGS_TRACE_EXPIRE_DAYS`) now. One primary key lookup.
+    async fn newest_trace_artifact(&self) -> Result<Option<Artifact>, MetadataError>;
+
     /// Stale-trace recovery's batch: ids of finished builds whose log is not archived, finished
     /// before `finished_before_ms`, above `after_id`, with fewer than `gave_up_after` archival
     /// attempts (an archive that used them all is in the dead set: an operator re-runs or
@@ -183,6 +201,9 @@ pub trait MetadataStore: StuckBuildStore + Send + Sync + 'static {
 
     /// A named cursor's position (`None` before its first [`Self::set_cursor`]).
     async fn cursor(&self, name: &str) -> Result<Option<i64>, MetadataError>;
+
+    /// When a named cursor was last set (`None` before its first [`Self::set_cursor`]).
+    async fn cursor_updated_at(&self, name: &str) -> Result<Option<i64>, MetadataError>;
 
     async fn set_cursor(&self, name: &str, position: i64, now_ms: i64)
     -> Result<(), MetadataError>;

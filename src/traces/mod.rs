@@ -16,6 +16,9 @@
 //!   running builds that went silent and committing final states whose runner never came
 //!   back, in bounded runs under a lease.
 //! - [`read`]: a log read as a stream of chunk-sized frames, following it while it moves.
+//! - [`log_view`]: a log read by lines for the log page (summary, pages of lines, search),
+//!   over [`line_index`] (checkpoints, sections, timestamps; one scan, extended as the log
+//!   grows), [`line_search`] and [`log_text`] (timestamp prefixes, section markers, visible text).
 //! - [`service`]: what the API does with a log (append, read, register jobs); [`tokens`]: job
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
@@ -26,7 +29,11 @@ pub mod chunk_source;
 pub mod expiry;
 pub mod flush;
 pub mod jobs;
+pub mod line_index;
+pub mod line_search;
 pub mod live;
+pub mod log_text;
+pub mod log_view;
 pub mod metadata;
 pub mod model;
 pub mod read;

@@ -72,6 +72,75 @@ pub struct IdleBuild {
     pub created_at_ms: i64,
 }
 
+/// Which builds the dashboard's builds list shows ([`super::metadata::MetadataStore::builds_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildListFilter {
+    All,
+    Running,
+    /// Every final state (success, failed, canceled).
+    Finished,
+    /// Logs that lost bytes before their archive (`lost_bytes > 0`).
+    Partial,
+    /// Logs whose runner checksum did not match ours (`checksum_valid = false`).
+    Mismatch,
+}
+
+impl FromStr for BuildListFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "running" => Ok(Self::Running),
+            "finished" => Ok(Self::Finished),
+            "partial" => Ok(Self::Partial),
+            "mismatch" => Ok(Self::Mismatch),
+            other => Err(format!(
+                "expected running, finished, partial, mismatch or all, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Where a build's log is, as the job JSON's `trace.state` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceState {
+    /// The job runs: chunks live or flushed.
+    Live,
+    /// Finished, chunks being moved into the archive.
+    Flushing,
+    Archived,
+    /// Archived, then deleted by artifact expiry.
+    Expired,
+}
+
+impl TraceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceState::Live => "live",
+            TraceState::Flushing => "flushing",
+            TraceState::Archived => "archived",
+            TraceState::Expired => "expired",
+        }
+    }
+}
+
+/// One row of the dashboard's builds list: a build with its log's state, from one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSummary {
+    pub id: i64,
+    pub status: BuildStatus,
+    pub failure_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub trace_state: TraceState,
+    /// The archive's size; `None` before the archive (the live store knows the length) and
+    /// after its expiry.
+    pub archived_size: Option<u64>,
+    pub checksum_valid: Option<bool>,
+    pub lost_bytes: u64,
+}
+
 /// Where a chunk's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataStore {

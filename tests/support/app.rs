@@ -280,6 +280,7 @@ impl TestApp {
             shutdown: CancellationToken::new(),
             patch_rate: Default::default(),
             streams: Default::default(),
+            logpage: Default::default(),
         };
         (
             router(state.clone()),

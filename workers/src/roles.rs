@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use buildlogs::api::{
-    AppState, BacklogHistory, PatchRate, PatchRateLimit, StreamHub, StreamLimits, server,
+    AppState, BacklogHistory, LogPage, PatchRate, PatchRateLimit, StreamHub, StreamLimits, server,
 };
 use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
@@ -23,6 +23,7 @@ use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::ExpiryConfig;
+use buildlogs::traces::log_view::LogView;
 use buildlogs::traces::recovery::RecoveryConfig;
 use buildlogs::traces::service::TraceService;
 use buildlogs::traces::stuck::StuckConfig;
@@ -313,6 +314,15 @@ pub struct WebArgs {
     /// Largest log in bytes; a runner that writes past it gets 403 and its job fails.
     #[arg(long, env = "BUILDLOGS_MAX_TRACE_SIZE", default_value_t = buildlogs::traces::service::DEFAULT_MAX_TRACE_SIZE)]
     pub max_trace_size: u64,
+    /// Where readers reach this service (scheme, host, port, path prefix): the job JSON's
+    /// `web_url` and read links start with it. Default: `http://<BUILDLOGS_LISTEN>`. With
+    /// `https://` the log page's session cookies are `Secure`.
+    #[arg(long, env = "BUILDLOGS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Seconds a read link (`POST /api/v4/jobs/:id/read_link`, and the one `POST /api/v4/jobs`
+    /// returns) opens its job's log page.
+    #[arg(long, env = "BUILDLOGS_READ_LINK_TTL", default_value_t = buildlogs::api::logpage::DEFAULT_READ_LINK_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_link_ttl: u64,
     #[command(flatten)]
     pub http: HttpArgs,
 }
@@ -515,6 +525,22 @@ impl Tokens {
     }
 }
 
+/// `BUILDLOGS_PUBLIC_URL`, checked (an http(s) URL), or `http://<BUILDLOGS_LISTEN>`.
+fn public_url(args: &WebArgs) -> anyhow::Result<String> {
+    let Some(raw) = args.public_url.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(format!("http://{}", args.listen));
+    };
+    let rest = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("http://"));
+    anyhow::ensure!(
+        rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+            && !raw.contains(['?', '#', ' ']),
+        "BUILDLOGS_PUBLIC_URL: expected http(s)://host[:port][/prefix] (no query or fragment), got {raw:?}"
+    );
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
 /// The API and the dashboard (showing `cron`'s schedules), until `shutdown`; the dashboard's
 /// backlog sampler runs alongside.
 async fn serve_web(
@@ -561,6 +587,11 @@ async fn serve_web(
             max_streams: args.http.stream_max,
             max_lifetime: Duration::from_secs(args.http.stream_lifetime.max(1)),
         })),
+        logpage: Arc::new(LogPage::new(
+            &public_url(args)?,
+            Duration::from_secs(args.read_link_ttl),
+            LogView::default(),
+        )),
     };
     let backlog = state.backlog.clone();
     let app = buildlogs::api::router(state);

@@ -41,6 +41,9 @@ pub enum Bench {
     Soak(crate::bench::soak::SoakArgs),
     /// Concurrent readers of one large log served by a `buildlogs web` process (its RSS).
     Reads(super::bench_reads::ReadsArgs),
+    /// The log page's data for a 100 MiB archived log from a fresh web: summary, tail, head,
+    /// search, RSS.
+    Logpage(super::bench_logpage::LogpageArgs),
     /// The worker process of `bench queue` (internal).
     #[command(hide = true)]
     QueueWorker(QueueWorkerArgs),
@@ -83,6 +86,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Recover(args) => super::bench_recover::run(args).await,
         Bench::Soak(args) => crate::bench::soak::run(args).await,
         Bench::Reads(args) => super::bench_reads::run(args).await,
+        Bench::Logpage(args) => super::bench_logpage::run(args).await,
         Bench::QueueWorker(args) => queue_worker(args).await,
     }
 }

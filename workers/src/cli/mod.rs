@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_append;
 pub mod bench_archive;
+pub mod bench_logpage;
 pub mod bench_reads;
 pub mod bench_recover;
 pub mod cron;
