@@ -169,16 +169,21 @@ test('search finds every match in the whole log, with count and next/previous', 
   await page.press('#q', 'Enter');
   // lines 120-129 and 1200-1299: 110 matches; the view is at the end, so the first after it wraps
   await page.waitForFunction(() => /of 110$/.test(document.getElementById('search-count').textContent));
-  const current = async () => Number(await page.locator('#log .row.current-match').getAttribute('data-line'));
-  await page.click('#search-next');
-  await page.waitForFunction(() => document.querySelector('#log .row.current-match'));
-  const a = await current();
-  await page.click('#search-next');
-  await page.waitForFunction((prev) => document.querySelector('#log .row.current-match')?.dataset.line !== String(prev), a);
-  const b = await current();
+  const count = () => page.innerText('#search-count');
+  // Each step waits for its own count ("k of 110"), so no step reads the one before.
+  const step = async (button, k) => {
+    await page.click(button);
+    await page.waitForFunction((want) => document.getElementById('search-count').textContent === want, `${k} of 110`);
+    const line = Number(await page.getAttribute('#search-count', 'data-line'));
+    await row(page, line).and(page.locator('.current-match')).waitFor();
+    return line;
+  };
+  const k0 = Number((await count()).split(' ')[0]);
+  const next = (k) => (k % 110) + 1;
+  const a = await step('#search-next', next(k0));
+  const b = await step('#search-next', next(next(k0)));
   assert.ok(b > a || b === 120, `next goes forward (${a} -> ${b})`);
-  await page.click('#search-prev');
-  await page.waitForFunction((want) => document.querySelector('#log .row.current-match')?.dataset.line === String(want), a);
+  assert.equal(await step('#search-prev', next(k0)), a, 'previous goes back');
   assert.ok(await lineOnScreen(page, a));
   assert.ok((await row(page, a).locator('mark').innerText()).toLowerCase() === 'output line 12');
   await screenshot(page, 'logpage-search');

@@ -166,8 +166,11 @@ fn marker_fields(s: &[u8]) -> Option<(i64, String, bool, &[u8])> {
 /// The section markers of a line (after its timestamp prefix, if any), in order. Cheap for a
 /// line without any: one substring search.
 pub fn markers(line: &[u8]) -> Vec<Marker> {
+    // Built once: most lines of a large log hold no marker, and this is all they cost.
+    static SECTION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"section_"));
     let mut out = Vec::new();
-    if memchr::memmem::find(line, b"section_").is_none() {
+    if SECTION.find(line).is_none() {
         return out;
     }
     let body = &line[timestamp_prefix(line).unwrap_or(0)..];

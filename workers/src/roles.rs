@@ -526,9 +526,9 @@ impl Tokens {
 }
 
 /// `BUILDLOGS_PUBLIC_URL`, checked (an http(s) URL), or `http://<BUILDLOGS_LISTEN>`.
-fn public_url(args: &WebArgs) -> anyhow::Result<String> {
-    let Some(raw) = args.public_url.as_deref().filter(|u| !u.is_empty()) else {
-        return Ok(format!("http://{}", args.listen));
+fn public_url(raw: Option<&str>, listen: &str) -> anyhow::Result<String> {
+    let Some(raw) = raw.filter(|u| !u.is_empty()) else {
+        return Ok(format!("http://{listen}"));
     };
     let rest = raw
         .strip_prefix("https://")
@@ -588,7 +588,7 @@ async fn serve_web(
             max_lifetime: Duration::from_secs(args.http.stream_lifetime.max(1)),
         })),
         logpage: Arc::new(LogPage::new(
-            &public_url(args)?,
+            &public_url(args.public_url.as_deref(), &args.listen)?,
             Duration::from_secs(args.read_link_ttl),
             LogView::default(),
         )),
@@ -605,4 +605,32 @@ async fn serve_web(
     sampling.cancel();
     let _ = sampler.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn the_public_url_defaults_to_the_listen_address_and_must_be_http() {
+        assert_eq!(
+            public_url(None, "127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            public_url(Some("https://logs.example.com/ci/"), "x").unwrap(),
+            "https://logs.example.com/ci"
+        );
+        for bad in [
+            "logs.example.com",
+            "ftp://x",
+            "https://",
+            "http:///x",
+            "https://x/?a=1",
+            "https://x/#f",
+        ] {
+            let e = public_url(Some(bad), "x").unwrap_err().to_string();
+            assert!(e.starts_with("BUILDLOGS_PUBLIC_URL:"), "{bad}: {e}");
+        }
+    }
 }

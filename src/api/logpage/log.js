@@ -794,6 +794,7 @@
     if (s.error) el.textContent = s.error;
     else if (!s.total) el.textContent = "no matches";
     else el.textContent = `${(s.index + 1).toLocaleString()} of ${s.total.toLocaleString()}`;
+    el.dataset.line = s.total && s.matches.length ? String(s.matches[s.index]) : "";
     $("search-prev").disabled = !s.total;
     $("search-next").disabled = !s.total;
   }

@@ -52,7 +52,9 @@ pub struct LogpageArgs {
 fn line(n: u64, out: &mut Vec<u8>) {
     use std::io::Write;
     let at = 1_700_000_000 + n / 100;
-    let _ = if n % 10_000 == 1 {
+    let _ = if n == NEEDLE_LINE {
+        write!(out, "\x1b[31mthe needle-in-line-{n} is here\x1b[0m")
+    } else if n % 10_000 == 1 {
         let collapsed = if (n / 10_000).is_multiple_of(2) {
             "[collapsed=true]"
         } else {
@@ -64,12 +66,8 @@ fn line(n: u64, out: &mut Vec<u8>) {
             n / 10_000,
             n / 10_000
         )
-    } else if n.is_multiple_of(10_000) {
-        write!(
-            out,
-            "\x1b[0Ksection_end:{at}:step_{}\r\x1b[0K",
-            (n - 1) / 10_000
-        )
+    } else if n % 10_000 == 9_999 {
+        write!(out, "\x1b[0Ksection_end:{at}:step_{}\r\x1b[0K", n / 10_000)
     } else if n % 1_000 == 2 {
         write!(
             out,
@@ -79,8 +77,6 @@ fn line(n: u64, out: &mut Vec<u8>) {
         )
     } else if n % 1_000 == 502 {
         write!(out, "\x1b[0Ksection_end:{at}:part_{}\r\x1b[0K", n / 1_000)
-    } else if n == NEEDLE_LINE {
-        write!(out, "\x1b[31mthe needle-in-line-{n} is here\x1b[0m")
     } else {
         write!(
             out,
