@@ -20,6 +20,12 @@ if [[ ! -x "${BUILDLOGS_CHROMIUM:-/usr/bin/chromium}" ]]; then
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
 
+# The dashboard tests seed dead jobs straight into the queue's store (browser-tests/lib/dashboard.mjs).
+if ! command -v sqlite3 >/dev/null; then
+  log "installing sqlite3 (Debian's)"
+  apt-get update -qq && apt-get install -y -qq sqlite3 >/dev/null
+fi
+
 log "npm ci (browser-tests/)"
 (cd browser-tests && npm ci --no-audit --no-fund --loglevel=error)
 
