@@ -254,3 +254,29 @@ impl LogView {
         Ok(search.finish())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::LogView;
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_builds() {
+        let view = LogView::new(2);
+        let one = view.entry(1);
+        view.entry(2);
+        assert!(
+            Arc::ptr_eq(&one, &view.entry(1)),
+            "a hit returns the same index"
+        );
+        view.entry(3);
+        assert_eq!(view.cached(), 2);
+        assert!(Arc::ptr_eq(&one, &view.entry(1)), "1 was used last: kept");
+        let cache = view.cache.lock().unwrap();
+        assert!(
+            !cache.entries.contains_key(&2),
+            "2 was the least recently used"
+        );
+    }
+}
