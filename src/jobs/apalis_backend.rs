@@ -99,6 +99,7 @@ use super::broker::{Ack, Broker, BrokerError, DeadSetBounds, Delivery, Lease};
 use super::clock::Clock;
 use super::job::{Job, JobContext, JobError, JobOptions};
 use super::metrics;
+use super::settle::{Failure, Verdict, settle};
 
 /// Tuning of one apalis worker over a broker queue.
 #[derive(Debug, Clone)]
@@ -705,81 +706,50 @@ impl Drop for Slot {
     }
 }
 
-/// How a failure is settled.
-enum Failure {
-    /// Retry after this delay (the job's schedule when `None`); dead after the last attempt.
-    Retry(Option<Duration>),
-    Snooze(Duration),
-    Dead,
-}
-
 /// The first error in the chain that says what to do; anything else is retryable.
-fn classify(err: &(dyn StdError + 'static)) -> (Failure, String) {
+fn classify(err: &(dyn StdError + 'static)) -> Failure {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(job) = e.downcast_ref::<JobError>() {
-            return match job {
-                JobError::Retryable(inner) => (Failure::Retry(None), inner.to_string()),
-                JobError::Fatal(inner) => (Failure::Dead, inner.to_string()),
-                JobError::Snooze(d) => (Failure::Snooze(*d), job.to_string()),
+            return Failure::from(job);
+        }
+        let verdict = if e.is::<AbortError>() {
+            Some(Verdict::Dead)
+        } else if let Some(r) = e.downcast_ref::<RetryAfterError>() {
+            Some(Verdict::Retry(Some(r.get_duration())))
+        } else if e.is::<DeferredError>() {
+            Some(Verdict::Retry(Some(Duration::ZERO)))
+        } else {
+            None
+        };
+        if let Some(verdict) = verdict {
+            return Failure {
+                verdict,
+                error: e.to_string(),
             };
-        }
-        if e.is::<AbortError>() {
-            return (Failure::Dead, e.to_string());
-        }
-        if let Some(r) = e.downcast_ref::<RetryAfterError>() {
-            return (Failure::Retry(Some(r.get_duration())), e.to_string());
-        }
-        if e.is::<DeferredError>() {
-            return (Failure::Retry(Some(Duration::ZERO)), e.to_string());
         }
         cur = e.source();
     }
-    (Failure::Retry(None), err.to_string())
-}
-
-/// The runtime's policy (`runtime::processor::execute`), applied to an apalis result.
-fn ack_for(shared: &Shared, ctx: &JobContext, lease: Lease, error: Option<&BoxDynError>) -> Ack {
-    let (queue, id, attempt, max) = (shared.queue, &ctx.id, ctx.attempt, ctx.max_attempts);
-    let Some(error) = error else {
-        metrics::record_outcome(queue, metrics::Outcome::Processed);
-        return Ack::Complete { lease };
-    };
-    let now = shared.clock.now_ms();
-    let (failure, error) = classify(error.as_ref());
-    match failure {
-        Failure::Snooze(d) => {
-            metrics::record_outcome(queue, metrics::Outcome::Snoozed);
-            Ack::Snooze {
-                lease,
-                run_at_ms: now.saturating_add(millis(d)),
-            }
-        }
-        Failure::Dead => {
-            tracing::error!(queue, job_id = %id, attempt, error, "job failed fatally; moved to the dead set");
-            metrics::record_outcome(queue, metrics::Outcome::Dead);
-            Ack::Dead { lease, error }
-        }
-        Failure::Retry(_) if attempt >= max => {
-            tracing::error!(queue, job_id = %id, attempt, error, "job failed its last attempt; moved to the dead set");
-            metrics::record_outcome(queue, metrics::Outcome::Dead);
-            Ack::Dead { lease, error }
-        }
-        Failure::Retry(delay) => {
-            let delay = delay.unwrap_or_else(|| shared.options.retry.delay_after(attempt));
-            tracing::warn!(queue, job_id = %id, attempt, max, retry_in_s = delay.as_secs_f64(), error, "job failed; retry scheduled");
-            metrics::record_outcome(queue, metrics::Outcome::Retried);
-            Ack::Retry {
-                lease,
-                run_at_ms: now.saturating_add(millis(delay)),
-                error,
-            }
-        }
+    Failure {
+        verdict: Verdict::Retry(None),
+        error: err.to_string(),
     }
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+/// The settle policy ([`settle`]), applied to an apalis result.
+fn ack_for(shared: &Shared, ctx: &JobContext, lease: Lease, error: Option<&BoxDynError>) -> Ack {
+    let result = match error {
+        None => Ok(()),
+        Some(e) => Err(classify(e.as_ref())),
+    };
+    settle(
+        shared.queue,
+        &shared.options.retry,
+        ctx,
+        lease,
+        result,
+        shared.clock.now_ms(),
+    )
 }
 
 /// Renews the leases of held deliveries every third of the lease; reaps and trims the queue
@@ -850,11 +820,11 @@ mod tests {
     use super::*;
 
     fn classified(err: BoxDynError) -> &'static str {
-        match classify(err.as_ref()).0 {
-            Failure::Retry(None) => "retry",
-            Failure::Retry(Some(_)) => "retry-after",
-            Failure::Snooze(_) => "snooze",
-            Failure::Dead => "dead",
+        match classify(err.as_ref()).verdict {
+            Verdict::Retry(None) => "retry",
+            Verdict::Retry(Some(_)) => "retry-after",
+            Verdict::Snooze(_) => "snooze",
+            Verdict::Dead => "dead",
         }
     }
 

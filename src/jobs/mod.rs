@@ -25,6 +25,7 @@ pub mod redis;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod settle;
 pub mod sqlite;
 
 pub use broker::{Ack, Broker, BrokerError, DeadJob, Delivery, EnqueueOutcome, NewJob, QueueStats};

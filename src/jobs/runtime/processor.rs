@@ -25,6 +25,7 @@ use super::acker::{self, AckBuffer};
 use crate::jobs::broker::{Ack, Broker, Delivery, Lease};
 use crate::jobs::clock::Clock;
 use crate::jobs::job::{JobContext, JobError};
+use crate::jobs::settle::{Failure, settle};
 use crate::jobs::metrics;
 use crate::jobs::registry::RegisteredJob;
 
@@ -226,7 +227,7 @@ async fn execute(
     lease: Lease,
     clock: &dyn Clock,
 ) -> Ack {
-    let (id, attempt, max) = (ctx.id.clone(), ctx.attempt, ctx.max_attempts);
+    let ctx_copy = ctx.clone();
     let started = Instant::now();
     let run = AssertUnwindSafe((job.call)(payload, ctx)).catch_unwind();
     let result = match tokio::time::timeout(job.options.timeout, run).await {
@@ -238,46 +239,15 @@ async fn execute(
         ))),
     };
     metrics::record_run(job.name, started.elapsed());
-    let now = clock.now_ms();
-    match result {
-        Ok(()) => {
-            metrics::record_outcome(job.name, metrics::Outcome::Processed);
-            Ack::Complete { lease }
-        }
-        Err(JobError::Snooze(d)) => {
-            metrics::record_outcome(job.name, metrics::Outcome::Snoozed);
-            Ack::Snooze {
-                lease,
-                run_at_ms: now + d.as_millis() as i64,
-            }
-        }
-        Err(JobError::Fatal(e)) => {
-            tracing::error!(queue = job.name, job_id = %id, attempt, error = %e, "job failed fatally; moved to the dead set");
-            metrics::record_outcome(job.name, metrics::Outcome::Dead);
-            Ack::Dead {
-                lease,
-                error: e.to_string(),
-            }
-        }
-        Err(JobError::Retryable(e)) if attempt >= max => {
-            tracing::error!(queue = job.name, job_id = %id, attempt, error = %e, "job failed its last attempt; moved to the dead set");
-            metrics::record_outcome(job.name, metrics::Outcome::Dead);
-            Ack::Dead {
-                lease,
-                error: e.to_string(),
-            }
-        }
-        Err(JobError::Retryable(e)) => {
-            let delay = job.options.retry.delay_after(attempt);
-            tracing::warn!(queue = job.name, job_id = %id, attempt, max, retry_in_s = delay.as_secs_f64(), error = %e, "job failed; retry scheduled");
-            metrics::record_outcome(job.name, metrics::Outcome::Retried);
-            Ack::Retry {
-                lease,
-                run_at_ms: now + delay.as_millis() as i64,
-                error: e.to_string(),
-            }
-        }
-    }
+    let result = result.map_err(|e| Failure::from(&e));
+    settle(
+        job.name,
+        &job.options.retry,
+        &ctx_copy,
+        lease,
+        result,
+        clock.now_ms(),
+    )
 }
 
 async fn heartbeat(
