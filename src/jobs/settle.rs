@@ -172,7 +172,13 @@ mod tests {
             verdict: Verdict::Retry(Some(Duration::from_millis(10))),
             error: "later".into(),
         });
-        assert!(matches!(ack(1, asked), Ack::Retry { run_at_ms: 1_010, .. }));
+        assert!(matches!(
+            ack(1, asked),
+            Ack::Retry {
+                run_at_ms: 1_010,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -186,6 +192,12 @@ mod tests {
             fail(JobError::retryable("x")),
             i64::MAX - 5,
         );
-        assert!(matches!(ack, Ack::Retry { run_at_ms: i64::MAX, .. }));
+        assert!(matches!(
+            ack,
+            Ack::Retry {
+                run_at_ms: i64::MAX,
+                ..
+            }
+        ));
     }
 }
