@@ -7,7 +7,7 @@
 //! capacity, close). A failed send is retried with backoff; if it keeps failing the leases
 //! expire and those jobs run again (at-least-once): repeated, never lost.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub struct AckBuffer {
     pending: Mutex<Vec<Ack>>,
     notify: Notify,
     urgent: AtomicBool,
+    /// Counts takes, so the linger task can tell whether a fetch carried acks meanwhile.
+    takes: AtomicU64,
 }
 
 impl AckBuffer {
@@ -52,6 +54,7 @@ impl AckBuffer {
 
     /// Takes up to [`MAX_BATCH`] pending acks, oldest first.
     pub fn take(&self) -> Vec<Ack> {
+        self.takes.fetch_add(1, Ordering::AcqRel);
         let mut p = self.pending();
         if p.len() <= MAX_BATCH {
             std::mem::take(&mut *p)
@@ -75,11 +78,23 @@ impl AckBuffer {
         self.notify.notify_one();
     }
 
-    /// Waits until acks are pushed, then for the linger (unless asked to hurry).
+    /// Waits until acks are pushed and then have waited [`LINGER`] with no fetch taking acks
+    /// meanwhile (at once when asked to hurry): then they are the linger task's to send.
     pub async fn lingered(&self) {
         self.notify.notified().await;
-        if !self.urgent.swap(false, Ordering::AcqRel) {
+        loop {
+            if self.urgent.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let before = self.takes.load(Ordering::Acquire);
             tokio::time::sleep(LINGER).await;
+            if self.takes.load(Ordering::Acquire) == before || self.urgent.load(Ordering::Acquire) {
+                return;
+            }
+            // A fetch carried acks meanwhile; any pushed since get a fresh linger.
+            if self.is_empty() {
+                self.notify.notified().await;
+            }
         }
     }
 

@@ -5,8 +5,7 @@
 //!    ([`BrokerBackendConfig::concurrency`]): a delivery holds a slot from its fetch until its
 //!    run ends, a fetch asks the broker for at most the free slots (the broker may hand out
 //!    fewer: global limit, empty queue), and at capacity the worker parks until a run frees a
-//!    slot. A fetch starts as soon as half the slots are free, while the rest still run, so the
-//!    round trip overlaps the work. Fetches run on their own tokio task, so a fetch holding
+//!    slot. Fetches run on their own tokio task, so a fetch holding
 //!    broker resources (SQLite's write lock) completes even while apalis is not polling.
 //! 2. Acks ride on fetches: each fetch is `ack_and_fetch` with the acks of the runs that ended
 //!    since the last one (see [`acks`](super::acks) for the linger and the retries).
@@ -285,18 +284,6 @@ impl<J: Job> BrokerBackend<J> {
             .boxed(),
         );
     }
-
-    /// Starts the next fetch early, once half the slots are free, so its round trip overlaps the
-    /// jobs still buffered or running.
-    fn prefetch(&mut self, worker: &WorkerContext) {
-        if self.fetching.is_some() || self.pause.is_some() || worker.is_shutting_down() {
-            return;
-        }
-        let free = self.free_slots();
-        if free > 0 && free * 2 >= self.config.concurrency {
-            self.start_fetch(free);
-        }
-    }
 }
 
 /// Leases up to `max` jobs (settling the pending acks in the same call), decodes them into
@@ -397,7 +384,6 @@ impl<J: Job> Backend for BrokerBackend<J> {
         self.start_background();
         loop {
             if let Some(task) = self.buffer.pop_front() {
-                self.prefetch(worker);
                 return Poll::Ready(Some(Ok(task)));
             }
             if self.fetching.is_some() {
