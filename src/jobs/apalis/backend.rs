@@ -434,6 +434,8 @@ impl<J: Job> Backend for BrokerBackend<J> {
         }
         if let Some(closing) = self.closing.as_mut() {
             ready!(closing.poll_unpin(cx));
+            // Done: a later call starts afresh (with nothing left to hand back).
+            self.closing = None;
         }
         self.stop_background();
         Poll::Ready(Ok(()))
