@@ -1,5 +1,5 @@
 //! A worker or scheduler process for the multi-process job-system tests (`tests/job_processes.rs`):
-//! the real runtime and scheduler over Redis, running a probe job that reports what it sees to
+//! the real apalis workers and scheduler over Redis, running a probe job that reports what it sees to
 //! Redis keys under the test's prefix. Configured by env vars:
 //! `NODE_REDIS_URL`, `NODE_PREFIX`, `NODE_ROLE` (`worker` | `scheduler`), `NODE_CONCURRENCY`,
 //! `NODE_LEASE_MS`.
@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use buildlogs::jobs::apalis::{WorkerConfig, Workers};
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
 use buildlogs::jobs::redis::RedisBroker;
-use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{
-    Dedup, Job, JobContext, JobError, JobHandler, JobOptions, Registry, RetrySchedule, SystemClock,
+    Dedup, Job, JobContext, JobError, JobHandler, JobOptions, RetrySchedule, SystemClock,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -135,14 +135,14 @@ async fn main() -> anyhow::Result<()> {
             let conn = redis::Client::open(url.as_str())?
                 .get_multiplexed_async_connection()
                 .await?;
-            let registry = Registry::new().register(ProbeHandler { conn, prefix });
-            let config = RuntimeConfig {
+            let config = WorkerConfig {
                 concurrency: env("NODE_CONCURRENCY", "10").parse()?,
                 poll_interval: Duration::from_millis(20),
                 reap_interval: Duration::from_millis(200),
-                ..RuntimeConfig::default()
+                ..WorkerConfig::default()
             };
-            Runtime::new(broker, Arc::new(SystemClock), registry, config)
+            Workers::new(broker, Arc::new(SystemClock), config)
+                .register(ProbeHandler { conn, prefix })
                 .run(shutdown)
                 .await;
         }

@@ -1,4 +1,4 @@
-//! The apalis adapter (`jobs::apalis_backend`) driving real apalis-core workers against both
+//! The apalis backend (`jobs::apalis::BrokerBackend`) driving real apalis-core workers against both
 //! brokers: real Redis (own key prefix) and a real SQLite file. Every wait is a bounded poll of
 //! a condition; nothing asserts after a fixed sleep.
 
@@ -18,7 +18,7 @@ use apalis_core::worker::context::WorkerContext;
 use apalis_core::worker::event::Event;
 use apalis_core::worker::ext::event_listener::EventListenerExt;
 use async_trait::async_trait;
-use buildlogs::jobs::apalis_backend::{BrokerBackend, BrokerBackendConfig, BrokerBackendEvent};
+use buildlogs::jobs::apalis::{BrokerBackend, BrokerBackendConfig, BrokerBackendEvent};
 use buildlogs::jobs::broker::{DeadSetBounds, Lease, ReapReport};
 use buildlogs::jobs::{
     Ack, Broker, BrokerError, Clock, DeadJob, Delivery, EnqueueOutcome, Envelope, Job, JobClient,
@@ -463,7 +463,7 @@ async fn fetched_but_unstarted_jobs_are_released_on_stop(b: &TestBroker) {
     );
 }
 
-async fn typed_errors_settle_like_the_runtime(b: &TestBroker) {
+async fn typed_errors_settle_by_the_policy(b: &TestBroker) {
     let client = JobClient::new(b.broker.clone(), clock());
     for verdict in [Verdict::Fatal, Verdict::Abort, Verdict::SnoozeOnce] {
         client.enqueue(&Judged { verdict }).await.expect("enqueue");
@@ -532,10 +532,11 @@ async fn typed_errors_settle_like_the_runtime(b: &TestBroker) {
 async fn transient_broker_errors_do_not_stop_the_worker(b: &TestBroker) {
     const N: u32 = 5;
     enqueue_pings(b, N).await;
+    let flaky_acks_left = Arc::new(AtomicUsize::new(1));
     let flaky: Arc<dyn Broker> = Arc::new(FlakyBroker {
         inner: b.broker.clone(),
         fetch_failures_left: AtomicUsize::new(3),
-        ack_failures_left: AtomicUsize::new(1),
+        ack_failures_left: flaky_acks_left.clone(),
     });
     let seen = Arc::new(Seen::default());
     let fetch_failures = Arc::new(AtomicUsize::new(0));
@@ -547,9 +548,11 @@ async fn transient_broker_errors_do_not_stop_the_worker(b: &TestBroker) {
         .on_event({
             let fetch_failures = fetch_failures.clone();
             move |_, event| {
+                // A failed call that carried acks is reported too; count the fetch outages.
                 if let Event::Custom(custom) = event
-                    && let Some(BrokerBackendEvent::FetchFailed { .. }) =
+                    && let Some(BrokerBackendEvent::FetchFailed { error, .. }) =
                         custom.downcast_ref::<BrokerBackendEvent>()
+                    && error.contains("fetch outage")
                 {
                     fetch_failures.fetch_add(1, Ordering::SeqCst);
                 }
@@ -574,6 +577,11 @@ async fn transient_broker_errors_do_not_stop_the_worker(b: &TestBroker) {
         seen.runs().len(),
         N as usize,
         "the failed ack was retried, not re-run"
+    );
+    assert_eq!(
+        flaky_acks_left.load(Ordering::SeqCst),
+        0,
+        "an ack failed on the way"
     );
 }
 
@@ -615,7 +623,7 @@ on_both_brokers!(
     failed_job_is_retried_on_its_schedule_then_dead,
     stopped_worker_leaves_no_job_leased,
     fetched_but_unstarted_jobs_are_released_on_stop,
-    typed_errors_settle_like_the_runtime,
+    typed_errors_settle_by_the_policy,
     transient_broker_errors_do_not_stop_the_worker,
     job_outliving_its_lease_keeps_it_while_it_runs,
 );
@@ -684,13 +692,13 @@ where
 struct FlakyBroker {
     inner: Arc<dyn Broker>,
     fetch_failures_left: AtomicUsize,
-    ack_failures_left: AtomicUsize,
+    ack_failures_left: Arc<AtomicUsize>,
 }
 
-fn outage() -> BrokerError {
+fn outage(what: &str) -> BrokerError {
     BrokerError::Invalid {
         field: "connection",
-        detail: "simulated outage".into(),
+        detail: format!("simulated {what} outage"),
     }
 }
 
@@ -717,14 +725,14 @@ impl Broker for FlakyBroker {
         now_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
         if take_one(&self.fetch_failures_left) {
-            return Err(outage());
+            return Err(outage("fetch"));
         }
         self.inner.fetch(queue, max, lease, now_ms).await
     }
 
     async fn ack(&self, queue: &str, acks: Vec<Ack>, now_ms: i64) -> Result<(), BrokerError> {
-        if take_one(&self.ack_failures_left) {
-            return Err(outage());
+        if !acks.is_empty() && take_one(&self.ack_failures_left) {
+            return Err(outage("ack"));
         }
         self.inner.ack(queue, acks, now_ms).await
     }

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use buildlogs::api::BacklogHistory;
 use buildlogs::jobs::broker::{Ack, NewJob};
-use buildlogs::jobs::registry::new_job;
+use buildlogs::jobs::client::new_job;
 use buildlogs::jobs::{Clock, Envelope, SystemClock};
 use buildlogs::traces::breaker::OBJECT_STORE_BREAKER;
 use buildlogs::traces::jobs::RecoverStaleTraces;

@@ -1,16 +1,16 @@
-//! The runtime's Prometheus metrics, read back through a real exporter's rendering.
+//! The job workers' Prometheus metrics, read back through a real exporter's rendering.
 
 mod support;
 
 use std::time::Duration;
 
 use buildlogs::jobs::{
-    Clock, Dedup, Job, JobClient, JobError, JobOptions, Registry, RetrySchedule, SystemClock,
+    Clock, Dedup, Job, JobClient, JobError, JobOptions, RetrySchedule, SystemClock,
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 use support::TestBroker;
-use support::runtime::{Behaviour, Probe, config, start, wait_for};
+use support::runtime::{Behaviour, Probe, config, start, wait_for, workers};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Metered {
@@ -31,7 +31,7 @@ impl Job for Metered {
 
 // A current-thread runtime, so the thread-local recorder sees every task.
 #[tokio::test]
-async fn runtime_records_outcomes_durations_and_queue_gauges() {
+async fn workers_record_outcomes_durations_and_queue_gauges() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let _guard = metrics::set_default_local_recorder(&recorder);
@@ -55,7 +55,7 @@ async fn runtime_records_outcomes_durations_and_queue_gauges() {
         .unwrap();
     let mut cfg = config(4);
     cfg.stats_interval = Duration::from_millis(50);
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), cfg);
+    let (stop, done) = start(workers(&b.broker, cfg).register(probe));
     wait_for("2 processed, 1 dead", Duration::from_secs(20), || async {
         let s = b
             .broker

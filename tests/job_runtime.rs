@@ -1,4 +1,4 @@
-//! The worker runtime end to end on each broker: handlers run, results become acks, retries
+//! The job workers (apalis, over each broker) end to end: handlers run, results become acks, retries
 //! follow the schedule, limits hold, shutdown is graceful.
 
 mod support;
@@ -12,12 +12,11 @@ use buildlogs::jobs::limited_capacity::{
     LimitedCapacityHandler, LimitedCapacityWork, perform_with_capacity,
 };
 use buildlogs::jobs::{
-    Clock, Dedup, Envelope, Job, JobClient, JobError, JobOptions, Registry, RetrySchedule,
-    SystemClock,
+    Clock, Dedup, Envelope, Job, JobClient, JobError, JobOptions, RetrySchedule, SystemClock,
 };
 use serde::{Deserialize, Serialize};
 use support::TestBroker;
-use support::runtime::{Behaviour, Probe, config, start, wait_for};
+use support::runtime::{Behaviour, Probe, config, start, wait_for, workers};
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -55,7 +54,7 @@ async fn runs_every_job_once_and_acks_it(b: &TestBroker) {
     let (probe, seen) = Probe::<Work>::new(|_, _| Behaviour::Succeed);
     let jobs: Vec<Work> = (0..200).map(|n| Work { n }).collect();
     client(b).enqueue_bulk(&jobs).await.unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(8));
+    let (stop, done) = start(workers(&b.broker, config(8)).register(probe));
     wait_for("200 processed", SECS, || async {
         stats(b).await.processed == 200
     })
@@ -74,7 +73,7 @@ async fn retryable_failure_follows_the_schedule_then_goes_dead(b: &TestBroker) {
     let (probe, seen) =
         Probe::<Work>::new(|_, _| Behaviour::Fail(JobError::retryable("storage unreachable")));
     client(b).enqueue(&Work { n: 1 }).await.unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(2));
+    let (stop, done) = start(workers(&b.broker, config(2)).register(probe));
     wait_for("dead", SECS, || async { stats(b).await.dead == 1 }).await;
     stop.cancel();
     done.await.unwrap();
@@ -93,7 +92,7 @@ async fn fatal_failure_goes_straight_to_the_dead_set(b: &TestBroker) {
     let (probe, seen) =
         Probe::<Work>::new(|_, _| Behaviour::Fail(JobError::fatal("checksum mismatch")));
     client(b).enqueue(&Work { n: 1 }).await.unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(2));
+    let (stop, done) = start(workers(&b.broker, config(2)).register(probe));
     wait_for("dead", SECS, || async { stats(b).await.dead == 1 }).await;
     stop.cancel();
     done.await.unwrap();
@@ -111,7 +110,7 @@ async fn snooze_runs_again_later_without_burning_an_attempt(b: &TestBroker) {
         }
     });
     client(b).enqueue(&Work { n: 1 }).await.unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(2));
+    let (stop, done) = start(workers(&b.broker, config(2)).register(probe));
     wait_for("processed", SECS, || async {
         stats(b).await.processed == 1
     })
@@ -133,7 +132,7 @@ async fn timeout_and_panic_are_retryable_failures(b: &TestBroker) {
         .enqueue_bulk(&[Work { n: 1 }, Work { n: 2 }])
         .await
         .unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(2));
+    let (stop, done) = start(workers(&b.broker, config(2)).register(probe));
     wait_for("both processed", SECS, || async {
         stats(b).await.processed == 2
     })
@@ -166,7 +165,7 @@ async fn undecodable_payload_goes_to_the_dead_set(b: &TestBroker) {
         .enqueue(vec![job], SystemClock.now_ms())
         .await
         .unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(2));
+    let (stop, done) = start(workers(&b.broker, config(2)).register(probe));
     wait_for("dead", SECS, || async { stats(b).await.dead == 1 }).await;
     stop.cancel();
     done.await.unwrap();
@@ -204,11 +203,7 @@ async fn shutdown_finishes_short_jobs_and_hands_long_ones_back(b: &TestBroker) {
     client(b).enqueue_bulk(&[Slow(0), Slow(1)]).await.unwrap();
     let mut cfg = config(4);
     cfg.shutdown_timeout = Duration::from_millis(600);
-    let (stop, done) = start(
-        b.broker.clone(),
-        Registry::new().register(fast).register(slow),
-        cfg,
-    );
+    let (stop, done) = start(workers(&b.broker, cfg).register(fast).register(slow));
     wait_for("all four started", SECS, || async {
         fast_seen.started() == 2 && slow_seen.started() == 2
     })
@@ -246,7 +241,7 @@ async fn local_concurrency_is_never_exceeded(b: &TestBroker) {
         .enqueue_bulk(&(0..30).map(|n| Work { n }).collect::<Vec<_>>())
         .await
         .unwrap();
-    let (stop, done) = start(b.broker.clone(), Registry::new().register(probe), config(3));
+    let (stop, done) = start(workers(&b.broker, config(3)).register(probe));
     wait_for("30 processed", SECS, || async {
         stats(b).await.processed == 30
     })
@@ -256,7 +251,7 @@ async fn local_concurrency_is_never_exceeded(b: &TestBroker) {
     assert_eq!(seen.peak(), 3);
 }
 
-async fn global_limit_holds_across_runtimes_and_changes_at_runtime(b: &TestBroker) {
+async fn global_limit_holds_across_worker_sets_and_changes_at_runtime(b: &TestBroker) {
     let (probe, seen) =
         Probe::<Work>::new(|_, _| Behaviour::SleepThenSucceed(Duration::from_millis(30)));
     let shared = Arc::new(probe);
@@ -265,17 +260,11 @@ async fn global_limit_holds_across_runtimes_and_changes_at_runtime(b: &TestBroke
         .enqueue_bulk(&(0..40).map(|n| Work { n }).collect::<Vec<_>>())
         .await
         .unwrap();
-    // Two runtimes of concurrency 10 each, as two worker processes would be.
-    let (stop1, done1) = start(
-        b.broker.clone(),
-        Registry::new().register(SharedProbe(shared.clone())),
-        config(10),
-    );
-    let (stop2, done2) = start(
-        b.broker.clone(),
-        Registry::new().register(SharedProbe(shared.clone())),
-        config(10),
-    );
+    // Two sets of workers of concurrency 10 each, as two worker processes would be.
+    let (stop1, done1) =
+        start(workers(&b.broker, config(10)).register(SharedProbe(shared.clone())));
+    let (stop2, done2) =
+        start(workers(&b.broker, config(10)).register(SharedProbe(shared.clone())));
     wait_for("40 processed", SECS, || async {
         stats(b).await.processed == 40
     })
@@ -303,7 +292,7 @@ async fn global_limit_holds_across_runtimes_and_changes_at_runtime(b: &TestBroke
     done2.await.unwrap();
 }
 
-/// Lets two runtimes share one probe (and its observations).
+/// Lets two worker sets share one probe (and its observations).
 struct SharedProbe(Arc<Probe<Work>>);
 
 impl buildlogs::jobs::JobHandler for SharedProbe {
@@ -393,8 +382,8 @@ async fn limited_capacity_worker_keeps_max_running_busy_until_work_runs_out(b: &
     b.broker.set_limit(Unit::NAME, Some(4)).await.unwrap();
     assert_eq!(perform_with_capacity(&c, work.as_ref()).await.unwrap(), 1);
     b.broker.set_limit(Unit::NAME, Some(3)).await.unwrap();
-    let registry = Registry::new().register(LimitedCapacityHandler::new(work.clone(), c.clone()));
-    let (stop, done) = start(b.broker.clone(), registry, config(10));
+    let handler = LimitedCapacityHandler::new(work.clone(), c.clone());
+    let (stop, done) = start(workers(&b.broker, config(10)).register(handler));
     let now = || SystemClock.now_ms();
     wait_for("work drained and queue idle", SECS, || async {
         let s = b.broker.stats(Unit::NAME, now()).await.unwrap();
@@ -416,6 +405,6 @@ on_both_brokers!(
     undecodable_payload_goes_to_the_dead_set,
     shutdown_finishes_short_jobs_and_hands_long_ones_back,
     local_concurrency_is_never_exceeded,
-    global_limit_holds_across_runtimes_and_changes_at_runtime,
+    global_limit_holds_across_worker_sets_and_changes_at_runtime,
     limited_capacity_worker_keeps_max_running_busy_until_work_runs_out,
 );

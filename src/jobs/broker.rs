@@ -1,4 +1,4 @@
-//! The broker seam: everything the job runtime needs from a queue store.
+//! The broker seam: everything the job workers need from a queue store.
 //!
 //! Duties of every implementation (checked by `tests/job_broker_conformance.rs`, run against each):
 //! 1. `enqueue` stores jobs durably, ready now or scheduled at `run_at_ms`, applying dedup.
@@ -12,7 +12,7 @@
 //!    they have used all their attempts.
 //! 5. Work per job is O(1) in the backlog size; batches are bounded.
 //!
-//! Time is passed in by the caller (`now_ms` comes from the runtime's [`Clock`](super::Clock)), so
+//! Time is passed in by the caller (`now_ms` comes from the worker's [`Clock`](super::Clock)), so
 //! tests can drive schedules without sleeping.
 
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub struct Lease {
     /// The attempt this delivery runs (1 on the first run).
     pub attempt: u32,
     /// The broker's own handle on the delivery (for Redis: the stored record, so an ack is one
-    /// `ZREM` with no lookup); opaque to the runtime.
+    /// `ZREM` with no lookup); opaque to the workers.
     pub token: String,
 }
 
@@ -215,7 +215,9 @@ pub trait Broker: Send + Sync + 'static {
         lease: Duration,
         now_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        self.ack(queue, acks, now_ms).await?;
+        if !acks.is_empty() {
+            self.ack(queue, acks, now_ms).await?;
+        }
         self.fetch(queue, max, lease, now_ms).await
     }
 

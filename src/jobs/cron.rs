@@ -15,9 +15,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{Broker, BrokerError, NewJob};
+use super::client::new_job;
 use super::clock::Clock;
 use super::job::Job;
-use super::registry::new_job;
 
 /// Longest sleep between checks, so a clock jump or a lost wake-up costs at most this.
 const MAX_SLEEP: Duration = Duration::from_secs(1);

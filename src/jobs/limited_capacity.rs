@@ -16,9 +16,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::broker::{Broker, BrokerError, EnqueueOutcome};
+use super::client::{JobClient, new_job};
 use super::dedup::DedupStrategy;
 use super::job::{Job, JobContext, JobError, JobHandler};
-use super::registry::{JobClient, new_job};
 
 pub trait LimitedCapacityWork: Send + Sync + 'static {
     /// The job that carries one unit of work (usually an empty struct). Its dedup must be `none`.

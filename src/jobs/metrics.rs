@@ -1,7 +1,7 @@
 //! Prometheus metrics of the job system, through the `metrics` facade (the binary installs the
 //! exporter and serves `/metrics`).
 //!
-//! Counters and the duration histogram are recorded per run by the processor; queue gauges
+//! Counters and the duration histogram are recorded per run by the workers' ack layer; queue gauges
 //! (depth by state, latency, limit) are sampled from the broker every few seconds, so their
 //! cost is one pipelined read per queue per interval, not per job.
 

@@ -1,5 +1,6 @@
-//! Helpers for runtime tests: a configurable probe handler that records what it saw, and
-//! bounded waiting on conditions (tests wait on state, never on fixed sleeps).
+//! Helpers for tests of the job workers: a configurable probe handler that records what it saw,
+//! workers run in the background, and bounded waiting on conditions (tests wait on state, never
+//! on fixed sleeps).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -8,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
-use buildlogs::jobs::{Broker, Job, JobContext, JobError, JobHandler, Registry, SystemClock};
+use buildlogs::jobs::apalis::{WorkerConfig, Workers};
+use buildlogs::jobs::{Broker, Job, JobContext, JobError, JobHandler, SystemClock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -104,26 +105,26 @@ impl<J: Job + std::fmt::Debug> JobHandler for Probe<J> {
     }
 }
 
-/// A runtime running in the background until the returned token is cancelled.
-pub fn start(
-    broker: Arc<dyn Broker>,
-    registry: Registry,
-    config: RuntimeConfig,
-) -> (CancellationToken, JoinHandle<()>) {
+/// Workers over `broker` tuned by `config`, to register handlers on.
+pub fn workers(broker: &Arc<dyn Broker>, config: WorkerConfig) -> Workers {
+    Workers::new(broker.clone(), Arc::new(SystemClock), config)
+}
+
+/// `workers` running in the background until the returned token is cancelled.
+pub fn start(workers: Workers) -> (CancellationToken, JoinHandle<()>) {
     let token = CancellationToken::new();
-    let runtime = Runtime::new(broker, Arc::new(SystemClock), registry, config);
-    let handle = tokio::spawn(runtime.run(token.clone()));
+    let handle = tokio::spawn(workers.run(token.clone()));
     (token, handle)
 }
 
 /// Fast polling so tests are quick; everything else default.
-pub fn config(concurrency: usize) -> RuntimeConfig {
-    RuntimeConfig {
+pub fn config(concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
         concurrency,
         poll_interval: Duration::from_millis(10),
         shutdown_timeout: Duration::from_secs(5),
         reap_interval: Duration::from_millis(100),
-        ..RuntimeConfig::default()
+        ..WorkerConfig::default()
     }
 }
 

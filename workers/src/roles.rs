@@ -18,8 +18,8 @@ use buildlogs::api::{
     AppState, BacklogHistory, LogPage, PatchRate, PatchRateLimit, StreamHub, StreamLimits, server,
 };
 use buildlogs::config::{Settings, Stack};
+use buildlogs::jobs::apalis::WorkerConfig;
 use buildlogs::jobs::cron::{CronEntry, Scheduler};
-use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::ExpiryConfig;
@@ -396,21 +396,21 @@ async fn run_worker(
     accept_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let config = RuntimeConfig {
+    let tuning = WorkerConfig {
         concurrency: args.concurrency,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-        ..RuntimeConfig::default()
+        ..WorkerConfig::default()
     };
-    let (registry, breaker) = crate::jobs::registry(stack, &args.handler_config(accept_timeout));
+    let (workers, breaker) =
+        crate::jobs::workers(stack, &args.handler_config(accept_timeout), tuning);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let probe = tokio::spawn(breaker.run_probe(
         stack.objects.clone(),
-        JobClient::new(stack.broker.clone(), clock.clone()),
+        JobClient::new(stack.broker.clone(), clock),
         shutdown.clone(),
     ));
-    let runtime = Runtime::new(stack.broker.clone(), clock, registry, config);
     tracing::info!(concurrency = args.concurrency, "worker started");
-    runtime.run(shutdown).await;
+    workers.run(shutdown).await;
     let _ = probe.await;
 }
 

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use buildlogs::jobs::apalis::{WorkerConfig, Workers};
 use buildlogs::jobs::broker::NewJob;
+use buildlogs::jobs::client::new_job;
 use buildlogs::jobs::redis::RedisBroker;
-use buildlogs::jobs::registry::new_job;
-use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
-use buildlogs::jobs::{Broker, Clock, JobContext, JobError, JobHandler, Registry, SystemClock};
+use buildlogs::jobs::{Broker, Clock, JobContext, JobError, JobHandler, SystemClock};
 use redis::AsyncCommands;
 
 use crate::jobs::noop::Noop;
@@ -429,13 +429,13 @@ async fn queue_worker(args: QueueWorkerArgs) -> anyhow::Result<()> {
         marked: AtomicBool::new(false),
         conn,
     };
-    let registry = Registry::new().register(handler);
-    let config = RuntimeConfig {
+    let config = WorkerConfig {
         concurrency: args.concurrency,
-        ..RuntimeConfig::default()
+        ..WorkerConfig::default()
     };
     let shutdown = crate::roles::shutdown_on_signal();
-    Runtime::new(broker, Arc::new(SystemClock), registry, config)
+    Workers::new(broker, Arc::new(SystemClock), config)
+        .register(handler)
         .run(shutdown)
         .await;
     Ok(())

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use buildlogs::config::Settings;
-use buildlogs::jobs::runtime::{Runtime, RuntimeConfig};
+use buildlogs::jobs::apalis::WorkerConfig;
 use buildlogs::jobs::{Clock, Job, JobClient, SystemClock};
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::jobs::{ArchiveTrace, RecoverStaleTraces};
@@ -199,22 +199,17 @@ async fn drive(args: &RecoverArgs, settings: &Settings, redis_url: &str) -> anyh
         .await?;
     let mut config = HandlerConfig::default();
     config.recovery.batch = args.batch;
-    let (registry, _breaker) = crate::jobs::registry(&stack, &config);
-    let runtime = Runtime::new(
-        stack.broker.clone(),
-        clock.clone(),
-        registry,
-        RuntimeConfig {
-            concurrency: args.concurrency,
-            ..RuntimeConfig::default()
-        },
-    );
+    let tuning = WorkerConfig {
+        concurrency: args.concurrency,
+        ..WorkerConfig::default()
+    };
+    let (workers, _breaker) = crate::jobs::workers(&stack, &config, tuning);
     let redis_before = redis_commands(&mut monitor).await?;
     let sql_before = SQL_STATEMENTS.load(Ordering::Relaxed);
     reset_peak_rss();
     let started = Instant::now();
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(runtime.run(shutdown.clone()));
+    let worker = tokio::spawn(workers.run(shutdown.clone()));
     let jobs = JobClient::new(stack.broker.clone(), clock.clone());
     let (mut max_queue, mut polls) = (0u64, 0u64);
     let mut last_report = Instant::now();

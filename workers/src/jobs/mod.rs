@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use buildlogs::config::Stack;
-use buildlogs::jobs::{Clock, JobClient, Registry, SystemClock};
+use buildlogs::jobs::apalis::{WorkerConfig, Workers};
+use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::archive::ArchiveService;
 use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::{ArtifactExpiry, ExpiryConfig};
@@ -34,9 +35,14 @@ pub struct HandlerConfig {
     pub stuck: StuckConfig,
 }
 
-/// Every job type a `buildlogs worker` runs, over the process's stores, and the object store
-/// breaker its flushes and archives share (the worker runs its probe).
-pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectStoreBreaker>) {
+/// The workers of every job type a `buildlogs worker` runs (tuned by `tuning`), over the
+/// process's stores, and the object store breaker its flushes and archives share (the worker
+/// runs its probe).
+pub fn workers(
+    stack: &Stack,
+    config: &HandlerConfig,
+    tuning: WorkerConfig,
+) -> (Workers, Arc<ObjectStoreBreaker>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let breaker = Arc::new(ObjectStoreBreaker::new(
         stack.meta.clone(),
@@ -94,10 +100,10 @@ pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectS
         stack.live.clone(),
         traces,
         jobs,
-        clock,
+        clock.clone(),
         config.stuck.clone(),
     ));
-    let registry = Registry::new()
+    let workers = Workers::new(stack.broker.clone(), clock, tuning)
         .register(noop::NoopHandler)
         .register(flush_trace_chunk::FlushTraceChunkHandler { flush })
         .register(archive_trace::ArchiveTraceHandler {
@@ -107,5 +113,5 @@ pub fn registry(stack: &Stack, config: &HandlerConfig) -> (Registry, Arc<ObjectS
         .register(recover_stale_traces::RecoverStaleTracesHandler { recovery })
         .register(expire_artifacts::ExpireArtifactsHandler { expiry })
         .register(drop_stuck_builds::DropStuckBuildsHandler { stuck });
-    (registry, breaker)
+    (workers, breaker)
 }

@@ -1,71 +1,15 @@
-//! Job types known to a process, and the typed client that enqueues them.
-//!
-//! The registry erases each handler's payload type behind a function from JSON to a future,
-//! so the runtime can drive every queue with one loop.
+//! The typed client that enqueues jobs, and the stored form of a typed job.
 
-use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Future;
 use sha2::{Digest, Sha256};
 
 use super::broker::{Broker, BrokerError, EnqueueOutcome, NewJob};
 use super::clock::Clock;
 use super::dedup::DedupMode;
 use super::envelope::Envelope;
-use super::job::{Job, JobContext, JobError, JobHandler, JobOptions};
-
-pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
-type ErasedHandler = Arc<dyn Fn(String, JobContext) -> JobFuture + Send + Sync>;
-
-/// One registered job type.
-#[derive(Clone)]
-pub struct RegisteredJob {
-    pub name: &'static str,
-    pub options: JobOptions,
-    /// Runs the handler on a JSON payload; an undecodable payload is fatal.
-    pub call: ErasedHandler,
-}
-
-#[derive(Clone, Default)]
-pub struct Registry {
-    jobs: Vec<RegisteredJob>,
-}
-
-impl Registry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn register<H: JobHandler>(mut self, handler: H) -> Self {
-        let handler = Arc::new(handler);
-        let call: ErasedHandler = Arc::new(move |payload: String, ctx: JobContext| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let job: H::Job = serde_json::from_str(&payload).map_err(|e| {
-                    JobError::fatal(format!("cannot decode {} payload: {e}", H::Job::NAME))
-                })?;
-                handler.perform(job, ctx).await
-            }) as JobFuture
-        });
-        self.jobs.push(RegisteredJob {
-            name: H::Job::NAME,
-            options: H::Job::options(),
-            call,
-        });
-        self
-    }
-
-    pub fn jobs(&self) -> &[RegisteredJob] {
-        &self.jobs
-    }
-
-    pub fn names(&self) -> Vec<&'static str> {
-        self.jobs.iter().map(|j| j.name).collect()
-    }
-}
+use super::job::Job;
 
 /// Enqueues typed jobs through a broker.
 #[derive(Clone)]
@@ -159,13 +103,4 @@ pub fn new_job<J: Job>(
 fn payload_digest(payload: &str) -> String {
     let digest = Sha256::digest(payload.as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Registered options by queue name.
-pub fn options_by_queue(registry: &Registry) -> HashMap<&'static str, JobOptions> {
-    registry
-        .jobs()
-        .iter()
-        .map(|j| (j.name, j.options.clone()))
-        .collect()
 }
