@@ -20,7 +20,7 @@ use crate::jobs::redis::{self as redis_broker, RedisBroker};
 use crate::jobs::sqlite::SqliteBroker;
 use crate::stores::objects::{ObjectStoreError, open_object_store};
 use crate::stores::redis_live::RedisLiveChunks;
-use crate::stores::sql_live::{SqlLiveChunks, migrate_postgres};
+use crate::stores::sql_live::{SqlLiveChunks, migrate_postgres, migrate_sqlite};
 use crate::stores::sql_metadata::SqlMetadata;
 use crate::traces::live::LiveChunkStore;
 use crate::traces::metadata::MetadataStore;
@@ -142,6 +142,7 @@ impl Settings {
             (Some(url), None) => {
                 let broker = SqliteBroker::connect(&url).await?;
                 let pool = broker.pool().clone();
+                migrate_sqlite(&pool).await?;
                 Ok(Stack {
                     broker: Arc::new(broker),
                     meta: Arc::new(SqlMetadata::sqlite(pool.clone())),
@@ -153,10 +154,12 @@ impl Settings {
             }
             (sqlite, Some(redis_url)) => {
                 let meta: Arc<dyn MetadataStore> = match sqlite {
-                    // The broker's connect opens the file in WAL mode and migrates it.
-                    Some(url) => Arc::new(SqlMetadata::sqlite(
-                        SqliteBroker::connect(&url).await?.pool().clone(),
-                    )),
+                    // The broker's connect opens the file in WAL mode (and adds its tables).
+                    Some(url) => {
+                        let pool = SqliteBroker::connect(&url).await?.pool().clone();
+                        migrate_sqlite(&pool).await?;
+                        Arc::new(SqlMetadata::sqlite(pool))
+                    }
                     None => {
                         let url = self.database_url.as_deref().unwrap_or_default();
                         let pool = PgPoolOptions::new()

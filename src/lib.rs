@@ -2,13 +2,13 @@
 //! Sidekiq-style job system of its own.
 //!
 //! - [`config`]: settings and opening the stores they name.
-//! - [`jobs`]: the job system (queue brokers, retries, dedup, capacity, cron, runtime). It knows
-//!   nothing of build logs.
+//! - [`jobs`]: the job system (queue brokers, retries, dedup, capacity, cron, apalis workers),
+//!   the `buildlogs-jobs` crate (`jobs/`), re-exported here. It knows nothing of build logs.
 //! - [`redact`]: secrets out of connection URLs before they are logged.
 
 pub mod api;
 pub mod config;
-pub mod jobs;
+pub use buildlogs_jobs as jobs;
 pub mod redact;
 pub mod stores;
 pub mod traces;

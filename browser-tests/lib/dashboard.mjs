@@ -38,7 +38,7 @@ export function seedDeadJob(server, { queue, id, error, payload = '{}', agoMs = 
       VALUES (${q(id)}, ${q(queue)}, 'dead', 3, 3, 'n', '', ${died - 1000}, ${q(payload)}, ${died}, ${q(error)})`);
     return;
   }
-  // The Redis broker's keys (src/jobs/redis/keys.rs) and envelope wire form (envelope.rs).
+  // The Redis broker's keys (jobs/src/redis/keys.rs) and envelope wire form (envelope.rs).
   const prefix = server.env.BUILDLOGS_REDIS_PREFIX;
   const base = `${prefix}:{${queue}}:`;
   const envelope = `n|${id}|3|3||${died - 1000}|${queue}|${payload}`;

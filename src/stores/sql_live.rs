@@ -50,7 +50,9 @@ use sqlx::{PgPool, SqlitePool};
 
 use super::sql::{Db, on_db};
 
+use crate::jobs::BrokerError;
 use crate::jobs::clock::{Clock, SystemClock};
+use crate::jobs::sqlite::SqliteBroker;
 use crate::traces::chunk::{self, CHUNK_SIZE};
 use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 
@@ -59,9 +61,20 @@ pub async fn migrate_postgres(pool: &PgPool) -> Result<(), MigrateError> {
     sqlx::migrate!("migrations/postgres").run(pool).await
 }
 
-/// Applies `migrations/sqlite` (the job queue's tables and the build-log tables; idempotent).
+/// Applies the job queue's migrations (`buildlogs-jobs`, which records them apart) and then
+/// `migrations/sqlite`, the build-log tables; idempotent.
 pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
-    sqlx::migrate!("migrations/sqlite").run(pool).await
+    SqliteBroker::new(pool.clone())
+        .migrate()
+        .await
+        .map_err(|e| match e {
+            BrokerError::Migrate(e) => e,
+            other => MigrateError::Source(Box::new(other)),
+        })?;
+    let mut migrator = sqlx::migrate!("migrations/sqlite");
+    // Files made before the job system had its own migrations list its 0001 here too.
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
 }
 
 /// One database's statements. Parameters are numbered (`$n`, which SQLite also reads), and

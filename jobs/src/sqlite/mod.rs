@@ -61,6 +61,8 @@ pub const TRIM_BUDGET: i64 = 1000;
 /// SQLite has one writer at a time; a few connections let reads (stats) run beside it.
 const MAX_CONNECTIONS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the queue's applied migrations are recorded (sqlx's default table is the application's).
+const MIGRATIONS_TABLE: &str = "_buildlogs_jobs_migrations";
 
 pub struct SqliteBroker {
     pool: SqlitePool,
@@ -100,8 +102,12 @@ impl SqliteBroker {
         &self.pool
     }
 
+    /// Creates the queue's tables (`migrations/sqlite`, idempotent). Their versions are kept in a
+    /// table of their own, so an application can keep its own migrations in the same file.
     pub async fn migrate(&self) -> Result<(), BrokerError> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        let mut migrator = sqlx::migrate!("migrations/sqlite");
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 

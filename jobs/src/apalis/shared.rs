@@ -7,9 +7,9 @@ use futures::task::AtomicWaker;
 
 use super::acks::AckBuffer;
 use super::handoffs::Handoffs;
-use crate::jobs::broker::{Ack, Broker, Lease};
-use crate::jobs::clock::Clock;
-use crate::jobs::job::JobOptions;
+use crate::broker::{Ack, Broker, Lease};
+use crate::clock::Clock;
+use crate::job::JobOptions;
 
 pub struct Shared {
     pub broker: Arc<dyn Broker>,

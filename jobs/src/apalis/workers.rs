@@ -22,9 +22,9 @@ use super::backend::{BrokerBackend, BrokerBackendConfig};
 use super::guards::{CatchPanicLayer, TimeoutLayer};
 use super::handler::HandlerService;
 use super::handoffs::Handoffs;
-use crate::jobs::broker::{Broker, DeadSetBounds};
-use crate::jobs::clock::Clock;
-use crate::jobs::job::{Job, JobHandler};
+use crate::broker::{Broker, DeadSetBounds};
+use crate::clock::Clock;
+use crate::job::{Job, JobHandler};
 
 /// How long [`Workers::run`] waits for hand-backs after the shutdown timeout.
 const HANDOFF_WAIT: Duration = Duration::from_secs(10);

@@ -14,8 +14,8 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::Notify;
 
-use crate::jobs::broker::{Ack, Broker, BrokerError};
-use crate::jobs::clock::Clock;
+use crate::broker::{Ack, Broker, BrokerError};
+use crate::clock::Clock;
 
 /// How long acks may wait for a fetch to carry them: short enough that a finished job's slot in
 /// the global limit is freed promptly, long enough for a busy worker's next fetch.

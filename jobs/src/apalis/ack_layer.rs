@@ -19,10 +19,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::shared::Shared;
-use crate::jobs::broker::Lease;
-use crate::jobs::job::{Job, JobContext, JobError};
-use crate::jobs::metrics;
-use crate::jobs::settle::{Failure, Verdict, settle};
+use crate::broker::Lease;
+use crate::job::{Job, JobContext, JobError};
+use crate::metrics;
+use crate::settle::{Failure, Verdict, settle};
 
 /// The delivery a task came from, kept in its data for the ack (a private type, so no user
 /// layer can replace it).

@@ -12,7 +12,7 @@ use apalis_core::layers::{Layer, Service};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::jobs::job::JobError;
+use crate::job::JobError;
 
 /// Why a run failed without the handler saying so (the source of a retryable [`JobError`]).
 #[derive(Debug, thiserror::Error)]

@@ -47,11 +47,11 @@ use tokio_util::sync::CancellationToken;
 use super::ack_layer::{AckLayer, Receipt, lease_of};
 use super::handoffs::Handoffs;
 use super::shared::Shared;
-use crate::jobs::broker::{Ack, Broker, BrokerError, DeadSetBounds, Delivery};
-use crate::jobs::clock::Clock;
-use crate::jobs::housekeeping::Housekeeping;
-use crate::jobs::job::{Job, JobContext};
-use crate::jobs::metrics;
+use crate::broker::{Ack, Broker, BrokerError, DeadSetBounds, Delivery};
+use crate::clock::Clock;
+use crate::housekeeping::Housekeeping;
+use crate::job::{Job, JobContext};
+use crate::metrics;
 
 /// Tuning of one apalis worker over a broker queue.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use apalis_core::task::Task;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::jobs::job::{Job, JobContext, JobError, JobHandler};
+use crate::job::{Job, JobContext, JobError, JobHandler};
 
 pub struct HandlerService<H> {
     handler: Arc<H>,
