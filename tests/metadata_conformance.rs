@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
-use buildlogs::stores::sql_live::SqlLiveChunks;
+use buildlogs::stores::sql_live::{SqlLiveChunks, migrate_sqlite};
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::live::{AppendOutcome, LiveChunkStore};
@@ -1360,3 +1360,36 @@ on_every_sql_store!(
     lost_bytes_make_a_trace_partial,
     builds_pages_list_newest_first_by_filter_with_their_trace_state,
 );
+
+/// A SQLite file made before the job system had migrations of its own lists the queue's tables
+/// as buildlogs' version 1 in `_sqlx_migrations` and has no `_buildlogs_jobs_migrations`: it
+/// migrates, keeps its queue rows, and the queue's migration is recorded where it now belongs.
+#[tokio::test]
+async fn a_sqlite_file_from_before_the_job_crate_migrates() {
+    let db = TestSqlite::new().await;
+    for statement in [
+        "DROP TABLE _buildlogs_jobs_migrations",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (1, 'job queue', 1, x'00', 0)",
+        "INSERT INTO job_queues (queue, concurrency_limit) VALUES ('old_queue', 3)",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+
+    migrate_sqlite(&db.pool)
+        .await
+        .expect("a file from before the split migrates");
+
+    let limit: Option<i64> =
+        sqlx::query_scalar("SELECT concurrency_limit FROM job_queues WHERE queue = 'old_queue'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(limit, Some(3), "the queue's rows survive");
+    let recorded: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _buildlogs_jobs_migrations WHERE success")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, vec![1]);
+}
