@@ -1,5 +1,5 @@
 //! One suite, run against every object store backend: a local folder (`file://`) and an
-//! S3-compatible server (`s3://`, s3s-fs; see `support/objects.rs` for how it is found).
+//! S3-compatible server (`s3://`, s3s-fs; see `support/objects.rs` and `support/s3s_fs.rs` for which).
 //!
 //! What the flusher and archiver rely on: put/get/range/delete, deleting a missing object is
 //! fine, a 12 MiB streaming upload arrives byte-for-byte (CRC-32), an aborted upload leaves
@@ -8,6 +8,8 @@
 
 #[path = "support/objects.rs"]
 mod objects_support;
+#[path = "support/s3s_fs.rs"]
+mod s3s_fs;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -36,9 +38,7 @@ macro_rules! on_both_object_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(objects) = super::TestObjects::s3(stringify!($name)) {
-                        super::$name(&objects).await;
-                    }
+                    super::$name(&super::TestObjects::s3(stringify!($name))).await;
                 }
             )*
         }

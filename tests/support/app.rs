@@ -182,7 +182,7 @@ impl TestApp {
         let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
         let meta = Arc::new(SqlMetadata::postgres(pg.pool.clone()));
         let live = Arc::new(RedisLiveChunks::new(conn, &prefix));
-        let objects = TestObjects::s3(test).unwrap_or_else(TestObjects::local);
+        let objects = TestObjects::s3(test);
         let (router, state, broker, (flush, archive), parts) = Self::build(
             broker,
             meta,

@@ -41,7 +41,7 @@ impl TestBroker {
         let prefix = unique_prefix(test);
         let broker = RedisBroker::connect(&redis_url(), &prefix)
             .await
-            .expect("redis at BUILDLOGS_TEST_REDIS_URL");
+            .expect("Redis at BUILDLOGS_TEST_REDIS_URL (default redis://127.0.0.1:6379): start redis-server, or run bash .ci/run, which does");
         Self {
             broker: Arc::new(broker),
             kind: "redis",
@@ -195,4 +195,5 @@ pub mod app;
 pub mod counting;
 pub mod objects;
 pub mod runtime;
+pub mod s3s_fs;
 pub mod sql;

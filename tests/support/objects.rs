@@ -7,29 +7,20 @@
 //! 1. `BUILDLOGS_TEST_S3_ENDPOINT` (+ `_ACCESS_KEY`, `_SECRET_KEY`, `_ROOT`): the s3s-fs that
 //!    `.ci/run` starts. s3s-fs keeps each bucket as a directory under its root, so a test creates
 //!    its bucket with `mkdir` under `BUILDLOGS_TEST_S3_ROOT` and removes that directory after.
-//! 2. Otherwise, an s3s-fs binary at `BUILDLOGS_S3S_FS_BIN` or the cache path `.ci/run` installs
-//!    to (`${CARGO_HOME:-$HOME/.cargo}/s3s-fs-0.14.1/bin/s3s-fs`): the test starts a private
-//!    server on a free port with a temp root, and kills it when the value is dropped.
-//! 3. Otherwise the S3 variant is skipped with a loud message — except under CI (`CI` set),
-//!    where a missing server is a failure.
+//! 2. Otherwise a private s3s-fs on a free port with a temp root, killed when the value is
+//!    dropped ([`s3s_fs`](super::s3s_fs): installed once if missing; never a skip).
 //!
 //! Include with `#[path = "support/objects.rs"] mod objects_support;`.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use buildlogs::stores::objects::{ObjectStoreConfig, OpenedStore};
 use object_store::aws::AmazonS3ConfigKey;
 
-/// The s3s-fs version `.ci/run` installs (0.14.1 is the last that builds on rustc 1.95).
-pub const S3S_FS_VERSION: &str = "0.14.1";
-
-/// How long a freshly started s3s-fs gets to accept connections.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(15);
+use super::s3s_fs;
 
 pub struct TestObjects {
     pub kind: &'static str,
@@ -62,9 +53,8 @@ impl TestObjects {
         }
     }
 
-    /// A fresh bucket on an S3-compatible server; `None` (after a loud message) when there is
-    /// no server and this is not CI.
-    pub fn s3(test: &str) -> Option<Self> {
+    /// A fresh bucket on an S3-compatible server.
+    pub fn s3(test: &str) -> Self {
         let bucket = unique_bucket(test);
         let (endpoint, access_key, secret_key, root, private) = if let Ok(endpoint) =
             std::env::var("BUILDLOGS_TEST_S3_ENDPOINT")
@@ -78,10 +68,10 @@ impl TestObjects {
                 PathBuf::from(root),
                 None,
             )
-        } else if let Some(bin) = s3s_fs_binary() {
+        } else {
             let root = tempfile::tempdir().expect("temp dir");
             let (access_key, secret_key) = ("buildlogs-test", "buildlogs-test-secret");
-            let (child, addr) = start_s3s_fs(&bin, root.path(), access_key, secret_key);
+            let (child, addr) = start_private(root.path(), access_key, secret_key);
             (
                 format!("http://{addr}"),
                 access_key.to_owned(),
@@ -89,26 +79,11 @@ impl TestObjects {
                 root.path().to_owned(),
                 Some((child, root)),
             )
-        } else {
-            let message = format!(
-                "no S3 server: set BUILDLOGS_TEST_S3_ENDPOINT (bash .ci/run does) or install \
-                     s3s-fs {S3S_FS_VERSION} at {}",
-                s3s_fs_path().display()
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{message}");
-            }
-            // Straight to stderr: libtest hides `eprintln!` output of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!! SKIPPING the S3 variant of {test}: {message} !!!!!\n"
-            );
-            return None;
         };
         let bucket_dir = root.join(&bucket);
         std::fs::create_dir(&bucket_dir)
             .unwrap_or_else(|e| panic!("creating bucket dir {}: {e}", bucket_dir.display()));
-        Some(Self {
+        Self {
             kind: "s3",
             backend: Backend::S3 {
                 endpoint,
@@ -118,7 +93,7 @@ impl TestObjects {
                 bucket_dir,
                 private,
             },
-        })
+        }
     }
 
     /// The `OBJECT_STORE_URL` for key prefix `prefix` ("" for none) in this test's space.
@@ -253,64 +228,16 @@ fn unique_bucket(test: &str) -> String {
     )
 }
 
-/// Where `.ci/run` installs s3s-fs.
-pub fn default_s3s_fs_path() -> PathBuf {
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap_or_else(|| PathBuf::from(".cargo"));
-    cargo_home
-        .join(format!("s3s-fs-{S3S_FS_VERSION}"))
-        .join("bin/s3s-fs")
-}
-
-/// `BUILDLOGS_S3S_FS_BIN`, else the cache path.
-fn s3s_fs_path() -> PathBuf {
-    std::env::var_os("BUILDLOGS_S3S_FS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(default_s3s_fs_path)
-}
-
-fn s3s_fs_binary() -> Option<PathBuf> {
-    let path = s3s_fs_path();
-    path.is_file().then_some(path)
-}
-
-/// Starts s3s-fs on a free port; returns once it accepts connections. Another process can take
-/// the port between our probe and s3s-fs binding it, so a server that exits at start is retried.
-fn start_s3s_fs(
-    bin: &Path,
-    root: &Path,
-    access_key: &str,
-    secret_key: &str,
-) -> (Child, SocketAddr) {
+/// A private s3s-fs on a free port. Another process can take the port between our probe and
+/// s3s-fs binding it, so a server that exits at start is retried on another port.
+fn start_private(root: &Path, access_key: &str, secret_key: &str) -> (Child, std::net::SocketAddr) {
+    let bin = s3s_fs::binary();
     for _attempt in 0..3 {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port");
-        let mut child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
-            .args(["--access-key", access_key, "--secret-key", secret_key])
-            .arg(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let deadline = Instant::now() + SERVER_START_TIMEOUT;
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return (child, addr);
-            }
-            if let Ok(Some(_exited)) = child.try_wait() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("s3s-fs did not listen on {addr} within {SERVER_START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = s3s_fs::start(&bin, addr, root, access_key, secret_key) {
+            return (child, addr);
         }
     }
     panic!("s3s-fs exited at start three times ({})", bin.display());

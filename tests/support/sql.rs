@@ -55,7 +55,7 @@ impl TestPostgres {
         let name = unique_schema(test);
         let mut admin = PgConnection::connect(&url)
             .await
-            .expect("postgres at BUILDLOGS_TEST_DATABASE_URL");
+            .expect("PostgreSQL at BUILDLOGS_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test, trust auth): start it, or run bash .ci/run, which does");
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
             .execute(&mut admin)
             .await

@@ -43,9 +43,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_it_is_back() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let test = "outage_store_down";
-    let Some(mut fleet) = Fleet::new(test).await else {
-        return;
-    };
+    let mut fleet = Fleet::new(test).await;
     let started = Instant::now();
     let mut rng = Rng::from_env_or_time(test);
     let web = fleet.web().await;
@@ -214,9 +212,7 @@ async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_
 async fn a_worker_killed_at_random_points_of_flushes_and_archives_loses_and_duplicates_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let test = "outage_worker_kills";
-    let Some(fleet) = Fleet::new(test).await else {
-        return;
-    };
+    let fleet = Fleet::new(test).await;
     let started = Instant::now();
     let mut rng = Rng::from_env_or_time(test);
     let web = fleet.web().await;
@@ -426,9 +422,7 @@ fn as_env<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)>
 async fn stale_traces_whose_queue_was_lost_are_archived_in_batches_within_capacity() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let test = "outage_lost_queue";
-    let Some(fleet) = Fleet::new(test).await else {
-        return;
-    };
+    let fleet = Fleet::new(test).await;
     const JOBS: usize = 300;
     const BATCH: u64 = 50;
     const CAPACITY: u64 = 20;
@@ -471,9 +465,7 @@ async fn stale_traces_whose_queue_was_lost_are_archived_in_batches_within_capaci
 async fn stale_traces_found_while_the_object_store_is_down_wait_outside_the_queue() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let test = "outage_lost_queue_store_down";
-    let Some(mut fleet) = Fleet::new(test).await else {
-        return;
-    };
+    let mut fleet = Fleet::new(test).await;
     const JOBS: usize = 120;
     const BATCH: u64 = 20;
     const CAPACITY: u64 = 10;

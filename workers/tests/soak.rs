@@ -14,31 +14,15 @@
 //! `BUILDLOGS_TEST_DATABASE_URL`; it removes its temp dir (keeping only the process logs of a
 //! failed run, whose path it prints).
 
+#[path = "../../tests/support/s3s_fs.rs"]
+mod s3s_fs;
+
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
 fn a_short_soak_with_faults_holds_every_invariant() {
-    let s3s_fs = std::env::var_os("BUILDLOGS_S3S_FS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("CARGO_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-                .unwrap_or_else(|| PathBuf::from(".cargo"));
-            home.join("s3s-fs-0.14.1/bin/s3s-fs")
-        });
-    if !s3s_fs.is_file() {
-        let message = format!("no s3s-fs at {} (run bash .ci/run once)", s3s_fs.display());
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!! SKIPPING the soak: {message} !!!!!\n"
-        );
-        return;
-    }
+    let s3s_fs = s3s_fs::binary();
     let database_url = std::env::var("BUILDLOGS_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let out = Command::new(env!("CARGO_BIN_EXE_buildlogs"))

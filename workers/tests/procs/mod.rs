@@ -18,6 +18,8 @@ pub mod checks;
 pub mod runner;
 pub mod s3;
 
+#[path = "../../../tests/support/s3s_fs.rs"]
+pub mod s3s_fs;
 #[path = "../../../tests/support/sql.rs"]
 pub mod sql;
 
@@ -89,16 +91,15 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// `None` when there is no s3s-fs (outside CI; see [`s3`]).
-    pub async fn new(test: &str) -> Option<Self> {
-        let s3 = S3Server::start(test)?;
+    pub async fn new(test: &str) -> Self {
+        let s3 = S3Server::start();
         let bucket = format!("outage-{}", ulid::Ulid::new().to_string().to_lowercase());
         let bucket_dir = s3.create_bucket(&bucket);
         let prefix = format!("blt:{test}:{}", ulid::Ulid::new());
         let redis = buildlogs::jobs::redis::connection(&redis_url())
             .await
             .expect("redis at BUILDLOGS_TEST_REDIS_URL");
-        Some(Self {
+        Self {
             pg: TestPostgres::new(test).await,
             keys: Keys::new(&prefix),
             prefix,
@@ -107,7 +108,7 @@ impl Fleet {
             bucket_dir,
             redis,
             dir: tempfile::tempdir().expect("temp dir"),
-        })
+        }
     }
 
     /// `DATABASE_URL` for this test's schema (every connection's `search_path`).

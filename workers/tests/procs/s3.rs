@@ -5,28 +5,21 @@
 //! - [`SlowProxy`]: a TCP proxy that delays every read by a fixed time in both directions, so
 //!   that a worker's flushes and archives take long enough for a kill to land inside them.
 //!
-//! Which s3s-fs: `BUILDLOGS_S3S_FS_BIN`, else where `.ci/run` installs it
-//! (`${CARGO_HOME:-$HOME/.cargo}/s3s-fs-<version>/bin/s3s-fs`). Without one the scenarios are
-//! skipped with a loud message, except under CI (`CI` set), where that is a failure — as
-//! `tests/support/objects.rs` does for the library's tests.
+//! Which s3s-fs, and how it starts: the library tests' support (`tests/support/s3s_fs.rs`,
+//! installed once if missing; never a skip).
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-/// The s3s-fs version `.ci/run` installs.
-const S3S_FS_VERSION: &str = "0.14.1";
+use super::s3s_fs;
 
 pub const ACCESS_KEY: &str = "buildlogs-test";
 pub const SECRET_KEY: &str = "buildlogs-test-secret";
-
-/// How long s3s-fs gets to listen after a start.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct S3Server {
     bin: PathBuf,
@@ -38,23 +31,9 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// A server on a free port; `None` (after a loud message) without an s3s-fs outside CI.
-    pub fn start(test: &str) -> Option<Self> {
-        let bin = binary_path();
-        if !bin.is_file() {
-            let message = format!(
-                "no s3s-fs at {} (set BUILDLOGS_S3S_FS_BIN or run bash .ci/run once)",
-                bin.display()
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{message}");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!! SKIPPING {test}: {message} !!!!!\n"
-            );
-            return None;
-        }
+    /// A server on a free port.
+    pub fn start() -> Self {
+        let bin = s3s_fs::binary();
         let mut root = tempfile::tempdir().expect("temp dir");
         // Another process may take the port between the probe and s3s-fs binding it: retry.
         for _attempt in 0..3 {
@@ -68,7 +47,7 @@ impl S3Server {
                 child: None,
             };
             if server.try_start() {
-                return Some(server);
+                return server;
             }
             root = server.into_root();
         }
@@ -83,39 +62,14 @@ impl S3Server {
 
     /// Starts s3s-fs on this server's port and root; false if it exited at start.
     fn try_start(&mut self) -> bool {
-        let mut child = Command::new(&self.bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &self.addr.port().to_string(),
-            ])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(self.root.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                self.child = Some(child);
-                return true;
-            }
-            if let Ok(Some(_exited)) = child.try_wait() {
-                return false;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "s3s-fs did not listen on {} within {START_TIMEOUT:?}",
-                    self.addr
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = s3s_fs::start(
+            &self.bin,
+            self.addr,
+            self.root.path(),
+            ACCESS_KEY,
+            SECRET_KEY,
+        );
+        self.child.is_some()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -158,19 +112,6 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn binary_path() -> PathBuf {
-    if let Some(bin) = std::env::var_os("BUILDLOGS_S3S_FS_BIN") {
-        return PathBuf::from(bin);
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap_or_else(|| PathBuf::from(".cargo"));
-    cargo_home
-        .join(format!("s3s-fs-{S3S_FS_VERSION}"))
-        .join("bin/s3s-fs")
 }
 
 /// Every regular file under `dir`, as paths relative to it (empty if `dir` does not exist).
