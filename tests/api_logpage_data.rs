@@ -9,7 +9,12 @@ mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use buildlogs::stores::fault_injection::Op;
+use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
+use buildlogs::traces::line_index::LineIndex;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use serde_json::Value;
 use support::app::{READER, Reply, TestApp};
 
@@ -431,7 +436,76 @@ async fn the_stream_and_the_page_are_served(app: &TestApp) {
     }
 }
 
+/// An archived log's line index is stored with the archive: the first summary and page after
+/// a restart (a cold cache) read it in one object GET instead of scanning the archive; an index
+/// that does not describe the archive (another CRC32) is ignored and the log scanned.
+async fn an_archived_log_opens_from_its_stored_line_index(app: &TestApp) {
+    let (log, expected) = varied_log(6000);
+    let (id, token) = app.create_job().await;
+    append(app, id, &token, 0, &log).await;
+    finish(app, id, &token, &log).await;
+    assert_eq!(app.run_archives().await, 1);
+    let artifact = app.parts.meta.trace_artifact(id).await.unwrap().unwrap();
+    let archive = Path::from(artifact.object_path.as_str());
+
+    // Cold (no page asked for this build yet): the stored index, one GET.
+    let gets = app.parts.reads.calls(Op::Get);
+    let summary = get_json(app, &format!("/jobs/{id}/summary")).await;
+    assert_eq!(
+        app.parts.reads.calls(Op::Get) - gets,
+        1,
+        "{}: the index read, not the log",
+        app.kind
+    );
+    assert_eq!(
+        (summary["lines"].clone(), summary["bytes"].clone()),
+        (6000.into(), log.len().into())
+    );
+    check_pages(app, id, &expected, "archived, stored index").await;
+
+    assert!(object_exists(app, &archived_lines::path_for(&archive)).await);
+
+    // A second build whose stored index is of other bytes (one line of the same length) with
+    // another CRC32: ignored, the log is scanned.
+    let (id2, token2) = app.create_job().await;
+    append(app, id2, &token2, 0, &log).await;
+    finish(app, id2, &token2, &log).await;
+    assert_eq!(app.run_archives().await, 1);
+    let artifact2 = app.parts.meta.trace_artifact(id2).await.unwrap().unwrap();
+    let one_line: Vec<u8> = log
+        .iter()
+        .map(|&b| if b == b'\n' { b' ' } else { b })
+        .collect();
+    let mut wrong = LineIndex::new();
+    wrong.feed(&one_line);
+    wrong.finish();
+    archived_lines::store(
+        app.parts.store.as_ref(),
+        &Path::from(artifact2.object_path.as_str()),
+        artifact2.size,
+        artifact2.crc32 ^ 1,
+        wrong,
+    )
+    .await
+    .unwrap();
+    let summary = get_json(app, &format!("/jobs/{id2}/summary")).await;
+    assert_eq!(
+        summary["lines"], 6000,
+        "{}: scanned, not the stale index",
+        app.kind
+    );
+}
+
+async fn object_exists(app: &TestApp, path: &Path) -> bool {
+    match app.parts.store.head(path).await {
+        Ok(_) => true,
+        Err(e) if buildlogs::stores::objects::is_not_found(&e) => false,
+        Err(e) => panic!("head {path}: {e}"),
+    }
+}
+
 on_both_stacks!(
+    an_archived_log_opens_from_its_stored_line_index,
     pages_of_lines_read_across_chunks_live_flushed_and_archived,
     a_live_log_grows_between_two_calls,
     raw_lines_keep_their_bytes_lossy_crlf_and_a_partial_end,

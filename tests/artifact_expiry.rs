@@ -17,9 +17,11 @@ use buildlogs::stores::fault_injection::{Fault, FaultSwitch, FaultyObjectStore, 
 use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService, archive_path};
+use buildlogs::traces::archived_lines;
 use buildlogs::traces::expiry::{
     ArtifactExpiry, EXPIRY_LEASE, ExpiryConfig, ExpiryError, ExpiryReport, StoppedBy,
 };
+use buildlogs::traces::line_index::LineIndex;
 use buildlogs::traces::metadata::MetadataStore;
 use buildlogs::traces::model::{Artifact, BuildStatus, NewArtifact};
 use futures::{StreamExt, TryStreamExt};
@@ -95,13 +97,17 @@ impl Fixture {
             .await
             .unwrap();
         let path = archive_path(build.id, T0 - 30 * DAY);
-        put_bytes(
-            self.objects.as_ref(),
-            &path,
-            format!("log of {}\n", build.id),
-        )
-        .await
-        .unwrap();
+        let log = format!("log of {}\n", build.id);
+        put_bytes(self.objects.as_ref(), &path, log.clone())
+            .await
+            .unwrap();
+        // And its line index, as the archiver stores it: expiry deletes both.
+        let mut lines = LineIndex::new();
+        lines.feed(log.as_bytes());
+        lines.finish();
+        archived_lines::store(self.objects.as_ref(), &path, 10, 1, lines)
+            .await
+            .unwrap();
         let new = NewArtifact {
             build_id: build.id,
             object_path: path.to_string(),
@@ -122,15 +128,23 @@ impl Fixture {
             .await
     }
 
+    /// Whether the artifact's object is stored; its line index must be stored with it, or
+    /// gone with it.
     async fn object_exists(&self, artifact: &Artifact) -> bool {
-        match self
-            .objects
-            .head(&Path::from(artifact.object_path.as_str()))
-            .await
-        {
+        let archive = Path::from(artifact.object_path.as_str());
+        let (log, index) = (
+            self.exists(&archive).await,
+            self.exists(&archived_lines::path_for(&archive)).await,
+        );
+        assert_eq!(log, index, "an archive and its line index go together");
+        log
+    }
+
+    async fn exists(&self, path: &Path) -> bool {
+        match self.objects.head(path).await {
             Ok(_) => true,
             Err(e) if objects::is_not_found(&e) => false,
-            Err(e) => panic!("head {}: {e}", artifact.object_path),
+            Err(e) => panic!("head {path}: {e}"),
         }
     }
 
@@ -252,12 +266,13 @@ async fn a_backlog_shrinks_run_by_run_within_the_loop_limit_to_zero(f: &Fixture)
         assert_eq!(run, report(300, 3, StoppedBy::LoopLimit));
         left -= 300;
         assert_eq!(f.artifact_rows().await, left + 1);
-        assert_eq!(f.objects_stored().await as i64, left + 1);
+        // An archive and its line index each.
+        assert_eq!(f.objects_stored().await as i64, 2 * (left + 1));
     }
     let run = expiry.run().await.unwrap();
     assert_eq!(run, report(150, 2, StoppedBy::Done));
     assert_eq!(f.artifact_rows().await, 1);
-    assert_eq!(f.objects_stored().await, 1);
+    assert_eq!(f.objects_stored().await, 2);
     for gone in backlog.iter().step_by(97) {
         assert!(!f.object_exists(gone).await && !f.row_exists(gone).await);
     }
@@ -321,8 +336,9 @@ async fn a_crash_between_object_and_row_is_finished_by_the_next_run(f: &Fixture)
 async fn a_store_error_stops_the_run_keeps_the_row_and_frees_the_lease(f: &Fixture) {
     let backlog = f.expired_backlog(5).await;
     let (faulty, switch) = FaultyObjectStore::wrap(f.objects.clone());
-    // The third object delete fails: two artifacts are gone, the rest stay whole.
-    switch.set(Fault::fail().only(&[Op::Delete]).after(2));
+    // The fifth object delete fails (an artifact is two: its line index, then its log): two
+    // artifacts are gone, the rest stay whole.
+    switch.set(Fault::fail().only(&[Op::Delete]).after(4));
     let err = f
         .expiry_over(faulty, config(2, 10))
         .run()
@@ -347,8 +363,9 @@ async fn a_store_error_stops_the_run_keeps_the_row_and_frees_the_lease(f: &Fixtu
 
 // --- The lease -------------------------------------------------------------------------------
 
-/// Starts a run over a store whose object deletes hang after `after` of them, and waits until
-/// it hangs (holding the lease, mid-batch).
+/// Starts a run over a store whose object deletes hang after `after` of them (two per
+/// artifact: its line index, then its log), and waits until it hangs (holding the lease,
+/// mid-batch).
 async fn hung_run(
     f: &Fixture,
     config: ExpiryConfig,
@@ -376,7 +393,7 @@ async fn hung_run(
 
 async fn a_second_run_while_the_lease_is_held_does_nothing(f: &Fixture) {
     f.expired_backlog(6).await;
-    let (first, switch) = hung_run(f, config(4, 10), 1).await;
+    let (first, switch) = hung_run(f, config(4, 10), 2).await;
     // The first run holds the lease, one artifact deleted, one object delete in flight.
     let second = f.expiry(config(4, 10)).run().await.unwrap();
     assert_eq!(second, report(0, 0, StoppedBy::LeaseHeld));
@@ -411,7 +428,7 @@ async fn a_second_run_while_the_lease_is_held_does_nothing(f: &Fixture) {
 async fn a_killed_run_blocks_others_only_until_its_lease_expires(f: &Fixture) {
     f.expired_backlog(4).await;
     let lease = ExpiryConfig::default().lease;
-    let (killed, _switch) = hung_run(f, config(10, 10), 1).await;
+    let (killed, _switch) = hung_run(f, config(10, 10), 2).await;
     // The worker dies mid-run: its lease stays behind.
     killed.abort();
     assert!(killed.await.unwrap_err().is_cancelled());

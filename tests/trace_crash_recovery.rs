@@ -28,8 +28,10 @@ use buildlogs::jobs::{Broker, Clock, JobClient, SystemClock};
 use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op, is_injected};
 use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService, archive_path};
+use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::flush::{FlushError, FlushOutcome, FlushService, chunk_path};
+use buildlogs::traces::line_index::LineIndex;
 use buildlogs::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 use buildlogs::traces::metadata::ChunkFlip;
 use buildlogs::traces::model::{Artifact, BuildStatus, DataStore, NewArtifact};
@@ -448,8 +450,11 @@ async fn assert_archived(app: &TestApp, id: i64, token: &str, log: &[u8]) -> Art
     let folder = folder.rsplit_once('/').map_or("", |(dir, _)| dir);
     assert_eq!(
         keys(parts.store.as_ref(), folder).await,
-        vec![path.to_string()],
-        "{}: exactly one archive object",
+        vec![
+            path.to_string(),
+            archived_lines::path_for(&path).to_string()
+        ],
+        "{}: exactly one archive object and its line index",
         app.kind
     );
     assert_reads(app, id, token, log, "archived").await;
@@ -820,6 +825,14 @@ async fn an_archive_recovers_from_a_crash_after_the_object_or_the_transaction(ap
         .unwrap();
     let path = archive_path(id, finished);
     put_bytes(parts.store.as_ref(), &path, log.clone())
+        .await
+        .unwrap();
+    // The archiver stores the line index before it records the archive.
+    let mut lines = LineIndex::new();
+    lines.feed(&log);
+    lines.finish();
+    let (size, crc32) = (log.len() as u64, crc32fast::hash(&log));
+    archived_lines::store(parts.store.as_ref(), &path, size, crc32, lines)
         .await
         .unwrap();
     let recorded = parts

@@ -11,6 +11,10 @@
 //! place), `record_archive` is once per build, and chunk deletion tolerates what is gone.
 //! A build already archived is done at once (its leftover chunks are cleaned up).
 //!
+//! The log's line index (for the log page) is built on the way too and stored next to the
+//! archive before it is recorded ([`super::archived_lines`]); failing to store it costs the
+//! first reader a scan, never the archive.
+//!
 //! A chunk lost for good (its live key expired or Redis lost it; no row or object holds it
 //! either) never blocks the rest of the log: the archive keeps the surviving bytes and writes
 //! a marker line where the gap is (`\n[buildlogs: 131072 bytes lost here (chunk 3)]\n`),
@@ -39,10 +43,12 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
+use super::archived_lines;
 use super::breaker::ObjectStoreBreaker;
 use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
 use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::flush::chunk_path;
+use super::line_index::LineIndex;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{Artifact, ChunkRow, DataStore, NewArtifact};
@@ -235,6 +241,7 @@ impl ArchiveService {
         let mut upload = MultipartWriter::start(self.objects.as_ref(), &path).await?;
         let mut crc = crc32fast::Hasher::new();
         let mut sha = Sha256::new();
+        let mut lines = LineIndex::new();
         let mut expected = Vec::new();
         let mut lost_bytes = 0;
         // Chunks are read a few ahead of the upload (on S3 each is a request of its own), in
@@ -273,6 +280,7 @@ impl ArchiveService {
             index += 1;
             crc.update(&bytes);
             sha.update(&bytes);
+            lines.feed(&bytes);
             expected.push((
                 row_crc.unwrap_or_else(|| crc32fast::hash(&bytes)),
                 bytes.len() as u64,
@@ -314,6 +322,12 @@ impl ArchiveService {
             // and not archived, which the retry archives (and marks) again, with what it
             // finds then.
             self.meta.record_lost_bytes(build_id, lost_bytes).await?;
+        }
+        lines.finish();
+        if let Err(e) =
+            archived_lines::store(self.objects.as_ref(), &path, size, archived, lines).await
+        {
+            tracing::warn!(build_id, error = %e, "storing the archive's line index; readers will scan the log");
         }
         let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let now = self.clock.now_ms();

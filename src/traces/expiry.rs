@@ -36,6 +36,7 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+use super::archived_lines;
 use super::metadata::{MetadataError, MetadataStore};
 use crate::jobs::Clock;
 use crate::stores::objects;
@@ -200,12 +201,18 @@ impl ArtifactExpiry {
             batches += 1;
             for artifact in &batch {
                 let path = Path::from(artifact.object_path.as_str());
-                objects::delete(self.objects.as_ref(), &path)
-                    .await
-                    .map_err(|source| ExpiryError::Objects {
-                        path: artifact.object_path.clone(),
-                        source,
-                    })?;
+                // The line index first: a run stopped in between leaves the archive (with or
+                // without its index), which the next run deletes; never an orphan index.
+                let store = self.objects.as_ref();
+                async {
+                    archived_lines::delete(store, &path).await?;
+                    objects::delete(store, &path).await
+                }
+                .await
+                .map_err(|source| ExpiryError::Objects {
+                    path: artifact.object_path.clone(),
+                    source,
+                })?;
                 // False only if a concurrent run (past a lost lease) deleted it first.
                 if self.meta.delete_artifact(artifact.id).await? {
                     deleted += 1;

@@ -24,7 +24,7 @@ pub const CHECKPOINT_EVERY: u64 = 1000;
 pub const HEAD_BYTES: usize = 4096;
 
 /// A GitLab section (`section_start` … `section_end`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Section {
     pub name: String,
     /// The header text after the start marker, escapes dropped.
@@ -42,7 +42,8 @@ pub struct Section {
     pub depth: u32,
 }
 
-#[derive(Debug, Clone)]
+/// Stored next to an archive (`archived_lines.rs`) in this serde form.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LineIndex {
     /// Bytes scanned.
     scanned: u64,
@@ -58,6 +59,7 @@ pub struct LineIndex {
     /// The first timestamp prefix seen (RFC 3339), if any.
     first_timestamp: Option<String>,
     /// The first bytes of the line being scanned (it has no `\n` yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     head: Vec<u8>,
     /// The last line's markers were read (a finished log).
     finished: bool,

@@ -3,9 +3,10 @@
 //!
 //! Duties:
 //! 1. Keep a [`LineIndex`] per build (the [`LogView::capacity`] most recently used, per
-//!    process), built by one streaming scan of the log through [`TraceRead`], and extended
-//!    by scanning only the bytes past its end when a live log has grown; a log whose length
-//!    went down (its archive expired) is indexed again.
+//!    process): for an archived log, the one stored with the archive (one small read); else
+//!    built by one streaming scan of the log through [`TraceRead`], and extended by scanning
+//!    only the bytes past its end when a live log has grown; a log whose length went down
+//!    (its archive expired) is indexed again.
 //! 2. A page of lines: one ranged read from the checkpoint nearest before its first line,
 //!    stopping once the page is full.
 //! 3. A search: one streaming scan of the whole log ([`LineSearch`]).
@@ -145,6 +146,15 @@ impl LogView {
         let len = read.len();
         if len < index.scanned() {
             *index = LineIndex::new();
+        }
+        if index.scanned() == 0
+            && len > 0
+            && let Some(artifact) = read.archive()
+            && let Some(stored) = traces.archived_line_index(artifact).await
+            && stored.scanned() == len
+        {
+            tracing::debug!(build_id, "line index read from the archive's");
+            *index = stored;
         }
         if len > index.scanned() {
             let scanned = index.scanned();

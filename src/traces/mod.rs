@@ -23,6 +23,7 @@
 //!   tokens; [`jobs`]: the jobs the domain enqueues.
 
 pub mod archive;
+pub mod archived_lines;
 pub mod breaker;
 pub mod chunk;
 pub mod chunk_source;

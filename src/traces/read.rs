@@ -107,6 +107,14 @@ impl TraceRead {
         self.len == 0
     }
 
+    /// The archive it reads from, if the log is archived.
+    pub fn archive(&self) -> Option<&Artifact> {
+        match &self.location {
+            Location::Archive(artifact) => Some(artifact),
+            Location::Chunks => None,
+        }
+    }
+
     /// Bytes `[from, to)`, `to` clamped to the length, as frames read one at a time.
     pub fn frames(self, from: u64, to: u64) -> TraceFrames {
         let to = to.min(self.len);

@@ -26,10 +26,12 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 
+use super::archived_lines;
 use super::breaker::ObjectStoreBreaker;
 use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
 use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
+use super::line_index::LineIndex;
 use super::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{
@@ -553,6 +555,12 @@ impl TraceService {
             .frames(from, to)
             .collect()
             .await
+    }
+
+    /// The line index stored with an archive, if it has a valid one (see [`archived_lines`]):
+    /// one small object read.
+    pub async fn archived_line_index(&self, artifact: &Artifact) -> Option<LineIndex> {
+        archived_lines::load(self.objects.as_ref(), artifact).await
     }
 
     fn chunk_source(&self) -> ChunkSource {

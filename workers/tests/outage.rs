@@ -200,6 +200,11 @@ async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_
         200
     );
     assert_eq!(fleet.archive_objects().len(), 200);
+    assert_eq!(
+        fleet.line_index_objects().len(),
+        200,
+        "one line index per archive"
+    );
     assert_no_chunk_left(&fleet).await;
     assert_no_dead_jobs(&fleet).await;
     eprintln!(

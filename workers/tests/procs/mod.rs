@@ -356,7 +356,19 @@ impl Fleet {
 
     /// Archived logs in the bucket (`traces/<yyyy>/<mm>/<dd>/<build>/job.log`).
     pub fn archive_objects(&self) -> Vec<PathBuf> {
+        self.trace_objects(".log")
+    }
+
+    /// Archives' line indexes in the bucket (`…/job.log.lines.json`).
+    pub fn line_index_objects(&self) -> Vec<PathBuf> {
+        self.trace_objects(".lines.json")
+    }
+
+    fn trace_objects(&self, suffix: &str) -> Vec<PathBuf> {
         s3::files_under(&self.bucket_dir.join("traces"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect()
     }
 }
 
