@@ -24,7 +24,6 @@ use crate::stores::sql_live::{SqlLiveChunks, migrate_postgres, migrate_sqlite};
 use crate::stores::sql_metadata::SqlMetadata;
 use crate::traces::live::LiveChunkStore;
 use crate::traces::metadata::MetadataStore;
-use crate::traces::model::DataStore;
 
 /// Connections to PostgreSQL per process: a web process's appends are one short query each.
 const PG_MAX_CONNECTIONS: u32 = 16;
@@ -101,9 +100,8 @@ pub enum ConfigError {
 pub struct Stack {
     pub broker: Arc<dyn Broker>,
     pub meta: Arc<dyn MetadataStore>,
+    /// Live chunk bytes: in Redis, or in the database (embedded); it says which.
     pub live: Arc<dyn LiveChunkStore>,
-    /// Where live chunk bytes are: Redis, or the database (embedded).
-    pub live_kind: DataStore,
     pub objects: Arc<dyn ObjectStore>,
     /// Where `objects` are (`file:///…` or `s3://…`, secrets removed): for logs.
     pub objects_at: String,
@@ -147,7 +145,6 @@ impl Settings {
                     broker: Arc::new(broker),
                     meta: Arc::new(SqlMetadata::sqlite(pool.clone())),
                     live: Arc::new(SqlLiveChunks::sqlite(pool)),
-                    live_kind: DataStore::Database,
                     objects,
                     objects_at,
                 })
@@ -175,7 +172,6 @@ impl Settings {
                     broker: Arc::new(RedisBroker::new(conn.clone(), &self.redis_prefix)),
                     meta,
                     live: Arc::new(RedisLiveChunks::new(conn, &self.redis_prefix)),
-                    live_kind: DataStore::Redis,
                     objects,
                     objects_at,
                 })

@@ -570,7 +570,6 @@ async fn streams_of_one_build_share_one_poller_and_receive_identical_bytes(app: 
     let traces = Arc::new(TraceService::new(
         app.parts.meta.clone(),
         counting.clone(),
-        app.parts.live_kind,
         app.parts.store.clone(),
         app.state.jobs.clone(),
         Arc::new(SystemClock),
@@ -751,7 +750,6 @@ async fn own_stack_with_state() -> (
     use buildlogs::jobs::{Broker, JobClient};
     use buildlogs::stores::sql_live::SqlLiveChunks;
     use buildlogs::stores::sql_metadata::SqlMetadata;
-    use buildlogs::traces::model::DataStore;
     use buildlogs::traces::service::TraceService;
 
     let db = support::sql::TestSqlite::new().await;
@@ -763,7 +761,6 @@ async fn own_stack_with_state() -> (
     let traces = Arc::new(TraceService::new(
         meta.clone(),
         Arc::new(SqlLiveChunks::sqlite(db.pool.clone())),
-        DataStore::Database,
         objects.config("").open().expect("object store").store,
         jobs.clone(),
         clock.clone(),

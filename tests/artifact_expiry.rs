@@ -523,7 +523,6 @@ async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp)
     let archive = ArchiveService::new(
         parts.meta.clone(),
         parts.live.clone(),
-        parts.live_kind,
         parts.store.clone(),
         Arc::new(clock.clone()),
     )

@@ -476,7 +476,7 @@ async fn a_flush_recovers_from_a_crash_at_every_step(app: &TestApp) {
     let log = log_bytes(3 * CHUNK + 5_000, 1);
     let (id, token) = write_log(app, &log).await;
     let parts = &app.parts;
-    let live_kind = parts.live_kind;
+    let live_kind = parts.live.data_store();
     assert_reads(app, id, &token, &log, "live").await;
 
     // Step 1 fails: the object store refuses the write.
@@ -961,6 +961,9 @@ impl PausingLive {
 
 #[async_trait]
 impl LiveChunkStore for PausingLive {
+    fn data_store(&self) -> DataStore {
+        self.inner.data_store()
+    }
     async fn append(&self, b: i64, o: u64, d: &[u8]) -> Result<AppendOutcome, LiveStoreError> {
         self.inner.append(b, o, d).await
     }
@@ -1009,7 +1012,6 @@ async fn a_second_archive_that_starts_before_the_first_finishes_never_overwrites
     let late = ArchiveService::new(
         parts.meta.clone(),
         live.clone(),
-        parts.live_kind,
         parts.store.clone(),
         Arc::new(SystemClock),
     );
@@ -1038,7 +1040,6 @@ async fn a_reader_paused_while_the_archive_completes_still_gets_the_whole_log(ap
     let reader = Arc::new(TraceService::new(
         parts.meta.clone(),
         live.clone(),
-        parts.live_kind,
         parts.store.clone(),
         JobClient::new(app.broker.clone(), Arc::new(SystemClock)),
         Arc::new(SystemClock),
@@ -1112,7 +1113,7 @@ async fn a_flush_that_loses_to_the_archive_leaves_no_chunk_behind(app: &TestApp)
     // A flush of chunk 0 that crashed after its object write: its row was written first.
     parts
         .meta
-        .ensure_chunks(id, &[0], parts.live_kind, SystemClock.now_ms())
+        .ensure_chunks(id, &[0], parts.live.data_store(), SystemClock.now_ms())
         .await
         .unwrap();
     put_bytes(
@@ -1171,7 +1172,6 @@ async fn a_flush_that_read_the_live_chunk_before_the_archive_completed_leaves_no
     let flush = FlushService::new(
         parts.meta.clone(),
         live.clone(),
-        parts.live_kind,
         parts.store.clone(),
         Arc::new(SystemClock),
     );
@@ -1463,7 +1463,6 @@ async fn a_full_chunk_whose_flush_enqueue_failed_is_enqueued_when_the_runner_res
     let traces = TraceService::new(
         parts.meta.clone(),
         parts.live.clone(),
-        parts.live_kind,
         parts.store.clone(),
         JobClient::new(broker.clone(), clock.clone()),
         clock,

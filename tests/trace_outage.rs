@@ -143,7 +143,7 @@ async fn an_outage_sends_flushes_to_the_database_and_the_archive_waits_for_stora
         rows.iter()
             .all(|r| r.data_store == DataStore::Database && r.crc32.is_some())
     );
-    if app.parts.live_kind == DataStore::Redis {
+    if app.parts.live.data_store() == DataStore::Redis {
         for index in 0..3 {
             assert_eq!(
                 app.parts.live.read_chunk(id, index).await.unwrap(),

@@ -25,6 +25,7 @@ use crate::traces::chunk::CHUNK_SIZE;
 use crate::traces::live::{
     ACTIVITY_RESOLUTION, AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError,
 };
+use crate::traces::model::DataStore;
 
 /// GitLab's `CHUNK_REDIS_TTL`: a live trace untouched for a week is abandoned. Archiving
 /// retries are scheduled to finish well inside it.
@@ -84,6 +85,10 @@ fn ints(v: &Value) -> Vec<u64> {
 
 #[async_trait]
 impl LiveChunkStore for RedisLiveChunks {
+    fn data_store(&self) -> DataStore {
+        DataStore::Redis
+    }
+
     async fn append(
         &self,
         build: i64,

@@ -55,6 +55,7 @@ use crate::jobs::clock::{Clock, SystemClock};
 use crate::jobs::sqlite::SqliteBroker;
 use crate::traces::chunk::{self, CHUNK_SIZE};
 use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+use crate::traces::model::DataStore;
 
 /// Applies `migrations/postgres` (idempotent; concurrent callers wait on sqlx's advisory lock).
 pub async fn migrate_postgres(pool: &PgPool) -> Result<(), MigrateError> {
@@ -238,6 +239,10 @@ fn from_sql(build: i64, what: &str, value: i64) -> Result<u64, LiveStoreError> {
 
 #[async_trait]
 impl LiveChunkStore for SqlLiveChunks {
+    fn data_store(&self) -> DataStore {
+        DataStore::Database
+    }
+
     async fn append(
         &self,
         build: i64,

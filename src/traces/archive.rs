@@ -51,7 +51,7 @@ use super::flush::chunk_path;
 use super::line_index::LineIndex;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
-use super::model::{Artifact, ChunkRow, DataStore, NewArtifact};
+use super::model::{Artifact, ChunkRow, NewArtifact};
 use crate::jobs::Clock;
 use crate::stores::objects::{self, MultipartWriter};
 
@@ -120,7 +120,6 @@ pub fn lost_chunk_marker(index: u64, lost_bytes: u64) -> String {
 pub struct ArchiveService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
-    live_kind: DataStore,
     objects: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<ObjectStoreBreaker>>,
@@ -145,14 +144,12 @@ impl ArchiveService {
     pub fn new(
         meta: Arc<dyn MetadataStore>,
         live: Arc<dyn LiveChunkStore>,
-        live_kind: DataStore,
         objects: Arc<dyn ObjectStore>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             meta,
             live,
-            live_kind,
             objects,
             clock,
             breaker: None,
@@ -415,7 +412,6 @@ impl ArchiveService {
         let source = ChunkSource {
             meta: self.meta.clone(),
             live: self.live.clone(),
-            live_kind: self.live_kind,
             objects: self.objects.clone(),
         };
         let crc_in = |rows: &[ChunkRow]| {

@@ -27,8 +27,6 @@ pub enum ChunkReadError {
 pub struct ChunkSource {
     pub meta: Arc<dyn MetadataStore>,
     pub live: Arc<dyn LiveChunkStore>,
-    /// Where `live` keeps bytes: `Redis`, or `Database` on the embedded stack.
-    pub live_kind: DataStore,
     pub objects: Arc<dyn ObjectStore>,
 }
 
@@ -43,7 +41,7 @@ impl ChunkSource {
         let store = rows
             .iter()
             .find(|r| r.chunk_index == index)
-            .map_or(self.live_kind, |r| r.data_store);
+            .map_or(self.live.data_store(), |r| r.data_store);
         Ok(match store {
             DataStore::Object => {
                 match objects::get_bytes(self.objects.as_ref(), &chunk_path(build_id, index)).await
@@ -53,7 +51,7 @@ impl ChunkSource {
                     Err(e) => return Err(e.into()),
                 }
             }
-            DataStore::Database if self.live_kind != DataStore::Database => {
+            DataStore::Database if self.live.data_store() != DataStore::Database => {
                 self.meta.chunk_data(build_id, index).await?
             }
             _ => self.live.read_chunk(build_id, index).await?,

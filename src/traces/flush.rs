@@ -75,7 +75,6 @@ pub fn chunk_path(build_id: i64, index: u64) -> Path {
 pub struct FlushService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
-    live_kind: DataStore,
     objects: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<ObjectStoreBreaker>>,
@@ -85,14 +84,12 @@ impl FlushService {
     pub fn new(
         meta: Arc<dyn MetadataStore>,
         live: Arc<dyn LiveChunkStore>,
-        live_kind: DataStore,
         objects: Arc<dyn ObjectStore>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             meta,
             live,
-            live_kind,
             objects,
             clock,
             breaker: None,
@@ -115,7 +112,7 @@ impl FlushService {
             .await?
             .into_iter()
             .find(|r| r.chunk_index == index);
-        if row.is_none() && self.live_kind == DataStore::Redis {
+        if row.is_none() && self.live.data_store() == DataStore::Redis {
             // A live chunk has no row (appends write none): create it at lock_version 0, unless
             // the log was archived (rows and live bytes deleted): a row would outlive it.
             if self.live.read_chunk(build_id, index).await?.is_none() {
@@ -134,7 +131,7 @@ impl FlushService {
         let Some(row) = row else {
             return Ok(FlushOutcome::Missing);
         };
-        if self.live_kind == DataStore::Redis
+        if self.live.data_store() == DataStore::Redis
             && row.data_store == DataStore::Database
             && row.crc32.is_some()
         {
@@ -146,7 +143,7 @@ impl FlushService {
             return Ok(FlushOutcome::AlreadyFlushed);
         }
         if row.data_store == DataStore::Object {
-            if self.live_kind == DataStore::Redis {
+            if self.live.data_store() == DataStore::Redis {
                 self.live.delete_chunk(build_id, index).await?;
             }
             return Ok(FlushOutcome::AlreadyFlushed);
@@ -192,7 +189,7 @@ impl FlushService {
         if !self.meta.flip_chunk(&flip, self.clock.now_ms()).await? {
             return self.lost_flip(build_id, index).await;
         }
-        if self.live_kind == DataStore::Redis {
+        if self.live.data_store() == DataStore::Redis {
             self.live.delete_chunk(build_id, index).await?;
         }
         metrics::counter!("buildlogs_trace_chunks_flushed_total").increment(1);
@@ -236,7 +233,7 @@ impl FlushService {
             .find(|r| r.chunk_index == index);
         match row {
             Some(row) if row.data_store == DataStore::Object => {
-                if self.live_kind == DataStore::Redis {
+                if self.live.data_store() == DataStore::Redis {
                     self.live.delete_chunk(build_id, index).await?;
                 }
                 Ok(FlushOutcome::AlreadyFlushed)
@@ -278,7 +275,7 @@ impl FlushService {
                 index,
             });
         }
-        if self.live_kind == DataStore::Redis {
+        if self.live.data_store() == DataStore::Redis {
             self.live.delete_chunk(build_id, index).await?;
         }
         metrics::counter!("buildlogs_trace_chunks_flushed_to_database_total").increment(1);

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::model::DataStore;
+
 /// How long a trace stays closed after its live data was deleted (archived): the append path
 /// trusts a "running" answer from the database for up to a minute (`RUNNING_CACHE_MS` in
 /// `service.rs`) and relies on the closed flag to refuse appends to a finished build meanwhile.
@@ -81,6 +83,10 @@ pub enum LiveStoreError {
 
 #[async_trait]
 pub trait LiveChunkStore: Send + Sync + 'static {
+    /// Where it keeps bytes: `Redis`, or `Database` (the embedded stack's SQL store, which
+    /// writes its own chunk rows). Flushes and reads branch on it.
+    fn data_store(&self) -> DataStore;
+
     /// Appends `data` at trace offset `offset` if that is the current length.
     async fn append(
         &self,

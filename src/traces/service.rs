@@ -34,9 +34,7 @@ use super::jobs::{ArchiveTrace, FlushTraceChunk};
 use super::line_index::LineIndex;
 use super::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
-use super::model::{
-    Artifact, Build, BuildStatus, ChunkRow, DataStore, PendingState, TraceMetadata,
-};
+use super::model::{Artifact, Build, BuildStatus, ChunkRow, PendingState, TraceMetadata};
 use super::read::TraceRead;
 use super::tokens;
 use crate::jobs::{BrokerError, Clock, JobClient};
@@ -134,9 +132,6 @@ pub struct Appended {
 pub struct TraceService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
-    /// Where `live` keeps bytes: `Redis`, or `Database` on the embedded stack (whose store
-    /// creates its own chunk rows).
-    live_kind: DataStore,
     /// Flushed chunks (and, later, archives).
     objects: Arc<dyn ObjectStore>,
     /// The object store's breaker, read (never tripped) by reads: while it is open, a read
@@ -168,7 +163,6 @@ impl TraceService {
     pub fn new(
         meta: Arc<dyn MetadataStore>,
         live: Arc<dyn LiveChunkStore>,
-        live_kind: DataStore,
         objects: Arc<dyn ObjectStore>,
         jobs: JobClient,
         clock: Arc<dyn Clock>,
@@ -176,7 +170,6 @@ impl TraceService {
         Self {
             meta,
             live,
-            live_kind,
             objects,
             breaker: None,
             jobs,
@@ -567,7 +560,6 @@ impl TraceService {
         ChunkSource {
             meta: self.meta.clone(),
             live: self.live.clone(),
-            live_kind: self.live_kind,
             objects: self.objects.clone(),
         }
     }

@@ -25,7 +25,6 @@ use buildlogs::traces::jobs::RecoverStaleTraces;
 use buildlogs::traces::jobs::{ArchiveTrace, FlushTraceChunk};
 use buildlogs::traces::live::LiveChunkStore;
 use buildlogs::traces::metadata::MetadataStore;
-use buildlogs::traces::model::DataStore;
 use buildlogs::traces::service::TraceService;
 use http_body_util::BodyExt;
 use object_store::ObjectStore;
@@ -60,9 +59,8 @@ type Built = (
 pub struct Parts {
     pub traces: Arc<TraceService>,
     pub meta: Arc<dyn MetadataStore>,
+    /// Redis (production) or the database (embedded): `live.data_store()` says which.
     pub live: Arc<dyn LiveChunkStore>,
-    /// `Redis` (production) or `Database` (embedded).
-    pub live_kind: DataStore,
     /// The object store the services use (keys relative to the test's prefix).
     pub store: Arc<dyn ObjectStore>,
     /// The switch of the object store the router's reads go through (a `FaultyObjectStore`
@@ -79,17 +77,10 @@ impl Parts {
             FlushService::new(
                 self.meta.clone(),
                 self.live.clone(),
-                self.live_kind,
                 store.clone(),
                 clock.clone(),
             ),
-            ArchiveService::new(
-                self.meta.clone(),
-                self.live.clone(),
-                self.live_kind,
-                store,
-                clock,
-            ),
+            ArchiveService::new(self.meta.clone(), self.live.clone(), store, clock),
         )
     }
 }
@@ -149,14 +140,8 @@ impl TestApp {
         let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
         let live = Arc::new(SqlLiveChunks::sqlite(db.pool.clone()));
         let objects = TestObjects::local();
-        let (router, state, broker, (flush, archive), parts) = Self::build(
-            broker,
-            meta,
-            live,
-            DataStore::Database,
-            &objects,
-            max_trace_size,
-        );
+        let (router, state, broker, (flush, archive), parts) =
+            Self::build(broker, meta, live, &objects, max_trace_size);
         TestApp {
             router,
             state,
@@ -183,14 +168,8 @@ impl TestApp {
         let meta = Arc::new(SqlMetadata::postgres(pg.pool.clone()));
         let live = Arc::new(RedisLiveChunks::new(conn, &prefix));
         let objects = TestObjects::s3(test);
-        let (router, state, broker, (flush, archive), parts) = Self::build(
-            broker,
-            meta,
-            live,
-            DataStore::Redis,
-            &objects,
-            max_trace_size,
-        );
+        let (router, state, broker, (flush, archive), parts) =
+            Self::build(broker, meta, live, &objects, max_trace_size);
         TestApp {
             router,
             state,
@@ -208,7 +187,6 @@ impl TestApp {
         broker: Arc<dyn Broker>,
         meta: Arc<SqlMetadata>,
         live: Arc<dyn buildlogs::traces::live::LiveChunkStore>,
-        kind: DataStore,
         test_objects: &TestObjects,
         max_trace_size: Option<u64>,
     ) -> Built {
@@ -226,14 +204,12 @@ impl TestApp {
         let flush = Arc::new(FlushService::new(
             meta.clone(),
             live.clone(),
-            kind,
             objects.clone(),
             clock.clone(),
         ));
         let archive = Arc::new(ArchiveService::new(
             meta.clone(),
             live.clone(),
-            kind,
             objects.clone(),
             clock.clone(),
         ));
@@ -251,7 +227,6 @@ impl TestApp {
         let mut traces = TraceService::new(
             meta.clone(),
             live.clone(),
-            kind,
             read_objects,
             jobs.clone(),
             clock,
@@ -265,7 +240,6 @@ impl TestApp {
             traces: traces.clone(),
             meta: meta.clone(),
             live,
-            live_kind: kind,
             store: objects,
             reads,
         };

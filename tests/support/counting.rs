@@ -36,6 +36,10 @@ impl CountingLive {
 
 #[async_trait]
 impl LiveChunkStore for CountingLive {
+    fn data_store(&self) -> buildlogs::traces::model::DataStore {
+        self.inner.data_store()
+    }
+
     async fn append(
         &self,
         build: i64,

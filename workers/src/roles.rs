@@ -556,7 +556,6 @@ async fn serve_web(
     let traces = TraceService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         jobs.clone(),
         clock.clone(),

@@ -105,7 +105,6 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     let traces = TraceService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         objects.clone(),
         JobClient::new(stack.broker.clone(), clock.clone()),
         clock.clone(),
@@ -114,17 +113,10 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     let flush = Arc::new(FlushService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         objects.clone(),
         clock.clone(),
     ));
-    let archive = ArchiveService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.live_kind,
-        objects,
-        clock,
-    );
+    let archive = ArchiveService::new(stack.meta.clone(), stack.live.clone(), objects, clock);
 
     // 1. The log, appended as a runner would (any byte values, not only UTF-8).
     let build = traces.create_build().await?;

@@ -204,7 +204,6 @@ async fn write_archived_log(
     let traces = TraceService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         JobClient::new(stack.broker.clone(), clock.clone()),
         clock.clone(),
@@ -213,14 +212,12 @@ async fn write_archived_log(
     let flush = Arc::new(FlushService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         clock.clone(),
     ));
     let archive = ArchiveService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         clock,
     );

@@ -134,7 +134,6 @@ async fn drive(args: &ReadsArgs, order: &[Scenario], settings: &Settings) -> any
     let traces = TraceService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         JobClient::new(stack.broker.clone(), clock.clone()),
         clock.clone(),
@@ -143,14 +142,12 @@ async fn drive(args: &ReadsArgs, order: &[Scenario], settings: &Settings) -> any
     let flush = Arc::new(FlushService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         clock.clone(),
     ));
     let archive = ArchiveService::new(
         stack.meta.clone(),
         stack.live.clone(),
-        stack.live_kind,
         stack.objects.clone(),
         clock,
     );

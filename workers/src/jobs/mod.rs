@@ -53,7 +53,6 @@ pub fn workers(
         FlushService::new(
             stack.meta.clone(),
             stack.live.clone(),
-            stack.live_kind,
             stack.objects.clone(),
             clock.clone(),
         )
@@ -63,7 +62,6 @@ pub fn workers(
         ArchiveService::new(
             stack.meta.clone(),
             stack.live.clone(),
-            stack.live_kind,
             stack.objects.clone(),
             clock.clone(),
         )
@@ -88,7 +86,6 @@ pub fn workers(
         TraceService::new(
             stack.meta.clone(),
             stack.live.clone(),
-            stack.live_kind,
             stack.objects.clone(),
             jobs.clone(),
             clock.clone(),
