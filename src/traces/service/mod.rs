@@ -16,9 +16,16 @@
 //! 4. `open_read` / `read`: the whole log, or a byte range, byte-identical wherever each chunk
 //!    is; `open_read` streams it a chunk at a time ([`super::read`]).
 //!
+//! One file a duty: `append.rs`, `finish.rs`, `read.rs`; this one holds the service, its
+//! settings, job registration and tokens, and what the API asks about a build.
+//!
 //! Cost per PATCH on the production stack: one Redis script (the append, which also refuses a
 //! closed trace), one SQL read of the build at most once a minute per build, and one enqueue
 //! per 128 KiB chunk filled. No SQL write: a live chunk has no row until its flush.
+
+mod append;
+mod finish;
+mod read;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,16 +33,11 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 
-use super::archived_lines;
 use super::breaker::ObjectStoreBreaker;
-use super::chunk::{CHUNK_SIZE, combine_crc32, format_crc32};
-use super::chunk_source::{ChunkReadError, ChunkSource};
-use super::jobs::{ArchiveTrace, FlushTraceChunk};
-use super::line_index::LineIndex;
-use super::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
+use super::chunk_source::ChunkReadError;
+use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
-use super::model::{Artifact, Build, BuildStatus, ChunkRow, PendingState, TraceMetadata};
-use super::read::TraceRead;
+use super::model::{Artifact, Build, BuildStatus, TraceMetadata};
 use super::tokens;
 use crate::jobs::{BrokerError, Clock, JobClient};
 
@@ -310,284 +312,6 @@ impl TraceService {
     /// runner PATCHes more often. The stream renews it while it is open.
     pub async fn watch(&self, build_id: i64, ttl: std::time::Duration) -> Result<(), TraceError> {
         Ok(self.live.watch(build_id, ttl).await?)
-    }
-
-    pub async fn append(
-        &self,
-        build_id: i64,
-        token: &str,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<Appended, TraceError> {
-        self.authenticate_running(build_id, token).await?;
-        let end = offset.saturating_add(data.len() as u64);
-        if end > self.max_trace_size {
-            // Only a PATCH at the current length of an open trace can pass the limit: a stray
-            // offset gets 416 (or 403 once the final PUT closed the trace) like any other, and
-            // never fails the job. An empty append at `offset` asks exactly that, writing
-            // nothing (this round trip is paid only past the limit).
-            match self.live.append(build_id, offset, &[]).await? {
-                AppendOutcome::Mismatch { length, .. } => {
-                    return Err(TraceError::RangeMismatch { length });
-                }
-                AppendOutcome::Closed => return Err(self.not_running(build_id).await?),
-                AppendOutcome::Appended { .. } => {}
-            }
-            self.live.close(build_id).await?;
-            self.meta
-                .finish_build(
-                    build_id,
-                    BuildStatus::Failed,
-                    Some("trace_size_exceeded"),
-                    self.clock.now_ms(),
-                )
-                .await?;
-            self.jobs.enqueue(&ArchiveTrace { build_id }).await?;
-            tracing::warn!(
-                build_id,
-                limit = self.max_trace_size,
-                end,
-                "trace size limit exceeded; job failed"
-            );
-            return Err(TraceError::TooLarge {
-                limit: self.max_trace_size,
-            });
-        }
-        match self.live.append(build_id, offset, data).await? {
-            AppendOutcome::Closed => Err(self.not_running(build_id).await?),
-            AppendOutcome::Mismatch { length, unflushed } => {
-                // Only on a 416: the normal path pays nothing for this.
-                self.enqueue_flushes(build_id, &unflushed).await?;
-                Err(TraceError::RangeMismatch { length })
-            }
-            AppendOutcome::Appended {
-                length,
-                filled,
-                watched,
-                ..
-            } => {
-                // No SQL here: a live chunk needs no row (readers and the final PUT go by the
-                // live length); the flush creates the row when the chunk leaves the live store.
-                self.enqueue_flushes(build_id, &filled).await?;
-                metrics::counter!("buildlogs_trace_bytes_total").increment(data.len() as u64);
-                Ok(Appended {
-                    length,
-                    status: BuildStatus::Running,
-                    watched,
-                })
-            }
-        }
-    }
-
-    /// Enqueues the flush of each of `chunks` (none: no round trip). If this fails after the
-    /// append landed, the runner gets an error and resends the PATCH; that resend is refused
-    /// (416) and reports the chunks still live, which are enqueued then.
-    async fn enqueue_flushes(&self, build_id: i64, chunks: &[u64]) -> Result<(), TraceError> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let flushes: Vec<FlushTraceChunk> = chunks
-            .iter()
-            .map(|&chunk_index| FlushTraceChunk {
-                build_id,
-                chunk_index,
-            })
-            .collect();
-        self.jobs.enqueue_bulk(&flushes).await?;
-        Ok(())
-    }
-
-    /// The refusal of an append to a closed trace, with the build's status.
-    async fn not_running(&self, build_id: i64) -> Result<TraceError, TraceError> {
-        let status = self
-            .meta
-            .build(build_id)
-            .await?
-            .map_or(BuildStatus::Running, |b| b.status);
-        Ok(TraceError::NotRunning(status))
-    }
-
-    /// The final PUT: store the pending state, flush every live chunk, and once none is left
-    /// validate the runner's CRC32 (combined from the chunks' CRCs, no re-read), commit the
-    /// state. Idempotent: a repeated PUT for a finished job is `Done`. A PUT with
-    /// `state=running` (the runner's keep-alive) records activity: the build is not stuck.
-    pub async fn finish(
-        &self,
-        build_id: i64,
-        token: &str,
-        req: FinishRequest,
-    ) -> Result<FinishOutcome, TraceError> {
-        let build = self.authenticate(build_id, token).await?;
-        if build.status.is_finished() {
-            return Ok(FinishOutcome::Done {
-                status: build.status,
-            });
-        }
-        if req.state == BuildStatus::Running {
-            self.live.touch(build_id).await?;
-            return Ok(FinishOutcome::Done {
-                status: build.status,
-            });
-        }
-        let now = self.clock.now_ms();
-        // From the first final PUT on, the log the checksum covers cannot grow.
-        self.live.close(build_id).await?;
-        let pending = self
-            .meta
-            .upsert_pending_state(&PendingState {
-                build_id,
-                state: req.state,
-                failure_reason: req.failure_reason.clone(),
-                exit_code: req.exit_code,
-                trace_checksum: req.checksum,
-                trace_bytesize: req.bytesize,
-                created_at_ms: now,
-            })
-            .await?;
-        let (rows, unflushed) = self.unflushed_chunks(build_id).await?;
-        let elapsed = now - pending.created_at_ms;
-        if !unflushed.is_empty() && elapsed < self.accept_timeout_ms {
-            let flushes: Vec<FlushTraceChunk> = unflushed
-                .iter()
-                .map(|&chunk_index| FlushTraceChunk {
-                    build_id,
-                    chunk_index,
-                })
-                .collect();
-            self.jobs.enqueue_bulk(&flushes).await?;
-            return Ok(FinishOutcome::Accepted {
-                backoff_s: finish_backoff_s(elapsed),
-            });
-        }
-        let status = self.commit(&pending, &rows, &unflushed, now).await?;
-        Ok(FinishOutcome::Done { status })
-    }
-
-    /// Commits a stored pending state now, live chunks or not: the stuck-build sweep's call
-    /// for a final PUT whose runner never came back after the accept timeout. The build's
-    /// status is the pending state's, unless it was committed already (then as it is).
-    pub async fn commit_pending(
-        &self,
-        pending: &PendingState,
-        now_ms: i64,
-    ) -> Result<BuildStatus, TraceError> {
-        let (rows, unflushed) = self.unflushed_chunks(pending.build_id).await?;
-        self.commit(pending, &rows, &unflushed, now_ms).await
-    }
-
-    /// The log's chunk rows, and the chunks not yet out of the live store with their CRC32
-    /// (in the object store, or in the database while the object store is down).
-    async fn unflushed_chunks(
-        &self,
-        build_id: i64,
-    ) -> Result<(Vec<ChunkRow>, Vec<u64>), TraceError> {
-        let length = self.live.length(build_id).await?;
-        let rows = self.meta.chunks(build_id).await?;
-        let unflushed = (0..length.div_ceil(CHUNK_SIZE))
-            .filter(|i| {
-                rows.iter()
-                    .find(|r| r.chunk_index == *i)
-                    .is_none_or(|r| r.crc32.is_none())
-            })
-            .collect();
-        Ok((rows, unflushed))
-    }
-
-    /// Validates the runner's CRC32 if every chunk is flushed (else the archive does, against
-    /// the whole log), commits the pending state and enqueues the archive.
-    async fn commit(
-        &self,
-        pending: &PendingState,
-        rows: &[ChunkRow],
-        unflushed: &[u64],
-        now: i64,
-    ) -> Result<BuildStatus, TraceError> {
-        let build_id = pending.build_id;
-        if unflushed.is_empty() {
-            let crc = combine_crc32(rows.iter().map(|r| (r.crc32.unwrap_or(0), r.size)));
-            let valid = pending.trace_checksum.map(|theirs| theirs == crc);
-            if valid == Some(false) {
-                tracing::warn!(build_id, ours = %format_crc32(crc), theirs = ?pending.trace_checksum.map(format_crc32), "trace checksum mismatch");
-                metrics::counter!("buildlogs_trace_checksum_mismatches_total").increment(1);
-            }
-            self.meta
-                .record_checksums(build_id, crc, pending.trace_checksum, valid)
-                .await?;
-        } else {
-            tracing::warn!(
-                build_id,
-                unflushed = unflushed.len(),
-                "chunks still live after the accept timeout; committing the state anyway"
-            );
-        }
-        let build = self
-            .meta
-            .finish_build(
-                build_id,
-                pending.state,
-                pending.failure_reason.as_deref(),
-                now,
-            )
-            .await?;
-        self.jobs.enqueue(&ArchiveTrace { build_id }).await?;
-        Ok(build.status)
-    }
-
-    /// The log opened for reading: its length and location, from metadata only (no byte is
-    /// read until [`TraceRead::frames`] are asked for).
-    pub async fn open_read(&self, build_id: i64) -> Result<TraceRead, TraceError> {
-        TraceRead::open(self.chunk_source(), self.breaker.clone(), build_id).await
-    }
-
-    /// The bytes of `[from, to)` of the log (clamped to its length), in one buffer,
-    /// byte-identical wherever they are: for short reads (the trace stream's events); whole
-    /// logs go out as [`TraceRead::frames`].
-    pub async fn read(&self, build_id: i64, from: u64, to: u64) -> Result<Vec<u8>, TraceError> {
-        self.open_read(build_id)
-            .await?
-            .frames(from, to)
-            .collect()
-            .await
-    }
-
-    /// The line index stored with an archive, if it has a valid one (see [`archived_lines`]):
-    /// one small object read.
-    pub async fn archived_line_index(&self, artifact: &Artifact) -> Option<LineIndex> {
-        archived_lines::load(self.objects.as_ref(), artifact).await
-    }
-
-    fn chunk_source(&self) -> ChunkSource {
-        ChunkSource {
-            meta: self.meta.clone(),
-            live: self.live.clone(),
-            objects: self.objects.clone(),
-        }
-    }
-
-    /// A tailing reader's view of a log (`GET …/trace/stream`): the build's status and the log's
-    /// length, `None` for no such build. Reads are ordered so the answer is never wrong while
-    /// an archive deletes the live copy: the live length first, then the status (a build seen
-    /// running was not archived before that length was read); a finished build's length is
-    /// read after its status (so it is final: the trace was closed before the status was
-    /// committed), live first, then the artifact (none yet: the live length was not deleted).
-    /// Cost: 2 round trips (live store, SQL) while running, 4 once finished.
-    pub async fn tail_position(
-        &self,
-        build_id: i64,
-    ) -> Result<Option<(BuildStatus, u64)>, TraceError> {
-        let live = self.live.length(build_id).await?;
-        let Some(build) = self.meta.build(build_id).await? else {
-            return Ok(None);
-        };
-        if !build.status.is_finished() {
-            return Ok(Some((build.status, live)));
-        }
-        let live = self.live.length(build_id).await?;
-        let length = match self.meta.trace_artifact(build_id).await? {
-            Some(artifact) => artifact.size,
-            None => live,
-        };
-        Ok(Some((build.status, length)))
     }
 }
 
