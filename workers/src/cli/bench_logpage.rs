@@ -12,7 +12,14 @@
 //!    1,000,000's string (a whole scan), each timed from request to last body byte and checked
 //!    (line counts, the match's line number); then the web's RSS and peak RSS.
 //! 3. another fresh web whose first request is `lines?tail=500`: what a reader opening the
-//!    page waits for before the log's end can be drawn (index built by that request).
+//!    page waits for before the log's end can be drawn (the index the archiver stored with
+//!    the archive, read by that request);
+//! 4. the same once more with that stored index deleted: the whole log scanned to build it
+//!    (how every first open went before archives kept their index).
+//!
+//! Objects in a local folder, or with `--objects s3 --s3-url s3://bucket/prefix` in a bucket
+//! (credentials and endpoint from `AWS_*` / `AWS_ENDPOINT_URL`, passed on to the webs); the
+//! bench deletes what it wrote there.
 //!
 //! Prints one line of key=value figures. Server and client share this machine's cores.
 
@@ -22,13 +29,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use buildlogs::config::Settings;
+use buildlogs::config::{Settings, Stack};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
-use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService};
+use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService, archive_path};
+use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::flush::{FlushOutcome, FlushService};
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
+
+use super::bench_archive::Objects;
 
 const ADMIN: &str = "bench-admin-token";
 const APPEND_BYTES: usize = 1024 * 1024;
@@ -41,6 +51,12 @@ pub struct LogpageArgs {
     /// Size of the log, MiB (line 1,000,000 needs about 77).
     #[arg(long, default_value_t = 100)]
     mib: u64,
+    /// Where the archive (and flushed chunks) go.
+    #[arg(long, value_enum, default_value_t = Objects::File)]
+    objects: Objects,
+    /// With `--objects s3`: `s3://bucket/prefix`; the bucket must exist.
+    #[arg(long)]
+    s3_url: Option<String>,
     /// The `buildlogs` binary that serves (default: this one).
     #[arg(long)]
     web_bin: Option<std::path::PathBuf>,
@@ -90,6 +106,12 @@ fn line(n: u64, out: &mut Vec<u8>) {
 
 pub async fn run(args: LogpageArgs) -> anyhow::Result<()> {
     ensure!(args.mib > 0, "--mib must be at least 1");
+    match (args.objects, &args.s3_url) {
+        (Objects::S3, Some(url)) if url.starts_with("s3://") => {}
+        (Objects::S3, _) => bail!("--objects s3 needs --s3-url s3://bucket/prefix"),
+        (Objects::File, Some(_)) => bail!("--s3-url needs --objects s3"),
+        (Objects::File, None) => {}
+    }
     let dir = std::env::temp_dir().join(format!("buildlogs-bench-logpage-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = drive(&args, &dir).await;
@@ -100,12 +122,28 @@ pub async fn run(args: LogpageArgs) -> anyhow::Result<()> {
 async fn drive(args: &LogpageArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings {
         data_dir: dir.to_path_buf(),
+        object_store_url: args.s3_url.clone(),
         ..Settings::default()
     };
     let bytes_max = args.mib * 1024 * 1024;
     let written = Instant::now();
     let (id, bytes, lines) = write_archived_log(&settings, bytes_max).await?;
     let write_s = written.elapsed().as_secs_f64();
+    let measured = measure(args, &settings, dir, id, bytes, lines, write_s).await;
+    let removed = remove_archive(&settings, id).await;
+    measured.and(removed)
+}
+
+async fn measure(
+    args: &LogpageArgs,
+    settings: &Settings,
+    dir: &std::path::Path,
+    id: i64,
+    bytes: u64,
+    lines: u64,
+    write_s: f64,
+) -> anyhow::Result<()> {
+    let objects_url = settings.object_store_url.as_deref();
 
     let bin = match &args.web_bin {
         Some(bin) => bin.clone(),
@@ -114,7 +152,7 @@ async fn drive(args: &LogpageArgs, dir: &std::path::Path) -> anyhow::Result<()> 
     let client = reqwest::Client::new();
 
     // A cold web: summary first.
-    let web = Web::start(&bin, dir, id, &client).await?;
+    let web = Web::start(&bin, dir, objects_url, id, &client).await?;
     let (summary_s, summary) = web
         .get_json(&client, &format!("/jobs/{id}/summary"))
         .await?;
@@ -172,7 +210,7 @@ async fn drive(args: &LogpageArgs, dir: &std::path::Path) -> anyhow::Result<()> 
     drop(web);
 
     // Another cold web: the page's first call is the tail.
-    let web = Web::start(&bin, dir, id, &client).await?;
+    let web = Web::start(&bin, dir, objects_url, id, &client).await?;
     let (cold_tail_s, cold_tail) = web
         .get_json(&client, &format!("/jobs/{id}/lines?tail=500"))
         .await?;
@@ -184,11 +222,31 @@ async fn drive(args: &LogpageArgs, dir: &std::path::Path) -> anyhow::Result<()> 
     let cold_rss_mb = status_kb(web.pid(), "VmHWM")? / 1024.0;
     drop(web);
 
+    // And without the stored index: the first request scans the whole log.
+    let stack = settings.open_stack().await.context("opening the stores")?;
+    let archive = archive_path(id, finished_at(&stack, id).await?);
+    archived_lines::delete(stack.objects.as_ref(), &archive).await?;
+    let web = Web::start(&bin, dir, objects_url, id, &client).await?;
+    let (scan_tail_s, scan_tail) = web
+        .get_json(&client, &format!("/jobs/{id}/lines?tail=500"))
+        .await?;
+    ensure!(
+        scan_tail["total_lines"] == lines,
+        "scanned tail total {}",
+        scan_tail["total_lines"]
+    );
+    drop(web);
+
     println!(
-        "bench=logpage stack=embedded mib={:.1} lines={lines} sections={sections} archived=true write_s={write_s:.1} \
+        "bench=logpage stack=embedded objects={} mib={:.1} lines={lines} sections={sections} archived=true write_s={write_s:.1} \
          summary_cold_s={summary_s:.3} tail500_s={tail_s:.3} from1_s={head_s:.3} search_line_{NEEDLE_LINE}_s={search_s:.3} \
          web_rss_mb={rss_mb:.1} web_peak_rss_mb={peak_rss_mb:.1} web_cpu_s={cpu_s:.2} \
-         first_request_tail500_cold_s={cold_tail_s:.3} cold_tail_web_peak_rss_mb={cold_rss_mb:.1}",
+         first_request_tail500_cold_s={cold_tail_s:.3} cold_tail_web_peak_rss_mb={cold_rss_mb:.1} \
+         first_request_tail500_scan_s={scan_tail_s:.3}",
+        match args.objects {
+            Objects::File => "file",
+            Objects::S3 => "s3",
+        },
         bytes as f64 / (1024.0 * 1024.0),
     );
     Ok(())
@@ -262,6 +320,26 @@ async fn write_archived_log(
     Ok((id, offset, n))
 }
 
+/// Deletes the archive and its line index (a bucket outlives the bench; a temp folder goes
+/// anyway).
+async fn remove_archive(settings: &Settings, id: i64) -> anyhow::Result<()> {
+    let stack = settings.open_stack().await.context("opening the stores")?;
+    let archive = archive_path(id, finished_at(&stack, id).await?);
+    archived_lines::delete(stack.objects.as_ref(), &archive).await?;
+    buildlogs::stores::objects::delete(stack.objects.as_ref(), &archive).await?;
+    Ok(())
+}
+
+/// The build's finish time, which its archive's path follows from.
+async fn finished_at(stack: &Stack, id: i64) -> anyhow::Result<i64> {
+    stack
+        .meta
+        .build(id)
+        .await?
+        .and_then(|b| b.finished_at_ms)
+        .context("the build's finish time")
+}
+
 /// Flushes chunks `0..to`, [`FLUSH_CONCURRENCY`] at once.
 async fn flush_all(flush: &Arc<FlushService>, id: i64, to: u64) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
@@ -297,13 +375,18 @@ impl Web {
     async fn start(
         bin: &std::path::Path,
         dir: &std::path::Path,
+        objects_url: Option<&str>,
         id: i64,
         client: &reqwest::Client,
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(url) = objects_url {
+            command.env("OBJECT_STORE_URL", url);
+        }
+        let child = command
             .arg("web")
             .env("BUILDLOGS_DATA_DIR", dir)
             .env("BUILDLOGS_LISTEN", format!("127.0.0.1:{port}"))
