@@ -250,18 +250,30 @@ test('a live log: a line a runner appends appears within a second, also after th
   await page.context().close();
 });
 
-test('runner timestamps show in a gutter: since the start, UTC, or hidden', async () => {
+test('runner timestamps show in a gutter: since the start, UTC, or hidden; a `+` line continues the one above', async () => {
   let log = '';
   for (let i = 0; i < 40; i++) {
     const at = new Date(Date.UTC(2026, 11, 3, 10, 0, 0) + i * 3000).toISOString().replace('Z', '123Z').replace('.000', '.');
     log += `${at} 00O step ${i}\n`;
   }
+  // The runner split a long red line: the `+` line continues it (line 42 goes on from 41).
+  log += '2026-12-03T10:02:00.000000Z 00O \x1b[31mred start\n';
+  log += '2026-12-03T10:02:00.100000Z 00O+ still red\x1b[0m\n';
   const job = await seedJob(server.url, log);
   const page = await newPage(browser, DESKTOP);
   await openWithReadLink(page, job, '#L1');
   await settled(page);
   assert.equal(await row(page, 2).locator('.ts').innerText(), '+0:00:03');
   assert.equal(await row(page, 2).locator('.text').innerText(), 'step 1', 'the prefix is not in the text');
+  // The continuation: marked, no time of its own, the colour carried over.
+  await page.locator('#log .row[data-line="42"]').scrollIntoViewIfNeeded();
+  const cont = row(page, 42);
+  assert.equal(await cont.getAttribute('class').then((c) => c.split(' ').includes('cont')), true);
+  assert.equal(await cont.locator('.ts').innerText(), '\u21b3');
+  assert.equal(await cont.locator('.text').innerText(), 'still red');
+  const red = await row(page, 41).locator('.text span').first().evaluate((e) => getComputedStyle(e).color);
+  assert.equal(await cont.locator('.text span').first().evaluate((e) => getComputedStyle(e).color), red);
+  assert.equal(await row(page, 41).getAttribute('class').then((c) => c.split(' ').includes('cont')), false);
   await screenshot(page, 'logpage-timestamps');
   await page.selectOption('#time-mode', 'utc');
   await page.waitForFunction(() => document.querySelector('#log .row[data-line="2"] .ts')?.textContent === '10:00:03');

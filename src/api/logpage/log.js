@@ -124,26 +124,41 @@
   const MARKER = /section_(start|end):(\d+):([A-Za-z0-9_.\-]+)(\[[^\]\r\n]*\])?\r?(?:\x1b\[0?K)?/g;
 
   // Splits a raw line into its runner timestamp (if any) and its text without section markers.
+  // `cont`: the runner's `+` tag, the line continues the one before it (the runner split a
+  // long line): it keeps that line's colours and has no time of its own in the gutter.
   function splitLine(raw) {
     let ts = null;
     let stream = null;
+    let cont = false;
     let text = raw;
     const m = TIMESTAMP.exec(raw);
     if (m) {
       ts = Date.parse(m[1]);
       stream = m[2];
+      cont = m[3] === "+";
       text = raw.slice(m[0].length);
     }
     if (text.indexOf("section_") !== -1) text = text.replace(MARKER, "");
-    return { ts, stream, text };
+    return { ts, stream, cont, text };
+  }
+
+  // The style in effect at the end of `line` (for a continuation line after it); follows a
+  // chain of continuations back at most CONT_DEPTH lines, and lines not loaded count as plain.
+  const CONT_DEPTH = 16;
+  function styleAtEnd(line, depth = 0) {
+    const raw = line >= 1 ? lineText(line) : undefined;
+    if (raw === undefined) return PLAIN;
+    const parts = splitLine(raw);
+    const from = parts.cont && depth < CONT_DEPTH ? styleAtEnd(line - 1, depth + 1) : PLAIN;
+    return cellsOf(parts.text, from).style;
   }
 
   // A terminal line's cells: `\r` returns to column 0 and later text overwrites, ESC[K erases,
   // SGR sets the style, every other escape or control character is dropped.
-  function cellsOf(text) {
+  function cellsOf(text, initial = PLAIN) {
     const chars = [];
     const styles = [];
-    let style = PLAIN;
+    let style = initial;
     let cursor = 0;
     const n = Math.min(text.length, MAX_RENDER_CHARS);
     for (let i = 0; i < n; i++) {
@@ -187,12 +202,12 @@
       styles[cursor] = style;
       cursor++;
     }
-    return { chars, styles, cut: text.length > n ? text.length - n : 0 };
+    return { chars, styles, style, cut: text.length > n ? text.length - n : 0 };
   }
 
   // Appends the rendered text to `el`: runs of one style become a span; search hits a <mark>.
-  function renderText(el, text, query) {
-    const { chars, styles, cut } = cellsOf(text);
+  function renderText(el, text, query, initial = PLAIN) {
+    const { chars, styles, cut } = cellsOf(text, initial);
     const marks = new Uint8Array(chars.length);
     if (query) {
       const hay = chars.join("").toLowerCase();
@@ -509,18 +524,25 @@
     const text = document.createElement("span");
     text.className = "text";
     let ts = null;
+    let cont = false;
     if (raw === undefined) {
       row.classList.add("loading");
       text.textContent = "…";
     } else {
       const parts = splitLine(raw);
       ts = parts.ts;
-      renderText(text, parts.text, state.search ? state.search.q.toLowerCase() : null);
+      cont = parts.cont;
+      const initial = cont ? styleAtEnd(line - 1) : PLAIN;
+      renderText(text, parts.text, state.search ? state.search.q.toLowerCase() : null, initial);
+    }
+    if (cont) {
+      row.classList.add("cont");
+      row.title = `continues line ${line - 1}`;
     }
     if (state.timestamps && state.timeMode !== "off") {
       const t = document.createElement("span");
       t.className = "ts";
-      t.textContent = timeLabel(ts);
+      t.textContent = cont ? "\u21b3" : timeLabel(ts);
       if (ts != null) t.title = new Date(ts).toISOString();
       gutter.appendChild(t);
     }
