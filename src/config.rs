@@ -14,16 +14,17 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::jobs::Broker;
 use crate::jobs::broker::BrokerError;
 use crate::jobs::redis::{self as redis_broker, RedisBroker};
 use crate::jobs::sqlite::SqliteBroker;
+use crate::jobs::{Broker, Clock};
 use crate::stores::objects::{ObjectStoreError, open_object_store};
 use crate::stores::redis_live::RedisLiveChunks;
 use crate::stores::sql_live::{SqlLiveChunks, migrate_postgres, migrate_sqlite};
 use crate::stores::sql_metadata::SqlMetadata;
 use crate::traces::live::LiveChunkStore;
 use crate::traces::metadata::MetadataStore;
+use crate::traces::stores::TraceStores;
 
 /// Connections to PostgreSQL per process: a web process's appends are one short query each.
 const PG_MAX_CONNECTIONS: u32 = 16;
@@ -105,6 +106,18 @@ pub struct Stack {
     pub objects: Arc<dyn ObjectStore>,
     /// Where `objects` are (`file:///…` or `s3://…`, secrets removed): for logs.
     pub objects_at: String,
+}
+
+impl Stack {
+    /// The stores the trace services work on, with `clock`.
+    pub fn trace_stores(&self, clock: Arc<dyn Clock>) -> TraceStores {
+        TraceStores {
+            meta: self.meta.clone(),
+            live: self.live.clone(),
+            objects: self.objects.clone(),
+            clock,
+        }
+    }
 }
 
 impl Settings {

@@ -14,6 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use buildlogs::jobs::SystemClock;
 use buildlogs::traces::chunk::CHUNK_SIZE;
+use buildlogs::traces::stores::TraceStores;
 use http_body_util::BodyExt;
 use support::app::{ADMIN, TestApp};
 use tower::ServiceExt;
@@ -568,11 +569,13 @@ async fn streams_of_one_build_share_one_poller_and_receive_identical_bytes(app: 
     const STREAMS: usize = 8;
     let counting = Arc::new(support::counting::CountingLive::new(app.parts.live.clone()));
     let traces = Arc::new(TraceService::new(
-        app.parts.meta.clone(),
-        counting.clone(),
-        app.parts.store.clone(),
+        TraceStores {
+            meta: app.parts.meta.clone(),
+            live: counting.clone(),
+            objects: app.parts.store.clone(),
+            clock: Arc::new(SystemClock),
+        },
         app.state.jobs.clone(),
-        Arc::new(SystemClock),
     ));
     let hub = Arc::new(StreamHub::default());
     let mut state = app.state.clone();
@@ -759,11 +762,13 @@ async fn own_stack_with_state() -> (
     let meta = Arc::new(SqlMetadata::sqlite(db.pool.clone()));
     let jobs = JobClient::new(broker.clone(), clock.clone());
     let traces = Arc::new(TraceService::new(
-        meta.clone(),
-        Arc::new(SqlLiveChunks::sqlite(db.pool.clone())),
-        objects.config("").open().expect("object store").store,
+        TraceStores {
+            meta: meta.clone(),
+            live: Arc::new(SqlLiveChunks::sqlite(db.pool.clone())),
+            objects: objects.config("").open().expect("object store").store,
+            clock: clock.clone(),
+        },
         jobs.clone(),
-        clock.clone(),
     ));
     let state = AppState {
         traces,

@@ -24,6 +24,7 @@ use buildlogs::traces::expiry::{
 use buildlogs::traces::line_index::LineIndex;
 use buildlogs::traces::metadata::MetadataStore;
 use buildlogs::traces::model::{Artifact, BuildStatus, NewArtifact};
+use buildlogs::traces::stores::TraceStores;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -520,12 +521,12 @@ async fn get(app: &TestApp, uri: String) -> support::app::Reply {
 async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp) {
     let parts = &app.parts;
     let clock = ManualClock::new(chrono::Utc::now().timestamp_millis());
-    let archive = ArchiveService::new(
-        parts.meta.clone(),
-        parts.live.clone(),
-        parts.store.clone(),
-        Arc::new(clock.clone()),
-    )
+    let archive = ArchiveService::new(TraceStores {
+        meta: parts.meta.clone(),
+        live: parts.live.clone(),
+        objects: parts.store.clone(),
+        clock: Arc::new(clock.clone()),
+    })
     .with_expire_in(Some(Duration::from_secs(7 * 24 * 3600)));
     let (id, token) = app.create_job().await;
     assert_eq!(

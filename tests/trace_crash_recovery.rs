@@ -36,6 +36,7 @@ use buildlogs::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore
 use buildlogs::traces::metadata::ChunkFlip;
 use buildlogs::traces::model::{Artifact, BuildStatus, DataStore, NewArtifact};
 use buildlogs::traces::service::{TraceError, TraceService};
+use buildlogs::traces::stores::TraceStores;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -1009,12 +1010,12 @@ async fn a_second_archive_that_starts_before_the_first_finishes_never_overwrites
     finish_and_flush(app, id, &token, &log).await;
     let parts = &app.parts;
     let live = PausingLive::new(parts.live.clone());
-    let late = ArchiveService::new(
-        parts.meta.clone(),
-        live.clone(),
-        parts.store.clone(),
-        Arc::new(SystemClock),
-    );
+    let late = ArchiveService::new(TraceStores {
+        meta: parts.meta.clone(),
+        live: live.clone(),
+        objects: parts.store.clone(),
+        clock: Arc::new(SystemClock),
+    });
     let late = tokio::spawn(async move { late.archive(id).await });
     live.wait_paused(1).await;
     let first = app.archive.archive(id).await.unwrap();
@@ -1038,11 +1039,13 @@ async fn a_reader_paused_while_the_archive_completes_still_gets_the_whole_log(ap
     let parts = &app.parts;
     let live = PausingLive::new(parts.live.clone());
     let reader = Arc::new(TraceService::new(
-        parts.meta.clone(),
-        live.clone(),
-        parts.store.clone(),
+        TraceStores {
+            meta: parts.meta.clone(),
+            live: live.clone(),
+            objects: parts.store.clone(),
+            clock: Arc::new(SystemClock),
+        },
         JobClient::new(app.broker.clone(), Arc::new(SystemClock)),
-        Arc::new(SystemClock),
     ));
     let read = {
         let reader = reader.clone();
@@ -1169,12 +1172,12 @@ async fn a_flush_that_read_the_live_chunk_before_the_archive_completed_leaves_no
         .await
         .unwrap();
     let live = PausingLive::after_read_chunk(parts.live.clone());
-    let flush = FlushService::new(
-        parts.meta.clone(),
-        live.clone(),
-        parts.store.clone(),
-        Arc::new(SystemClock),
-    );
+    let flush = FlushService::new(TraceStores {
+        meta: parts.meta.clone(),
+        live: live.clone(),
+        objects: parts.store.clone(),
+        clock: Arc::new(SystemClock),
+    });
     let flushing = tokio::spawn(async move { flush.flush(id, 1).await });
     live.wait_paused(1).await;
     assert!(matches!(
@@ -1461,11 +1464,13 @@ async fn a_full_chunk_whose_flush_enqueue_failed_is_enqueued_when_the_runner_res
     });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let traces = TraceService::new(
-        parts.meta.clone(),
-        parts.live.clone(),
-        parts.store.clone(),
-        JobClient::new(broker.clone(), clock.clone()),
-        clock,
+        TraceStores {
+            meta: parts.meta.clone(),
+            live: parts.live.clone(),
+            objects: parts.store.clone(),
+            clock: clock.clone(),
+        },
+        JobClient::new(broker.clone(), clock),
     );
     let log = log_bytes(CHUNK + 100, 13);
     match traces.append(id, &token, 0, &log).await {

@@ -52,6 +52,7 @@ use super::line_index::LineIndex;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{Artifact, ChunkRow, NewArtifact};
+use super::stores::TraceStores;
 use crate::jobs::Clock;
 use crate::stores::objects::{self, MultipartWriter};
 
@@ -141,12 +142,13 @@ impl ArchiveError {
 }
 
 impl ArchiveService {
-    pub fn new(
-        meta: Arc<dyn MetadataStore>,
-        live: Arc<dyn LiveChunkStore>,
-        objects: Arc<dyn ObjectStore>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(stores: TraceStores) -> Self {
+        let TraceStores {
+            meta,
+            live,
+            objects,
+            clock,
+        } = stores;
         Self {
             meta,
             live,

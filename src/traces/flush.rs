@@ -31,6 +31,7 @@ use super::chunk::CHUNK_SIZE;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{ChunkFlip, MetadataError, MetadataStore};
 use super::model::{ChunkRow, DataStore};
+use super::stores::TraceStores;
 use crate::jobs::Clock;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +82,13 @@ pub struct FlushService {
 }
 
 impl FlushService {
-    pub fn new(
-        meta: Arc<dyn MetadataStore>,
-        live: Arc<dyn LiveChunkStore>,
-        objects: Arc<dyn ObjectStore>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(stores: TraceStores) -> Self {
+        let TraceStores {
+            meta,
+            live,
+            objects,
+            clock,
+        } = stores;
         Self {
             meta,
             live,

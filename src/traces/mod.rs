@@ -40,5 +40,6 @@ pub mod model;
 pub mod read;
 pub mod recovery;
 pub mod service;
+pub mod stores;
 pub mod stuck;
 pub mod tokens;

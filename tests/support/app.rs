@@ -26,6 +26,7 @@ use buildlogs::traces::jobs::{ArchiveTrace, FlushTraceChunk};
 use buildlogs::traces::live::LiveChunkStore;
 use buildlogs::traces::metadata::MetadataStore;
 use buildlogs::traces::service::TraceService;
+use buildlogs::traces::stores::TraceStores;
 use http_body_util::BodyExt;
 use object_store::ObjectStore;
 use tokio_util::sync::CancellationToken;
@@ -72,15 +73,15 @@ impl Parts {
     /// A flush and an archive service over these stores but `store` for objects (e.g. a
     /// `FaultyObjectStore` around [`Self::store`]).
     pub fn services_over(&self, store: Arc<dyn ObjectStore>) -> (FlushService, ArchiveService) {
-        let clock = Arc::new(SystemClock);
+        let stores = TraceStores {
+            meta: self.meta.clone(),
+            live: self.live.clone(),
+            objects: store,
+            clock: Arc::new(SystemClock),
+        };
         (
-            FlushService::new(
-                self.meta.clone(),
-                self.live.clone(),
-                store.clone(),
-                clock.clone(),
-            ),
-            ArchiveService::new(self.meta.clone(), self.live.clone(), store, clock),
+            FlushService::new(stores.clone()),
+            ArchiveService::new(stores),
         )
     }
 }
@@ -201,18 +202,14 @@ impl TestApp {
             clock.clone(),
             vec![recovery],
         ));
-        let flush = Arc::new(FlushService::new(
-            meta.clone(),
-            live.clone(),
-            objects.clone(),
-            clock.clone(),
-        ));
-        let archive = Arc::new(ArchiveService::new(
-            meta.clone(),
-            live.clone(),
-            objects.clone(),
-            clock.clone(),
-        ));
+        let stores = TraceStores {
+            meta: meta.clone(),
+            live: live.clone(),
+            objects: objects.clone(),
+            clock: clock.clone(),
+        };
+        let flush = Arc::new(FlushService::new(stores.clone()));
+        let archive = Arc::new(ArchiveService::new(stores.clone()));
         let (read_objects, reads) = FaultyObjectStore::wrap(objects.clone());
         // Reads see the shared breaker row at once (no sync interval), so a test that opens
         // it (`MetadataStore::set_breaker`) is answered accordingly by the next request.
@@ -224,14 +221,9 @@ impl TestApp {
                 ..BreakerConfig::default()
             },
         );
-        let mut traces = TraceService::new(
-            meta.clone(),
-            live.clone(),
-            read_objects,
-            jobs.clone(),
-            clock,
-        )
-        .with_breaker(Arc::new(breaker));
+        // Reads go through the fault switch (`Parts::reads`).
+        let mut traces = TraceService::new(stores.with_objects(read_objects), jobs.clone())
+            .with_breaker(Arc::new(breaker));
         if let Some(max) = max_trace_size {
             traces = traces.with_max_trace_size(max);
         }

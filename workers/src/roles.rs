@@ -553,22 +553,16 @@ async fn serve_web(
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let jobs = JobClient::new(stack.broker.clone(), clock.clone());
-    let traces = TraceService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
-        jobs.clone(),
-        clock.clone(),
-    )
-    .with_max_trace_size(args.max_trace_size)
-    .with_accept_timeout(accept_timeout)
-    // Reads follow the workers' breaker (its shared row): a log only in the object store is a
-    // quick 503 while the store is down. Only its sync interval matters here.
-    .with_breaker(Arc::new(ObjectStoreBreaker::new(
-        stack.meta.clone(),
-        clock.clone(),
-        BreakerConfig::default(),
-    )));
+    let traces = TraceService::new(stack.trace_stores(clock.clone()), jobs.clone())
+        .with_max_trace_size(args.max_trace_size)
+        .with_accept_timeout(accept_timeout)
+        // Reads follow the workers' breaker (its shared row): a log only in the object store is a
+        // quick 503 while the store is down. Only its sync interval matters here.
+        .with_breaker(Arc::new(ObjectStoreBreaker::new(
+            stack.meta.clone(),
+            clock.clone(),
+            BreakerConfig::default(),
+        )));
     let state = AppState {
         traces: Arc::new(traces),
         admin_token: tokens.admin.into(),

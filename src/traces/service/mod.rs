@@ -38,6 +38,7 @@ use super::chunk_source::ChunkReadError;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{Artifact, Build, BuildStatus, TraceMetadata};
+use super::stores::TraceStores;
 use super::tokens;
 use crate::jobs::{BrokerError, Clock, JobClient};
 
@@ -162,13 +163,13 @@ const _: () = assert!(super::live::CLOSED_AFTER_DELETE.as_millis() > 2 * RUNNING
 const RUNNING_CACHE_MAX: usize = 100_000;
 
 impl TraceService {
-    pub fn new(
-        meta: Arc<dyn MetadataStore>,
-        live: Arc<dyn LiveChunkStore>,
-        objects: Arc<dyn ObjectStore>,
-        jobs: JobClient,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(stores: TraceStores, jobs: JobClient) -> Self {
+        let TraceStores {
+            meta,
+            live,
+            objects,
+            clock,
+        } = stores;
         Self {
             meta,
             live,

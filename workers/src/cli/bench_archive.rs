@@ -102,21 +102,14 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     let bytes = args.mib * 1024 * 1024;
     // A healthy fault-injection wrapper, only to count object store requests.
     let (objects, requests) = FaultyObjectStore::wrap(stack.objects.clone());
+    let stores = stack.trace_stores(clock.clone()).with_objects(objects);
     let traces = TraceService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        objects.clone(),
+        stores.clone(),
         JobClient::new(stack.broker.clone(), clock.clone()),
-        clock.clone(),
     )
     .with_max_trace_size(bytes);
-    let flush = Arc::new(FlushService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        objects.clone(),
-        clock.clone(),
-    ));
-    let archive = ArchiveService::new(stack.meta.clone(), stack.live.clone(), objects, clock);
+    let flush = Arc::new(FlushService::new(stores.clone()));
+    let archive = ArchiveService::new(stores);
 
     // 1. The log, appended as a runner would (any byte values, not only UTF-8).
     let build = traces.create_build().await?;

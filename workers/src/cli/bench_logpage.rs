@@ -260,25 +260,12 @@ async fn write_archived_log(
     let stack = settings.open_stack().await.context("opening the stores")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let traces = TraceService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
+        stack.trace_stores(clock.clone()),
         JobClient::new(stack.broker.clone(), clock.clone()),
-        clock.clone(),
     )
     .with_max_trace_size(bytes_max);
-    let flush = Arc::new(FlushService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
-        clock.clone(),
-    ));
-    let archive = ArchiveService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
-        clock,
-    );
+    let flush = Arc::new(FlushService::new(stack.trace_stores(clock.clone())));
+    let archive = ArchiveService::new(stack.trace_stores(clock));
     let build = traces.create_build().await?;
     let (id, token) = (build.build.id, build.token);
     let (mut offset, mut n) = (0u64, 0u64);

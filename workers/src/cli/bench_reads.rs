@@ -132,25 +132,12 @@ async fn drive(args: &ReadsArgs, order: &[Scenario], settings: &Settings) -> any
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let bytes = args.mib * 1024 * 1024;
     let traces = TraceService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
+        stack.trace_stores(clock.clone()),
         JobClient::new(stack.broker.clone(), clock.clone()),
-        clock.clone(),
     )
     .with_max_trace_size(bytes);
-    let flush = Arc::new(FlushService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
-        clock.clone(),
-    ));
-    let archive = ArchiveService::new(
-        stack.meta.clone(),
-        stack.live.clone(),
-        stack.objects.clone(),
-        clock,
-    );
+    let flush = Arc::new(FlushService::new(stack.trace_stores(clock.clone())));
+    let archive = ArchiveService::new(stack.trace_stores(clock));
 
     let build = traces.create_build().await?;
     let (id, token) = (build.build.id, build.token);

@@ -50,23 +50,12 @@ pub fn workers(
         config.breaker.clone(),
     ));
     let flush = Arc::new(
-        FlushService::new(
-            stack.meta.clone(),
-            stack.live.clone(),
-            stack.objects.clone(),
-            clock.clone(),
-        )
-        .with_breaker(breaker.clone()),
+        FlushService::new(stack.trace_stores(clock.clone())).with_breaker(breaker.clone()),
     );
     let archive = Arc::new(
-        ArchiveService::new(
-            stack.meta.clone(),
-            stack.live.clone(),
-            stack.objects.clone(),
-            clock.clone(),
-        )
-        .with_breaker(breaker.clone())
-        .with_expire_in(config.trace_expire_in),
+        ArchiveService::new(stack.trace_stores(clock.clone()))
+            .with_breaker(breaker.clone())
+            .with_expire_in(config.trace_expire_in),
     );
     let expiry = Arc::new(ArtifactExpiry::new(
         stack.meta.clone(),
@@ -83,14 +72,8 @@ pub fn workers(
     ));
     // The sweep commits overdue final states the way the final PUT does.
     let traces = Arc::new(
-        TraceService::new(
-            stack.meta.clone(),
-            stack.live.clone(),
-            stack.objects.clone(),
-            jobs.clone(),
-            clock.clone(),
-        )
-        .with_accept_timeout(config.stuck.accept_timeout),
+        TraceService::new(stack.trace_stores(clock.clone()), jobs.clone())
+            .with_accept_timeout(config.stuck.accept_timeout),
     );
     let stuck = Arc::new(StuckBuilds::new(
         stack.meta.clone(),
