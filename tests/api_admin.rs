@@ -23,27 +23,6 @@ use serde_json::{Value, json};
 use support::app::{ADMIN, RECOVERY_CRON, RECOVERY_SCHEDULE, Reply, TestApp};
 use tokio_util::sync::CancellationToken;
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 const QUEUE: &str = "admin_test";
 const LEASE: Duration = Duration::from_secs(60);
 

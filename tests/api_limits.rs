@@ -26,28 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// Generous on a busy machine; only reached when what is awaited never happens.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(Some(100)).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), Some(100)).await).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stacks!(
+    max_trace_size = 100;
     a_stray_offset_past_the_size_limit_gets_416_and_the_job_keeps_running,
     past_the_size_limit_after_the_final_put_the_job_keeps_its_state,
     an_unknown_failure_reason_gets_400_and_nothing_is_recorded,

@@ -15,27 +15,6 @@ use buildlogs::api::logpage::grant::{GrantKey, Purpose};
 use buildlogs::traces::log_view::LogView;
 use support::app::{ADMIN, READER, Reply, TestApp};
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

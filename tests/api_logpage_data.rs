@@ -18,27 +18,6 @@ use object_store::path::Path;
 use serde_json::Value;
 use support::app::{READER, Reply, TestApp};
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 const CHUNK: usize = CHUNK_SIZE as usize;
 
 async fn get(app: &TestApp, uri: &str) -> Reply {

@@ -16,27 +16,6 @@ use buildlogs::traces::read::ARCHIVE_READ_SIZE;
 use http_body_util::BodyExt;
 use support::app::{Reply, TestApp};
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 const CHUNK: usize = CHUNK_SIZE as usize;
 
 /// A log of `len` bytes with every byte value (not UTF-8) and a position-dependent pattern,

@@ -12,27 +12,6 @@ use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::jobs::FlushTraceChunk;
 use support::app::{ADMIN, TestApp};
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 async fn runner_sequence_with_a_416_and_resend_reads_back_identical_bytes(app: &TestApp) {
     let (id, token) = app.create_job().await;
     let first = app

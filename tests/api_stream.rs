@@ -25,27 +25,6 @@ const EVENT_BYTES: usize = 64 * 1024;
 /// Generous for a 500 ms poll on a busy machine; only reached when an event never comes.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 /// One server-sent event (keep-alive comments are skipped).
 #[derive(Debug, Default)]
 struct SseEvent {

@@ -631,27 +631,6 @@ async fn a_log_kept_forever_is_never_expired(app: &TestApp) {
     );
 }
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stacks!(
     an_expired_log_reads_as_gone_and_is_never_archived_again,
     a_log_kept_forever_is_never_expired,

@@ -46,27 +46,6 @@ use tokio::sync::watch;
 
 const CHUNK: usize = CHUNK_SIZE as usize;
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stacks!(
     a_flush_recovers_from_a_crash_at_every_step,
     concurrent_flushes_leave_one_correct_copy,

@@ -24,30 +24,6 @@ use buildlogs::traces::model::{BuildStatus, DataStore, NewArtifact};
 use buildlogs::traces::recovery::{RECOVERY_CURSOR, RecoveryConfig, Step, TraceRecovery};
 use support::app::TestApp;
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(
-                        &$crate::support::app::TestApp::production(stringify!($name), None).await,
-                    )
-                    .await;
-                }
-            )*
-        }
-    };
-}
-
 const LEASE: Duration = Duration::from_secs(30);
 
 fn log_bytes(len: usize) -> Vec<u8> {

@@ -18,27 +18,6 @@ use buildlogs::traces::jobs::ArchiveTrace;
 use buildlogs::traces::stuck::{StuckBuilds, StuckConfig};
 use support::app::{ADMIN, TestApp};
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 const C: usize = CHUNK_SIZE as usize;
 
 fn log_bytes(n: usize) -> Vec<u8> {

@@ -24,27 +24,6 @@ use http_body_util::BodyExt;
 use support::app::{ADMIN, TestApp};
 use tower::ServiceExt;
 
-macro_rules! on_both_stacks {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::embedded(None).await).await;
-                }
-            )*
-        }
-        mod production {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(&$crate::support::app::TestApp::production(stringify!($name), None).await).await;
-                }
-            )*
-        }
-    };
-}
-
 const HOUR_MS: i64 = 3600 * 1000;
 
 /// The sweep over the app's stores, at `clock`.

@@ -439,3 +439,35 @@ impl TestApp {
         .await
     }
 }
+
+/// Runs each async test body `fn(&TestApp)` on both stacks, as `embedded::<name>` and
+/// `production::<name>`; `on_both_stacks!(max_trace_size = N; …)` sets the trace size limit.
+#[macro_export]
+macro_rules! on_both_stacks {
+    (@limit $max:expr; $($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&$crate::support::app::TestApp::embedded($max).await).await;
+                }
+            )*
+        }
+        mod production {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app =
+                        $crate::support::app::TestApp::production(stringify!($name), $max).await;
+                    super::$name(&app).await;
+                }
+            )*
+        }
+    };
+    (max_trace_size = $max:expr; $($name:ident),* $(,)?) => {
+        $crate::on_both_stacks!(@limit Some($max); $($name),*);
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_both_stacks!(@limit None; $($name),*);
+    };
+}
