@@ -124,7 +124,7 @@ enum Command {
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
-        which: cli::bench::Bench,
+        which: bench::Bench,
     },
 }
 
@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let count_statements = matches!(
         &cli.command,
         Some(Command::Bench {
-            which: cli::bench::Bench::Recover(_)
+            which: bench::Bench::Recover(_)
         })
     );
     // Colours only for a person at a terminal: a file or a pipe (a log collector) gets plain
@@ -208,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())),
         )
         .with(count_statements.then(|| {
-            cli::bench_recover::StatementCounter.with_filter(
+            bench::recover::StatementCounter.with_filter(
                 tracing_subscriber::filter::Targets::new()
                     .with_target("sqlx::query", tracing::Level::TRACE),
             )
@@ -243,6 +243,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Limits { action } => cli::limits::run(&settings, action).await,
         Command::Dead { action } => cli::dead::run(&settings, action).await,
         Command::Cron { action } => cli::cron::run(&settings, action).await,
-        Command::Bench { which } => cli::bench::run(which).await,
+        Command::Bench { which } => bench::run(which).await,
     }
 }

@@ -29,7 +29,7 @@ use futures::StreamExt;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::bench::BenchStack;
+use super::stack::BenchStack;
 use crate::jobs::HandlerConfig;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -251,7 +251,7 @@ async fn drive(args: &RecoverArgs, settings: &Settings, redis_url: &str) -> anyh
         redis_commands(&mut monitor).await? - a - 1
     };
     let redis = redis_commands(&mut monitor).await? - redis_before - polls * (per_poll + 1);
-    let (_, peak_rss_mb) = super::bench::proc_usage(std::process::id())?;
+    let (_, peak_rss_mb) = super::stack::proc_usage(std::process::id())?;
     shutdown.cancel();
     let _ = worker.await;
 

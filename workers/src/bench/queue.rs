@@ -7,7 +7,7 @@
 //! around the work step, worker CPU and peak RSS from `/proc/<pid>`.
 //! `--scale` adds the 1,000,000-job backlog and 100,000 retries due in the same second.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,34 +20,12 @@ use buildlogs::jobs::redis::RedisBroker;
 use buildlogs::jobs::{Broker, Clock, JobContext, JobError, JobHandler, SystemClock};
 use redis::AsyncCommands;
 
+use super::stack::{PrivateRedis, proc_usage};
 use crate::jobs::noop::Noop;
 
 const PREFIX: &str = "bench";
 const FIRST_START_KEY: &str = "bench:first_start_ms";
 const BULK: usize = 1000;
-
-#[derive(clap::Subcommand, Debug)]
-pub enum Bench {
-    /// Queue throughput with no-op jobs against a private Redis (prints key=value figures).
-    Queue(QueueArgs),
-    /// Concurrent runners PATCHing a running web server on the production stack.
-    Append(super::bench_append::AppendArgs),
-    /// Flush and archive throughput for one large log on the production stack.
-    Archive(super::bench_archive::ArchiveArgs),
-    /// Stale-trace recovery of a backlog of finished builds with live logs (the incident).
-    Recover(super::bench_recover::RecoverArgs),
-    /// Mixed traffic with faults on the multi-process production stack, then the invariants
-    /// (every build archived byte-identical, Redis keys back to baseline, RSS flat).
-    Soak(crate::bench::soak::SoakArgs),
-    /// Concurrent readers of one large log served by a `buildlogs web` process (its RSS).
-    Reads(super::bench_reads::ReadsArgs),
-    /// The log page's data for a 100 MiB archived log from a fresh web: summary, tail, head,
-    /// search, RSS.
-    Logpage(super::bench_logpage::LogpageArgs),
-    /// The worker process of `bench queue` (internal).
-    #[command(hide = true)]
-    QueueWorker(QueueWorkerArgs),
-}
 
 #[derive(clap::Args, Debug)]
 pub struct QueueArgs {
@@ -78,134 +56,6 @@ pub struct QueueWorkerArgs {
     concurrency: usize,
 }
 
-pub async fn run(which: Bench) -> anyhow::Result<()> {
-    match which {
-        Bench::Queue(args) => queue(args).await,
-        Bench::Append(args) => super::bench_append::run(args).await,
-        Bench::Archive(args) => super::bench_archive::run(args).await,
-        Bench::Recover(args) => super::bench_recover::run(args).await,
-        Bench::Soak(args) => crate::bench::soak::run(args).await,
-        Bench::Reads(args) => super::bench_reads::run(args).await,
-        Bench::Logpage(args) => super::bench_logpage::run(args).await,
-        Bench::QueueWorker(args) => queue_worker(args).await,
-    }
-}
-
-/// A private Redis server, stopped on drop.
-/// A throwaway production stack for a benchmark: a private redis-server, a fresh PostgreSQL
-/// schema (dropped by [`Self::tear_down`]), and a temp dir for the data dir and, unless an
-/// object store URL is given, the objects.
-pub(crate) struct BenchStack {
-    pub(crate) redis: PrivateRedis,
-    pub(crate) settings: buildlogs::config::Settings,
-    admin: sqlx::PgConnection,
-    schema: String,
-    dir: std::path::PathBuf,
-}
-
-impl BenchStack {
-    pub(crate) async fn start(
-        name: &str,
-        database_url: &str,
-        redis_server: &str,
-        object_store_url: Option<String>,
-    ) -> anyhow::Result<Self> {
-        use sqlx::Connection;
-        let redis = PrivateRedis::start(redis_server).await?;
-        let dir =
-            std::env::temp_dir().join(format!("buildlogs-bench-{name}-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let mut admin = sqlx::PgConnection::connect(database_url)
-            .await
-            .context("connecting to PostgreSQL")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-            .execute(&mut admin)
-            .await?;
-        let sep = if database_url.contains('?') { '&' } else { '?' };
-        let settings = buildlogs::config::Settings {
-            database_url: Some(format!(
-                "{database_url}{sep}options=-c%20search_path%3D{schema}"
-            )),
-            redis_url: Some(redis.url.clone()),
-            data_dir: dir.clone(),
-            redis_prefix: PREFIX.into(),
-            object_store_url: Some(
-                object_store_url
-                    .unwrap_or_else(|| format!("file://{}", dir.join("objects").display())),
-            ),
-            ..buildlogs::config::Settings::default()
-        };
-        Ok(Self {
-            redis,
-            settings,
-            admin,
-            schema,
-            dir,
-        })
-    }
-
-    /// Drops the schema and the temp dir (the private Redis goes with `self`).
-    pub(crate) async fn tear_down(mut self) -> anyhow::Result<()> {
-        let schema = &self.schema;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA \"{schema}\" CASCADE"
-        )))
-        .execute(&mut self.admin)
-        .await?;
-        let _ = std::fs::remove_dir_all(&self.dir);
-        Ok(())
-    }
-}
-
-pub(crate) struct PrivateRedis {
-    child: Child,
-    pub(crate) url: String,
-}
-
-impl PrivateRedis {
-    pub(crate) async fn start(bin: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {bin}"))?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str())?;
-        for _ in 0..200 {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                return Ok(Self { child, url });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("private redis-server on port {port} did not answer")
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Row {
     enqueue_per_s: f64,
     process_per_s: f64,
@@ -217,7 +67,7 @@ struct Row {
     failed: u64,
 }
 
-async fn queue(args: QueueArgs) -> anyhow::Result<()> {
+pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let redis = PrivateRedis::start(&args.redis_server).await?;
     for &c in &args.concurrency {
         for _ in 0..args.repeat {
@@ -375,27 +225,6 @@ async fn redis_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Re
         + info_field(conn, "cpu", "used_cpu_sys").await?)
 }
 
-/// (user+system CPU seconds, peak RSS MB) of a process, from /proc.
-pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    // Linux reports CPU in clock ticks of 1/100 s (USER_HZ).
-    Ok((ticks / 100.0, hwm_kb / 1024.0))
-}
-
 /// The no-op job, marking the moment the first one starts (one extra Redis call per run).
 struct MarkFirstStart {
     marked: AtomicBool,
@@ -420,7 +249,7 @@ impl JobHandler for MarkFirstStart {
     }
 }
 
-async fn queue_worker(args: QueueWorkerArgs) -> anyhow::Result<()> {
+pub async fn run_worker(args: QueueWorkerArgs) -> anyhow::Result<()> {
     let broker = Arc::new(RedisBroker::connect(&args.redis_url, PREFIX).await?);
     let conn = redis::Client::open(args.redis_url.as_str())?
         .get_multiplexed_async_connection()

@@ -38,7 +38,7 @@ use buildlogs::traces::flush::{FlushOutcome, FlushService};
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
 
-use super::bench_archive::Objects;
+use super::archive::Objects;
 
 const ADMIN: &str = "bench-admin-token";
 const APPEND_BYTES: usize = 1024 * 1024;
@@ -206,7 +206,7 @@ async fn measure(
         );
     }
     let rss_mb = status_kb(web.pid(), "VmRSS")? / 1024.0;
-    let (cpu_s, peak_rss_mb) = super::bench::proc_usage(web.pid())?;
+    let (cpu_s, peak_rss_mb) = super::stack::proc_usage(web.pid())?;
     drop(web);
 
     // Another cold web: the page's first call is the tail.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use super::bench::PrivateRedis;
+use super::stack::PrivateRedis;
 
 const ADMIN: &str = "bench-admin-token";
 

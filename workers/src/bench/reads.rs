@@ -32,8 +32,8 @@ use buildlogs::traces::flush::{FlushOutcome, FlushService};
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
 
-use super::bench::BenchStack;
-use super::bench_archive::Objects;
+use super::archive::Objects;
+use super::stack::BenchStack;
 
 const ADMIN: &str = "bench-admin-token";
 
@@ -355,7 +355,7 @@ async fn read_with_a_fresh_web(
     let seconds = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let max_sampled_rss_mb = sampler.await? / 1024.0;
-    let (cpu_s, peak_rss_mb) = super::bench::proc_usage(pid)?;
+    let (cpu_s, peak_rss_mb) = super::stack::proc_usage(pid)?;
     drop(web);
     Ok(Row {
         seconds,

@@ -34,7 +34,7 @@ use buildlogs::traces::flush::{FlushOutcome, FlushService};
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
 
-use super::bench::BenchStack;
+use super::stack::BenchStack;
 
 /// One append: what a runner PATCHes when it has a lot of output (under the API's 4 MiB cap).
 const APPEND_BYTES: usize = 1024 * 1024;
@@ -221,7 +221,7 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
         let _ = buildlogs::stores::objects::delete(stack.objects.as_ref(), &path).await;
     }
 
-    let (_cpu_s, peak_rss_mb) = super::bench::proc_usage(std::process::id())?;
+    let (_cpu_s, peak_rss_mb) = super::stack::proc_usage(std::process::id())?;
     let stack_name = match args.objects {
         Objects::File => "postgres+redis+file",
         Objects::S3 => "postgres+redis+s3",
