@@ -13,6 +13,7 @@ use buildlogs::stores::fault_injection::Op;
 use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::line_index::LineIndex;
+use buildlogs::traces::read::SCAN_READ_SIZE;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde_json::Value;
@@ -441,6 +442,16 @@ async fn an_archived_log_opens_from_its_stored_line_index(app: &TestApp) {
         (6000.into(), log.len().into())
     );
     check_pages(app, id, &expected, "archived, stored index").await;
+    // A search scans the archive in large reads (latency, not memory, limits a scan).
+    let gets = app.parts.reads.calls(Op::Get);
+    let found = get_json(app, &format!("/jobs/{id}/search?q=line%205999%20")).await;
+    assert_eq!(found["total"], 1, "{}: {found}", app.kind);
+    assert_eq!(
+        app.parts.reads.calls(Op::Get) - gets,
+        (log.len() as u64).div_ceil(SCAN_READ_SIZE),
+        "{}: one GET per {SCAN_READ_SIZE} bytes",
+        app.kind
+    );
 
     assert!(object_exists(app, &archived_lines::path_for(&archive)).await);
 

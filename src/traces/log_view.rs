@@ -12,7 +12,7 @@
 //! 3. A search: one streaming scan of the whole log ([`LineSearch`]).
 //!
 //! Guarantees: memory per request is one frame (128 KiB) plus the lines it returns (a search:
-//! plus one line); per cached build, the index (8 bytes per 1,000 lines plus sections). One
+//! plus one line; a search or index scan of an archive: one 4 MiB read); per cached build, the index (8 bytes per 1,000 lines plus sections). One
 //! scan at a time per build: a second request for a build being indexed waits for that scan
 //! instead of repeating it. Bytes are read wherever they are (live, flushed, archived, or
 //! moving between them), as every other read.
@@ -159,7 +159,7 @@ impl LogView {
         if len > index.scanned() {
             let scanned = index.scanned();
             tracing::debug!(build_id, from = scanned, to = len, "indexing log lines");
-            let mut frames = read.frames(scanned, len);
+            let mut frames = read.scan(scanned, len);
             while let Some(frame) = frames.next_frame().await? {
                 index.feed(&frame);
             }
@@ -256,7 +256,7 @@ impl LogView {
     ) -> Result<SearchResult, TraceError> {
         let read = traces.open_read(build_id).await?;
         let len = read.len();
-        let mut frames = read.frames(0, len);
+        let mut frames = read.scan(0, len);
         let mut search = LineSearch::new(query, from, limit);
         while let Some(frame) = frames.next_frame().await? {
             search.feed(&frame);
