@@ -288,6 +288,18 @@ test('runner timestamps show in a gutter: since the start, UTC, or hidden; a `+`
   await plain.context().close();
 });
 
+test('a line of 100,000 characters shows its start and says how much more the raw view has', async () => {
+  // The server sends 64 KiB of it (65,536 characters), the page draws 20,000.
+  const job = await seedJob(server.url, `before\n${'x'.repeat(100000)}\nafter\n`);
+  const page = await newPage(browser, DESKTOP);
+  await openWithReadLink(page, job, '#L1');
+  await settled(page);
+  const notice = (await row(page, 2).locator('.notice').innerText()).trim();
+  assert.equal(notice, '… about 80,000 more characters (see raw)');
+  assert.equal(await row(page, 3).locator('.text').innerText(), 'after');
+  await page.context().close();
+});
+
 test('a phone (390 px) has no horizontal page scroll; a long line scrolls inside the log', async () => {
   const job = await seedJob(server.url, `short\n${'a-very-long-line-'.repeat(60)}\nend\n`);
   for (const [size, name] of [[PHONE, 'phone'], [DESKTOP, 'desktop']]) {

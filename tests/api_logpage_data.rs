@@ -13,6 +13,7 @@ use buildlogs::stores::fault_injection::Op;
 use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::line_index::LineIndex;
+use buildlogs::traces::log_view::MAX_LINE_BYTES;
 use buildlogs::traces::read::SCAN_READ_SIZE;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -486,6 +487,41 @@ async fn an_archived_log_opens_from_its_stored_line_index(app: &TestApp) {
     );
 }
 
+/// A line longer than 64 KiB comes back cut there, with how many bytes were left out; the lines
+/// around it are whole, and a log that is one huge unfinished line costs a page 64 KiB.
+async fn a_line_longer_than_64_kib_is_cut_and_says_so(app: &TestApp) {
+    const HUGE: usize = 300_000;
+    let mut log = b"short\n".to_vec();
+    log.extend(std::iter::repeat_n(b'y', HUGE));
+    log.extend_from_slice(b"\nafter\n");
+    log.extend(std::iter::repeat_n(b'z', HUGE));
+    let (id, token) = app.create_job().await;
+    append(app, id, &token, 0, &log).await;
+
+    let page = get_json(app, &format!("/jobs/{id}/lines?from=1")).await;
+    let lines = page["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 4, "{}", app.kind);
+    assert_eq!(lines[0], "short");
+    assert_eq!(lines[1].as_str().unwrap().len(), MAX_LINE_BYTES);
+    assert!(lines[1].as_str().unwrap().bytes().all(|b| b == b'y'));
+    assert_eq!(lines[2], "after");
+    assert_eq!(lines[3].as_str().unwrap().len(), MAX_LINE_BYTES);
+    let left_out = (HUGE - MAX_LINE_BYTES) as u64;
+    assert_eq!(
+        page["cut"],
+        serde_json::json!([{"line": 2, "bytes": left_out}, {"line": 4, "bytes": left_out}]),
+        "{}",
+        app.kind
+    );
+    assert_eq!(
+        page["last_complete"], false,
+        "the z line has no newline yet"
+    );
+    assert_eq!(page["end_offset"], log.len());
+    let short = get_json(app, &format!("/jobs/{id}/lines?from=1&count=1")).await;
+    assert_eq!(short["cut"], serde_json::json!([]));
+}
+
 async fn object_exists(app: &TestApp, path: &Path) -> bool {
     match app.parts.store.head(path).await {
         Ok(_) => true,
@@ -496,6 +532,7 @@ async fn object_exists(app: &TestApp, path: &Path) -> bool {
 
 on_both_stacks!(
     an_archived_log_opens_from_its_stored_line_index,
+    a_line_longer_than_64_kib_is_cut_and_says_so,
     pages_of_lines_read_across_chunks_live_flushed_and_archived,
     a_live_log_grows_between_two_calls,
     raw_lines_keep_their_bytes_lossy_crlf_and_a_partial_end,

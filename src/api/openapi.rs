@@ -233,9 +233,21 @@ pub struct LinesPage {
     end_offset: u64,
     /// The last line returned ended with a newline.
     last_complete: bool,
+    /// Lines longer than 64 KiB, cut there: `{"line", "bytes"}` (bytes not returned; the raw
+    /// view has them).
+    cut: Vec<LineCut>,
     /// The job finished: no more bytes will come.
     #[schema(rename = "final")]
     is_final: bool,
+}
+
+/// A line of a page cut at 64 KiB.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LineCut {
+    line: u64,
+    /// Bytes of the line not returned.
+    bytes: u64,
 }
 
 /// `GET /jobs/{id}/search`.

@@ -59,6 +59,30 @@ pub struct LinesPage {
     pub end_offset: u64,
     /// The last line returned ended with `\n` (a live log's last line may not have yet).
     pub last_complete: bool,
+    /// Lines longer than [`MAX_LINE_BYTES`], cut there: (line number, bytes not returned).
+    pub cut: Vec<(u64, u64)>,
+}
+
+/// Bytes of one line a page returns at most (the page draws far fewer; the raw view has every
+/// byte): a log that is one 100 MiB line costs a request this much, not 100 MiB.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Appends `bytes` of the line being read: kept up to [`MAX_LINE_BYTES`], all counted.
+fn keep(line: &mut Vec<u8>, line_len: &mut usize, bytes: &[u8]) {
+    let room = MAX_LINE_BYTES.saturating_sub(line.len());
+    line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    *line_len += bytes.len();
+}
+
+impl LinesPage {
+    /// Adds a line (at most its first [`MAX_LINE_BYTES`], `len` bytes in all).
+    fn push(&mut self, kept: &[u8], len: usize) {
+        if len > kept.len() {
+            let number = self.first + self.lines.len() as u64;
+            self.cut.push((number, (len - kept.len()) as u64));
+        }
+        self.lines.push(String::from_utf8_lossy(kept).into_owned());
+    }
 }
 
 type Shared = Arc<tokio::sync::Mutex<LineIndex>>;
@@ -209,21 +233,24 @@ impl LogView {
             total_bytes: len,
             end_offset: len,
             last_complete: true,
+            cut: Vec::new(),
         };
         if first > total || count == 0 {
             return Ok(page);
         }
         let mut frames = traces.open_read(build_id).await?.frames(offset, len);
-        let (mut pos, mut skip, mut line) = (offset, skip, Vec::new());
+        // `line` keeps the first MAX_LINE_BYTES of the current line, `line_len` counts all.
+        let (mut pos, mut skip, mut line, mut line_len) = (offset, skip, Vec::new(), 0usize);
         while let Some(frame) = frames.next_frame().await? {
             let mut start = 0;
             for nl in memchr::memchr_iter(b'\n', &frame) {
                 if skip > 0 {
                     skip -= 1;
                 } else {
-                    line.extend_from_slice(&frame[start..nl]);
-                    page.lines.push(String::from_utf8_lossy(&line).into_owned());
+                    keep(&mut line, &mut line_len, &frame[start..nl]);
+                    page.push(&line, line_len);
                     line.clear();
+                    line_len = 0;
                     if page.lines.len() as u64 == count {
                         page.end_offset = pos + nl as u64 + 1;
                         return Ok(page);
@@ -232,12 +259,12 @@ impl LogView {
                 start = nl + 1;
             }
             if skip == 0 {
-                line.extend_from_slice(&frame[start..]);
+                keep(&mut line, &mut line_len, &frame[start..]);
             }
             pos += frame.len() as u64;
         }
-        if skip == 0 && !line.is_empty() {
-            page.lines.push(String::from_utf8_lossy(&line).into_owned());
+        if skip == 0 && line_len > 0 {
+            page.push(&line, line_len);
             page.last_complete = false;
         }
         page.end_offset = pos;

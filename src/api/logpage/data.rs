@@ -188,6 +188,7 @@ pub async fn lines(
             "total_bytes": page.total_bytes,
             "end_offset": page.end_offset,
             "last_complete": page.last_complete,
+            "cut": page.cut.iter().map(|(line, bytes)| json!({"line": line, "bytes": bytes})).collect::<Vec<_>>(),
             "final": finished,
         }))
         .into_response(),

@@ -206,7 +206,8 @@
   }
 
   // Appends the rendered text to `el`: runs of one style become a span; search hits a <mark>.
-  function renderText(el, text, query, initial = PLAIN) {
+  // `leftOut`: bytes of the line the server did not send (it cuts lines at 64 KiB).
+  function renderText(el, text, query, initial = PLAIN, leftOut = 0) {
     const { chars, styles, cut } = cellsOf(text, initial);
     const marks = new Uint8Array(chars.length);
     if (query) {
@@ -246,10 +247,12 @@
       el.appendChild(node);
       i = j;
     }
-    if (cut) {
+    if (cut || leftOut) {
       const note = document.createElement("span");
       note.className = "notice";
-      note.textContent = ` … ${cut.toLocaleString()} more characters (see raw)`;
+      note.textContent = leftOut
+        ? ` … about ${(cut + leftOut).toLocaleString()} more characters (see raw)`
+        : ` … ${cut.toLocaleString()} more characters (see raw)`;
       el.appendChild(note);
     }
   }
@@ -380,6 +383,12 @@
     return page.lines[line - 1 - p * PAGE];
   }
 
+  // Bytes of `line` the server left out (a line longer than 64 KiB), 0 if none.
+  function lineCut(line) {
+    const page = state.pages.get(Math.floor((line - 1) / PAGE));
+    return (page && page.cut && page.cut.get(line)) || 0;
+  }
+
   function setLine(line, text) {
     const p = Math.floor((line - 1) / PAGE);
     let page = state.pages.get(p);
@@ -397,7 +406,9 @@
     if (data.first !== p * PAGE + 1 && data.lines.length) return;
     const existing = state.pages.get(p);
     if (existing && existing.lines.length > data.lines.length) return; // the stream is ahead
-    state.pages.set(p, { lines: data.lines, used: ++state.useClock });
+    // Lines the server cut at 64 KiB: line number -> bytes it left out.
+    const cut = new Map((data.cut || []).map((c) => [c.line, c.bytes]));
+    state.pages.set(p, { lines: data.lines, cut, used: ++state.useClock });
     if (state.pages.size > MAX_PAGES) evictPages();
   }
 
@@ -533,7 +544,7 @@
       ts = parts.ts;
       cont = parts.cont;
       const initial = cont ? styleAtEnd(line - 1) : PLAIN;
-      renderText(text, parts.text, state.search ? state.search.q.toLowerCase() : null, initial);
+      renderText(text, parts.text, state.search ? state.search.q.toLowerCase() : null, initial, lineCut(line));
     }
     if (cont) {
       row.classList.add("cont");
