@@ -55,10 +55,8 @@ use super::openapi::{
 use super::{ApiError, AppState};
 use crate::jobs::Job;
 use crate::jobs::broker::{EnqueueOutcome, QueueStats};
-use crate::traces::breaker::OBJECT_STORE_BREAKER;
-use crate::traces::jobs::{ArchiveTrace, RecoverStaleTraces};
-use crate::traces::recovery::RECOVERY_CURSOR;
-use crate::traces::recovery::RecoveryConfig;
+use crate::status;
+use crate::traces::jobs::RecoverStaleTraces;
 
 const PAGE: &str = include_str!("admin.html");
 const SCRIPT: &str = include_str!("admin.js");
@@ -67,9 +65,6 @@ const STYLE: &str = include_str!("admin.css");
 /// Only the page's own script, style and API; no framing (the page changes limits).
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// Stale builds counted at most for the recovery view (more shows as "over 1,000").
-const STALE_COUNT_MAX: u32 = 1_000;
 
 /// Dead jobs listed when the page does not say: a screenful.
 const DEAD_LIST_DEFAULT: usize = 50;
@@ -190,20 +185,11 @@ fn queue_json(s: &QueueStats) -> Value {
     )
 )]
 pub(super) async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let broker = state.jobs.broker();
     let now = now_ms(&state);
-    let names = broker
-        .queues()
+    let stats = status::queues(state.jobs.broker().as_ref(), now)
         .await
         .map_err(|e| failed("reading the job queue", e))?;
-    let mut rows = Vec::with_capacity(names.len());
-    for queue in names {
-        let stats = broker
-            .stats(&queue, now)
-            .await
-            .map_err(|e| failed("reading the job queue", e))?;
-        rows.push(queue_json(&stats));
-    }
+    let rows: Vec<Value> = stats.iter().map(queue_json).collect();
     Ok(Json(json!({ "now_ms": now, "queues": rows })))
 }
 
@@ -459,18 +445,15 @@ pub(super) async fn cron(State(state): State<AppState>) -> Result<Json<Value>, A
     )
 )]
 pub(super) async fn breaker(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let record = state
-        .meta
-        .breaker(OBJECT_STORE_BREAKER)
+    let view = status::breaker(state.meta.as_ref())
         .await
         .map_err(|e| failed("reading the breaker", e))?;
-    // Never recorded: it never opened, so it is closed, since the start.
     Ok(Json(json!({
         "now_ms": now_ms(&state),
-        "name": OBJECT_STORE_BREAKER,
-        "open": record.as_ref().is_some_and(|r| r.open),
-        "since_ms": record.as_ref().map(|r| r.changed_at_ms),
-        "reason": record.and_then(|r| r.reason),
+        "name": view.name,
+        "open": view.open,
+        "since_ms": view.since_ms,
+        "reason": view.reason,
     })))
 }
 
@@ -488,27 +471,10 @@ pub(super) async fn breaker(State(state): State<AppState>) -> Result<Json<Value>
     )
 )]
 pub(super) async fn recovery(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let meta = &state.meta;
-    let read = |e| failed("reading the recovery cursor", e);
-    let cursor = meta.cursor(RECOVERY_CURSOR).await.map_err(read)?;
-    // Every run that gets to read sets the cursor (to 0 at the end of its walk).
-    let last_step_ms = meta
-        .cursor_updated_at(RECOVERY_CURSOR)
-        .await
-        .map_err(read)?;
     let now = now_ms(&state);
-    // The web role does not know BUILDLOGS_RECOVERY_STALE_MINUTES: it counts with the default.
-    let stale_after_ms = RecoveryConfig::default().stale_after.as_millis() as i64;
-    let stale = meta
-        .stale_traces(
-            0,
-            now - stale_after_ms,
-            ArchiveTrace::options().max_attempts,
-            STALE_COUNT_MAX + 1,
-        )
+    let view = status::recovery(state.meta.as_ref(), now)
         .await
-        .map_err(|e| failed("counting stale traces", e))?
-        .len() as u32;
+        .map_err(|e| failed("reading stale-trace recovery", e))?;
     let schedule = state
         .cron
         .status()
@@ -519,12 +485,12 @@ pub(super) async fn recovery(State(state): State<AppState>) -> Result<Json<Value
         .map(|s| json!({ "last_fired_ms": s.last_fired_ms, "next_tick_ms": s.next_tick_ms }));
     Ok(Json(json!({
         "now_ms": now,
-        "cursor_name": RECOVERY_CURSOR,
-        "cursor": cursor,
-        "last_step_ms": last_step_ms,
-        "stale": stale.min(STALE_COUNT_MAX),
-        "stale_more": stale > STALE_COUNT_MAX,
-        "stale_after_ms": stale_after_ms,
+        "cursor_name": view.cursor_name,
+        "cursor": view.cursor,
+        "last_step_ms": view.last_step_ms,
+        "stale": view.stale,
+        "stale_more": view.stale_more,
+        "stale_after_ms": view.stale_after_ms,
         "schedule": schedule,
     })))
 }

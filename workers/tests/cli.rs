@@ -218,6 +218,11 @@ async fn recover_dry_run_lists_stale_traces_and_recover_enqueues_one_run() {
         "{}",
         stdout(&status)
     );
+    assert!(
+        stdout(&status).contains("0 stale, last step -"),
+        "{}",
+        stdout(&status)
+    );
     // The metadata database `status` just created in the data dir: three builds finished two
     // hours ago (stale), one a minute ago (not yet), one running.
     let url = format!(
@@ -293,6 +298,8 @@ async fn recover_dry_run_lists_stale_traces_and_recover_enqueues_one_run() {
             && status.contains("connection refused"),
         "{status}"
     );
+    // The three stale builds, as the dashboard's recovery view counts them.
+    assert!(status.contains("; 3 stale,"), "{status}");
 }
 
 /// The worker runs the stuck-build sweep with its settings: a build silent for longer than

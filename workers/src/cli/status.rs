@@ -1,11 +1,11 @@
 //! `buildlogs status`: every queue's depth, latency, running jobs, limit, dead and lifetime counts;
-//! then the object store's circuit breaker and where stale-trace recovery's walk is.
+//! then the object store's circuit breaker and stale-trace recovery. The same views the
+//! dashboard serves ([`buildlogs::status`]).
 
 use anyhow::Context;
 use buildlogs::config::Settings;
 use buildlogs::jobs::{Clock, SystemClock};
-use buildlogs::traces::breaker::OBJECT_STORE_BREAKER;
-use buildlogs::traces::recovery::RECOVERY_CURSOR;
+use buildlogs::status::{self, STALE_COUNT_MAX};
 
 use super::table;
 
@@ -15,24 +15,24 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .await
         .context("opening the job queue")?;
     let now = SystemClock.now_ms();
-    let mut rows = Vec::new();
-    for queue in broker.queues().await? {
-        let s = broker
-            .stats(&queue, now)
-            .await
-            .with_context(|| format!("reading queue {queue}"))?;
-        rows.push(vec![
-            s.queue,
-            s.ready.to_string(),
-            s.scheduled.to_string(),
-            s.running.to_string(),
-            s.limit.map_or_else(|| "none".into(), |l| l.to_string()),
-            table::millis(s.latency_ms),
-            s.dead.to_string(),
-            s.processed.to_string(),
-            s.failed.to_string(),
-        ]);
-    }
+    let rows: Vec<Vec<String>> = status::queues(broker.as_ref(), now)
+        .await
+        .context("reading the job queue")?
+        .into_iter()
+        .map(|s| {
+            vec![
+                s.queue,
+                s.ready.to_string(),
+                s.scheduled.to_string(),
+                s.running.to_string(),
+                s.limit.map_or_else(|| "none".into(), |l| l.to_string()),
+                table::millis(s.latency_ms),
+                s.dead.to_string(),
+                s.processed.to_string(),
+                s.failed.to_string(),
+            ]
+        })
+        .collect();
     if rows.is_empty() {
         println!("no queues yet");
     } else {
@@ -55,28 +55,39 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         );
     }
     let stack = settings.open_stack().await.context("opening the stores")?;
-    outage(&stack).await
+    outage(&stack, now).await
 }
 
-/// The breaker's state and the recovery cursor (both shared through the metadata database).
-async fn outage(stack: &buildlogs::config::Stack) -> anyhow::Result<()> {
-    match stack.meta.breaker(OBJECT_STORE_BREAKER).await? {
-        Some(b) if b.open => println!(
+/// The breaker's state and stale-trace recovery (both shared through the metadata database).
+async fn outage(stack: &buildlogs::config::Stack, now: i64) -> anyhow::Result<()> {
+    let breaker = status::breaker(stack.meta.as_ref()).await?;
+    match breaker.since_ms {
+        _ if breaker.open => println!(
             "object store breaker: OPEN since {} ({}): flushes go to the database, archives wait",
-            table::time(Some(b.changed_at_ms)),
-            b.reason.as_deref().unwrap_or("no reason recorded")
+            table::time(breaker.since_ms),
+            breaker.reason.as_deref().unwrap_or("no reason recorded")
         ),
-        Some(b) => println!(
+        Some(since) => println!(
             "object store breaker: closed since {}",
-            table::time(Some(b.changed_at_ms))
+            table::time(Some(since))
         ),
         None => println!("object store breaker: closed (never opened)"),
     }
-    match stack.meta.cursor(RECOVERY_CURSOR).await? {
-        Some(0) | None => {
-            println!("stale-trace recovery: between walks (next one starts at the first build)")
-        }
-        Some(at) => println!("stale-trace recovery: walking, at build {at}"),
+    let recovery = status::recovery(stack.meta.as_ref(), now).await?;
+    let stale = if recovery.stale_more {
+        format!("over {STALE_COUNT_MAX}")
+    } else {
+        recovery.stale.to_string()
+    };
+    match recovery.cursor {
+        Some(0) | None => println!(
+            "stale-trace recovery: between walks (next one starts at the first build); {stale} stale, last step {}",
+            table::time(recovery.last_step_ms)
+        ),
+        Some(at) => println!(
+            "stale-trace recovery: walking, at build {at}; {stale} stale, last step {}",
+            table::time(recovery.last_step_ms)
+        ),
     }
     Ok(())
 }

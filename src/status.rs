@@ -1,0 +1,93 @@
+//! What an operator looks at, read once for everyone who shows it: `buildlogs status` and the
+//! dashboard (`/admin/api/queues`, `/breaker`, `/recovery`) print or serve these views, so both
+//! always say the same thing.
+//!
+//! - [`queues`]: every queue's figures (depth by state, latency, running, limit, dead, lifetime
+//!   counts), one broker call per queue.
+//! - [`breaker`]: the object store's circuit breaker from its shared row (never recorded: it
+//!   never opened, so it is closed).
+//! - [`recovery`]: where stale-trace recovery's walk is, when it last stepped, and how many
+//!   stale traces wait (counted up to a cap: a bounded read however large the backlog).
+
+use crate::jobs::Job;
+use crate::jobs::broker::{Broker, BrokerError, QueueStats};
+use crate::traces::breaker::OBJECT_STORE_BREAKER;
+use crate::traces::jobs::ArchiveTrace;
+use crate::traces::metadata::{MetadataError, MetadataStore};
+use crate::traces::recovery::{RECOVERY_CURSOR, RecoveryConfig};
+
+/// Stale traces counted at most; past it a view says "more than".
+pub const STALE_COUNT_MAX: u32 = 1_000;
+
+/// Every queue's figures, in the broker's order.
+pub async fn queues(broker: &dyn Broker, now_ms: i64) -> Result<Vec<QueueStats>, BrokerError> {
+    let mut stats = Vec::new();
+    for queue in broker.queues().await? {
+        stats.push(broker.stats(&queue, now_ms).await?);
+    }
+    Ok(stats)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerView {
+    pub name: &'static str,
+    pub open: bool,
+    /// When it last opened or closed (`None`: never).
+    pub since_ms: Option<i64>,
+    /// The error that opened it.
+    pub reason: Option<String>,
+}
+
+pub async fn breaker(meta: &dyn MetadataStore) -> Result<BreakerView, MetadataError> {
+    let record = meta.breaker(OBJECT_STORE_BREAKER).await?;
+    Ok(BreakerView {
+        name: OBJECT_STORE_BREAKER,
+        open: record.as_ref().is_some_and(|r| r.open),
+        since_ms: record.as_ref().map(|r| r.changed_at_ms),
+        reason: record.and_then(|r| r.reason),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryView {
+    pub cursor_name: &'static str,
+    /// The last build id the walk passed; `None` or 0 between walks.
+    pub cursor: Option<i64>,
+    /// When a run last stepped (every run that gets to read sets the cursor).
+    pub last_step_ms: Option<i64>,
+    /// Stale traces waiting, at most [`STALE_COUNT_MAX`].
+    pub stale: u32,
+    /// More than [`STALE_COUNT_MAX`] wait.
+    pub stale_more: bool,
+    /// How old an unarchived finished log must be to count as stale.
+    pub stale_after_ms: i64,
+}
+
+/// Counted with the default staleness: the web role does not read
+/// `BUILDLOGS_RECOVERY_STALE_MINUTES`.
+pub async fn recovery(
+    meta: &dyn MetadataStore,
+    now_ms: i64,
+) -> Result<RecoveryView, MetadataError> {
+    let cursor = meta.cursor(RECOVERY_CURSOR).await?;
+    let last_step_ms = meta.cursor_updated_at(RECOVERY_CURSOR).await?;
+    let stale_after_ms =
+        i64::try_from(RecoveryConfig::default().stale_after.as_millis()).unwrap_or(i64::MAX);
+    let stale = meta
+        .stale_traces(
+            0,
+            now_ms.saturating_sub(stale_after_ms),
+            ArchiveTrace::options().max_attempts,
+            STALE_COUNT_MAX + 1,
+        )
+        .await?
+        .len() as u32;
+    Ok(RecoveryView {
+        cursor_name: RECOVERY_CURSOR,
+        cursor,
+        last_step_ms,
+        stale: stale.min(STALE_COUNT_MAX),
+        stale_more: stale > STALE_COUNT_MAX,
+        stale_after_ms,
+    })
+}
