@@ -27,6 +27,7 @@ use buildlogs::jobs::{
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use support::TestBroker;
+use support::wait::wait_until;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSemaphore;
@@ -257,21 +258,9 @@ async fn wait_for_stats(
     }
 }
 
-/// Polls `done` until it holds (or fails the test at the deadline).
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Stops a running worker and waits for `run()` to return cleanly.
 async fn stop(ctx: &WorkerContext, run: JoinHandle<Result<(), WorkerError>>) {
-    wait_until("the worker has started", || ctx.is_running()).await;
+    wait_until("the worker has started", DEADLINE, || ctx.is_running()).await;
     ctx.stop().expect("stop the worker");
     tokio::time::timeout(DEADLINE, run)
         .await
@@ -417,7 +406,7 @@ async fn fetched_but_unstarted_jobs_are_released_on_stop(b: &TestBroker) {
         .build(blocked_ping);
     let run = tokio::spawn(worker.run());
 
-    wait_until("one job has started", || {
+    wait_until("one job has started", DEADLINE, || {
         seen.started.load(Ordering::SeqCst) == 1
     })
     .await;
@@ -432,7 +421,10 @@ async fn fetched_but_unstarted_jobs_are_released_on_stop(b: &TestBroker) {
         let ctx = ctx.clone();
         async move { stop(&ctx, run).await }
     });
-    wait_until("the worker is shutting down", || ctx.is_shutting_down()).await;
+    wait_until("the worker is shutting down", DEADLINE, || {
+        ctx.is_shutting_down()
+    })
+    .await;
     go.add_permits(100);
     tokio::time::timeout(DEADLINE, stopping)
         .await

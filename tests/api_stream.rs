@@ -17,6 +17,7 @@ use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::stores::TraceStores;
 use http_body_util::BodyExt;
 use support::app::{ADMIN, TestApp};
+use support::wait::wait_until;
 use tower::ServiceExt;
 
 /// What the server promises an event carries at most (`stream::EVENT_BYTES`).
@@ -528,15 +529,6 @@ async fn open_on(
         .expect("router")
 }
 
-/// Waits (on the condition, polled) until `done` holds; fails after [`EVENT_TIMEOUT`].
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !done() {
-        assert!(started.elapsed() < EVENT_TIMEOUT, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// N streams tailing one build: their readers share one poller, so the log's bytes are read
 /// from the store once per piece, not once per stream, and every stream gets the same bytes.
 /// Reads are counted by a counting wrapper around the stack's real live store, under a
@@ -594,9 +586,11 @@ async fn streams_of_one_build_share_one_poller_and_receive_identical_bytes(app: 
         pieces.len(),
         "each new piece was read once for all {STREAMS} streams"
     );
-    wait_until("the poller of a finished job is gone", || {
-        hub.pollers() == 0
-    })
+    wait_until(
+        "the poller of a finished job is gone",
+        EVENT_TIMEOUT,
+        || hub.pollers() == 0,
+    )
     .await;
     drop(streams);
     assert_eq!(hub.open_streams(), 0);
@@ -636,9 +630,11 @@ async fn the_last_stream_leaving_stops_the_builds_poller() {
         "the last one out removed the build"
     );
     assert_eq!(state.streams.open_streams(), 0);
-    wait_until("the stopped poller lets go of the service", || {
-        Arc::strong_count(&state.traces) == before
-    })
+    wait_until(
+        "the stopped poller lets go of the service",
+        EVENT_TIMEOUT,
+        || Arc::strong_count(&state.traces) == before,
+    )
     .await;
 }
 
@@ -787,7 +783,7 @@ async fn a_dropped_stream_stops_polling_and_lets_go_of_the_service() {
     );
     drop(events);
     // The poller task ends at its next await once the last stream left.
-    wait_until("nothing polls after the client left", || {
+    wait_until("nothing polls after the client left", EVENT_TIMEOUT, || {
         Arc::strong_count(&traces) == before
     })
     .await;

@@ -30,8 +30,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use support::app::{ADMIN, TestApp};
 use support::objects::TestObjects;
-use support::runtime::wait_for;
 use support::sql::{TestPostgres, TestSql, TestSqlite};
+use support::wait::wait_for;
 
 /// The manual clock's start (2023-11-14).
 const T0: i64 = 1_700_000_000_000;

@@ -10,7 +10,8 @@ use buildlogs::jobs::{
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 use support::TestBroker;
-use support::runtime::{Behaviour, Probe, config, start, wait_for, workers};
+use support::runtime::{Behaviour, Probe, config, start, workers};
+use support::wait::wait_for;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Metered {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use redis::Commands;
 use support::TestBroker;
-use support::runtime::wait_for;
+use support::wait::wait_for;
 
 #[path = "../examples/queue_node.rs"]
 #[allow(dead_code)]

@@ -16,7 +16,8 @@ use buildlogs::jobs::{
 };
 use serde::{Deserialize, Serialize};
 use support::TestBroker;
-use support::runtime::{Behaviour, Probe, config, start, wait_for, workers};
+use support::runtime::{Behaviour, Probe, config, start, workers};
+use support::wait::wait_for;
 
 const SECS: Duration = Duration::from_secs(20);
 

@@ -720,7 +720,7 @@ async fn an_archive_recovers_from_a_failure_or_crash_mid_upload(app: &TestApp) {
     assert_eq!(object(parts.store.as_ref(), &path).await, None);
     assert_not_archived(app, id, &token, &log, "after a crash mid-upload").await;
     // A dropped archive (its job timed out, its task was cancelled) aborts its upload too.
-    support::runtime::wait_for(
+    support::wait::wait_for(
         "the dropped upload aborted",
         std::time::Duration::from_secs(10),
         || async { app.objects.pending_uploads().is_empty() },

@@ -197,3 +197,4 @@ pub mod objects;
 pub mod runtime;
 pub mod s3s_fs;
 pub mod sql;
+pub mod wait;

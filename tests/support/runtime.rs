@@ -1,13 +1,11 @@
 //! Helpers for tests of the job workers: a configurable probe handler that records what it saw,
-//! workers run in the background, and bounded waiting on conditions (tests wait on state, never
-//! on fixed sleeps).
+//! and workers run in the background (waiting on conditions: [`super::wait`]).
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use buildlogs::jobs::apalis::{WorkerConfig, Workers};
 use buildlogs::jobs::{Broker, Job, JobContext, JobError, JobHandler, SystemClock};
@@ -125,18 +123,5 @@ pub fn config(concurrency: usize) -> WorkerConfig {
         shutdown_timeout: Duration::from_secs(5),
         reap_interval: Duration::from_millis(100),
         ..WorkerConfig::default()
-    }
-}
-
-/// Polls `cond` until it holds or `within` passes; panics with `what` on timeout.
-pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

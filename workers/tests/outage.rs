@@ -35,7 +35,7 @@ use procs::checks::{
 };
 use procs::runner::{Job, Rng, Runner};
 use procs::s3::SlowProxy;
-use procs::{Fleet, wait_for};
+use procs::{Fleet, wait_for_value};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -82,7 +82,7 @@ async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_
     let written = started.elapsed();
 
     // Storage is still down, and every job is finished: its chunks are in the database.
-    wait_for(
+    wait_for_value(
         "no live chunk left in Redis (all flushed to the database)",
         Duration::from_secs(5),
         Duration::from_millis(50),
@@ -110,7 +110,7 @@ async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_
     );
     assert_eq!(fleet.sql_i64("SELECT count(*) FROM job_artifacts").await, 0);
     // Every archive ran, found the breaker open and snoozed: waiting, no attempt spent.
-    wait_for(
+    wait_for_value(
         "all 200 archives snoozed",
         Duration::from_secs(15),
         Duration::from_millis(100),
@@ -166,7 +166,7 @@ async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_
         })
         .await
         .expect("enqueue the flush's rerun");
-    wait_for(
+    wait_for_value(
         "the rerun of a crashed flush to drop the leftover live copy",
         Duration::from_secs(10),
         Duration::from_millis(50),
@@ -181,7 +181,7 @@ async fn logs_written_while_the_object_store_is_down_are_kept_and_archived_once_
     // (they would otherwise sleep out their 5-minute snooze).
     fleet.s3.restart();
     let back = Instant::now();
-    wait_for(
+    wait_for_value(
         "every log archived within 120 s of the store's return (seconds when the machine is idle)",
         Duration::from_secs(120),
         Duration::from_millis(200),
@@ -264,7 +264,7 @@ async fn a_worker_killed_at_random_points_of_flushes_and_archives_loses_and_dupl
     while chaos.elapsed() < Duration::from_secs(12)
         || ((in_flush == 0 || in_archive == 0) && chaos.elapsed() < Duration::from_secs(30))
     {
-        wait_for(
+        wait_for_value(
             "the worker to start",
             Duration::from_secs(30),
             Duration::from_millis(20),
@@ -298,7 +298,7 @@ async fn a_worker_killed_at_random_points_of_flushes_and_archives_loses_and_dupl
         }
     }
     let finished = started.elapsed();
-    wait_for(
+    wait_for_value(
         "every log archived after the kills",
         Duration::from_secs(60),
         Duration::from_millis(200),

@@ -22,6 +22,10 @@ pub mod s3;
 pub mod s3s_fs;
 #[path = "../../../tests/support/sql.rs"]
 pub mod sql;
+#[path = "../../../tests/support/wait.rs"]
+pub mod wait;
+
+pub use wait::wait_for_value;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -410,24 +414,5 @@ impl Drop for Fleet {
             }
             cursor = next;
         }
-    }
-}
-
-/// Polls `check` every `every` until it returns `Some`, or panics with `what` at `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(every).await;
     }
 }
