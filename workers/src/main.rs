@@ -3,6 +3,7 @@
 mod admin_token;
 mod bench;
 mod cli;
+mod huge_pages;
 mod jobs;
 mod roles;
 mod schedules;
@@ -133,7 +134,12 @@ enum Command {
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> std::process::ExitCode {
+    // Before anything touches the heap; the HTTP roles get the kernel's default back.
+    huge_pages::set_disabled(true);
     let cli = parse_cli();
+    if matches!(cli.command, None | Some(Command::Web { .. })) {
+        huge_pages::set_disabled(false);
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // The blocking pool runs local-folder object reads and writes (object_store's file store)
     // and DNS lookups. Tokio's default of 512 threads let 20 readers of a 100 MiB log on the
