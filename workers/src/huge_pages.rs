@@ -16,8 +16,15 @@ pub fn set_disabled(disabled: bool) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and writes no memory of ours.
-        let result =
-            unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(disabled), 0, 0, 0) };
+        let result = unsafe {
+            libc::prctl(
+                libc::PR_SET_THP_DISABLE,
+                libc::c_ulong::from(disabled),
+                0,
+                0,
+                0,
+            )
+        };
         if result != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "transparent huge pages unchanged");
         }
