@@ -118,12 +118,19 @@ test('a dead job is retried (queued again) and another discarded; ids shown whol
   await retryRow.waitFor();
   const idCell = retryRow.locator('td.id');
   assert.equal(await idCell.getAttribute('title'), RETRY_ID);
-  const lines = await idCell.evaluate((td) => {
+  const lineCount = () => idCell.evaluate((td) => {
     const range = document.createRange();
     range.selectNodeContents(td);
     // One rect per run of glyphs (a fallback font for "…" makes another): count line tops.
     return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
   });
+  // The table is redrawn every 2 s: a measure taken mid-redraw sees no text (0 lines; seen
+  // once in CI), so measure again until the cell has text.
+  let lines = await lineCount();
+  for (let i = 0; lines === 0 && i < 50; i++) {
+    await page.waitForTimeout(100);
+    lines = await lineCount();
+  }
   assert.equal(lines, 1, 'the id stays on one line');
   assert.match(await idCell.innerText(), /^01JBROWS…JOB00001$/);
   await screenshot(page, 'dashboard-dead-jobs');

@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let url = std::env::args().nth(1);
     let sqlite_dir = tempfile::tempdir().context("temp dir for the SQLite file")?;
