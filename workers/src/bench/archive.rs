@@ -49,6 +49,18 @@ pub enum Objects {
     S3,
 }
 
+impl Objects {
+    /// The object store URL `--objects` and `--s3-url` name together (`None`: a temp folder).
+    pub fn store_url(self, s3_url: Option<&str>) -> anyhow::Result<Option<String>> {
+        match (self, s3_url) {
+            (Objects::S3, Some(url)) if url.starts_with("s3://") => Ok(Some(url.to_owned())),
+            (Objects::S3, _) => bail!("--objects s3 needs --s3-url s3://bucket/prefix"),
+            (Objects::File, Some(_)) => bail!("--s3-url needs --objects s3"),
+            (Objects::File, None) => Ok(None),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ArchiveArgs {
     /// Size of the log, MiB.
@@ -78,12 +90,7 @@ pub struct ArchiveArgs {
 pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
     ensure!(args.mib > 0, "--mib must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    let object_store_url = match (args.objects, &args.s3_url) {
-        (Objects::S3, Some(url)) if url.starts_with("s3://") => Some(url.clone()),
-        (Objects::S3, _) => bail!("--objects s3 needs --s3-url s3://bucket/prefix"),
-        (Objects::File, Some(_)) => bail!("--s3-url needs --objects s3"),
-        (Objects::File, None) => None,
-    };
+    let object_store_url = args.objects.store_url(args.s3_url.as_deref())?;
     let stack = BenchStack::start(
         "archive",
         &args.database_url,

@@ -25,7 +25,6 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -34,15 +33,15 @@ use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService, archive_path};
 use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
-use buildlogs::traces::flush::{FlushOutcome, FlushService};
+use buildlogs::traces::flush::FlushService;
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
 
 use super::archive::Objects;
+use super::stack::flush_all;
 
 const ADMIN: &str = "bench-admin-token";
 const APPEND_BYTES: usize = 1024 * 1024;
-const FLUSH_CONCURRENCY: u64 = 8;
 /// The line whose unique text the search looks for.
 const NEEDLE_LINE: u64 = 1_000_000;
 
@@ -106,12 +105,7 @@ fn line(n: u64, out: &mut Vec<u8>) {
 
 pub async fn run(args: LogpageArgs) -> anyhow::Result<()> {
     ensure!(args.mib > 0, "--mib must be at least 1");
-    match (args.objects, &args.s3_url) {
-        (Objects::S3, Some(url)) if url.starts_with("s3://") => {}
-        (Objects::S3, _) => bail!("--objects s3 needs --s3-url s3://bucket/prefix"),
-        (Objects::File, Some(_)) => bail!("--s3-url needs --objects s3"),
-        (Objects::File, None) => {}
-    }
+    args.objects.store_url(args.s3_url.as_deref())?;
     let dir = std::env::temp_dir().join(format!("buildlogs-bench-logpage-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = drive(&args, &dir).await;
@@ -295,7 +289,7 @@ async fn write_archived_log(
         bytesize: Some(offset),
     };
     traces.finish(id, &token, finish.clone()).await?;
-    flush_all(&flush, id, offset.div_ceil(CHUNK_SIZE)).await?;
+    flush_all(&flush, id, 0, offset.div_ceil(CHUNK_SIZE)).await?;
     match traces.finish(id, &token, finish).await? {
         FinishOutcome::Done { .. } => {}
         other => bail!("the final PUT after the flushes: {other:?}"),
@@ -325,31 +319,6 @@ async fn finished_at(stack: &Stack, id: i64) -> anyhow::Result<i64> {
         .await?
         .and_then(|b| b.finished_at_ms)
         .context("the build's finish time")
-}
-
-/// Flushes chunks `0..to`, [`FLUSH_CONCURRENCY`] at once.
-async fn flush_all(flush: &Arc<FlushService>, id: i64, to: u64) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut slots = tokio::task::JoinSet::new();
-    for _ in 0..FLUSH_CONCURRENCY {
-        let (flush, next) = (flush.clone(), next.clone());
-        slots.spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= to {
-                    return anyhow::Ok(());
-                }
-                match flush.flush(id, index).await? {
-                    FlushOutcome::Flushed { .. } => {}
-                    other => bail!("chunk {index}: {other:?}"),
-                }
-            }
-        });
-    }
-    while let Some(slot) = slots.join_next().await {
-        slot??;
-    }
-    Ok(())
 }
 
 /// A `buildlogs web` of its own on the bench's data dir, stopped on drop.

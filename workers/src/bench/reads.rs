@@ -20,7 +20,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -28,20 +28,18 @@ use buildlogs::config::Settings;
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService};
 use buildlogs::traces::chunk::CHUNK_SIZE;
-use buildlogs::traces::flush::{FlushOutcome, FlushService};
+use buildlogs::traces::flush::FlushService;
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
 
 use super::archive::Objects;
 use super::stack::BenchStack;
+use super::stack::flush_all;
 
 const ADMIN: &str = "bench-admin-token";
 
 /// One append: what a runner PATCHes when it has a lot of output (under the API's 4 MiB cap).
 const APPEND_BYTES: usize = 1024 * 1024;
-
-/// Chunks flushed at once before the `flushed` scenario (worker slots running flush jobs).
-const FLUSH_CONCURRENCY: u64 = 8;
 
 /// How often the web process's VmRSS is sampled: short next to a read of seconds.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
@@ -104,12 +102,7 @@ pub async fn run(args: ReadsArgs) -> anyhow::Result<()> {
         order.windows(2).all(|w| w[0] as u8 <= w[1] as u8),
         "--scenarios go in the log's order: live, flushed, archived"
     );
-    let object_store_url = match (args.objects, &args.s3_url) {
-        (Objects::S3, Some(url)) if url.starts_with("s3://") => Some(url.clone()),
-        (Objects::S3, _) => bail!("--objects s3 needs --s3-url s3://bucket/prefix"),
-        (Objects::File, Some(_)) => bail!("--s3-url needs --objects s3"),
-        (Objects::File, None) => None,
-    };
+    let object_store_url = args.objects.store_url(args.s3_url.as_deref())?;
     let stack = BenchStack::start(
         "reads",
         &args.database_url,
@@ -221,31 +214,6 @@ async fn drive(args: &ReadsArgs, order: &[Scenario], settings: &Settings) -> any
         }
     }
     Ok(())
-}
-
-/// Flushes chunks `from..to`, [`FLUSH_CONCURRENCY`] at once; how many it flushed.
-async fn flush_all(flush: &Arc<FlushService>, id: i64, from: u64, to: u64) -> anyhow::Result<u64> {
-    let next = Arc::new(AtomicU64::new(from));
-    let mut slots = tokio::task::JoinSet::new();
-    for _ in 0..FLUSH_CONCURRENCY {
-        let (flush, next) = (flush.clone(), next.clone());
-        slots.spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= to {
-                    return anyhow::Ok(());
-                }
-                match flush.flush(id, index).await? {
-                    FlushOutcome::Flushed { .. } => {}
-                    other => bail!("chunk {index}: {other:?}"),
-                }
-            }
-        });
-    }
-    while let Some(slot) = slots.join_next().await {
-        slot??;
-    }
-    Ok(to.saturating_sub(from))
 }
 
 struct Row {

@@ -1,10 +1,13 @@
 //! What the benches start and measure with: a throwaway production stack, a private Redis,
-//! a process's CPU time and peak RSS.
+//! a process's CPU time and peak RSS, and flushing a log's chunks as workers would.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use buildlogs::traces::flush::{FlushOutcome, FlushService};
 
 /// The Redis key prefix of the benches' stacks.
 const PREFIX: &str = "bench";
@@ -142,4 +145,37 @@ pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
         .unwrap_or(0.0);
     // Linux reports CPU in clock ticks of 1/100 s (USER_HZ).
     Ok((ticks / 100.0, hwm_kb / 1024.0))
+}
+
+/// Chunks flushed at once by [`flush_all`] (a worker's default slots for flush jobs).
+const FLUSH_CONCURRENCY: u64 = 8;
+
+/// Flushes chunks `from..to`, [`FLUSH_CONCURRENCY`] at once; how many it flushed.
+pub(crate) async fn flush_all(
+    flush: &Arc<FlushService>,
+    id: i64,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<u64> {
+    let next = Arc::new(AtomicU64::new(from));
+    let mut slots = tokio::task::JoinSet::new();
+    for _ in 0..FLUSH_CONCURRENCY {
+        let (flush, next) = (flush.clone(), next.clone());
+        slots.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= to {
+                    return anyhow::Ok(());
+                }
+                match flush.flush(id, index).await? {
+                    FlushOutcome::Flushed { .. } => {}
+                    other => bail!("chunk {index}: {other:?}"),
+                }
+            }
+        });
+    }
+    while let Some(slot) = slots.join_next().await {
+        slot??;
+    }
+    Ok(to.saturating_sub(from))
 }
