@@ -1,16 +1,18 @@
 // The operator dashboard (/admin) as an operator uses it: every action (sign in, set and clear a
 // limit, retry and discard a dead job, run recovery now, open a build's log from the builds
-// list), times that tick, one banner while the server does not answer, the phone layout.
+// list), jobs waiting to retry with their last error, times that tick, one banner while the server does not answer, the phone layout.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, READ_TOKEN } from './lib/server.mjs';
 import { registerJob, seedJob } from './lib/runner.mjs';
 import { launchBrowser, newPage, screenshot, horizontalOverflow, DESKTOP, PHONE } from './lib/browser.mjs';
-import { signIn, sql, seedDeadJob, adminJson } from './lib/dashboard.mjs';
+import { signIn, sql, seedDeadJob, seedRetryingJob, adminJson } from './lib/dashboard.mjs';
 
 const DEAD_QUEUE = 'browser_mail';
 const RETRY_ID = '01JBROWSERTESTDEADJOB00001';
 const DISCARD_ID = '01JBROWSERTESTDEADJOB00002';
+const RETRY_QUEUE = 'browser_upload';
+const WAITING_ID = '01JBROWSERTESTRETRYJOB0001';
 const LONG_ERROR = 'smtp: connection refused by mail.example.com:25 after 30 s '
   + '(tried 3 addresses: 10.0.0.1, 10.0.0.2, 10.0.0.3) '.repeat(3);
 
@@ -30,6 +32,7 @@ before(async () => {
   await running.append('still going\n');
   seedDeadJob(server, { queue: DEAD_QUEUE, id: RETRY_ID, error: LONG_ERROR, payload: '{"to":"ops@example.com"}' });
   seedDeadJob(server, { queue: DEAD_QUEUE, id: DISCARD_ID, error: 'boom', agoMs: 10_000 });
+  seedRetryingJob(server, { queue: RETRY_QUEUE, id: WAITING_ID, error: 's3: 503 Slow Down', attempt: 2, inMs: 90 * 60_000 });
 });
 
 after(async () => {
@@ -43,7 +46,7 @@ const queueRow = (page, queue) => page.locator('#queues tbody tr', { has: page.l
 test('sign in, then every section shows; the builds list links each build to its log page', async () => {
   const page = await newPage(browser, DESKTOP);
   await signIn(page, server);
-  for (const title of ['Queues', 'Builds', 'Backlog', 'Object store', 'Stale-trace recovery', 'Log expiry', 'Cron schedules', 'Dead jobs']) {
+  for (const title of ['Queues', 'Builds', 'Backlog', 'Object store', 'Stale-trace recovery', 'Log expiry', 'Cron schedules', 'Waiting to run again', 'Dead jobs']) {
     assert.equal(await page.locator('h2', { hasText: title }).count(), 1, title);
   }
   const links = page.locator('#builds tbody tr a');
@@ -70,6 +73,27 @@ test('sign in, then every section shows; the builds list links each build to its
   // The link opens that job's log page.
   await links.first().click();
   await page.waitForURL(`${server.url}/jobs/${partial.id}`);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('a job waiting to retry shows its queue, runs, last error and when it runs next', async () => {
+  const page = await newPage(browser, DESKTOP);
+  await signIn(page, server);
+  const row = page.locator('#retries tbody tr', { has: page.locator(`td[title="${WAITING_ID}"]`) });
+  await row.waitFor();
+  const cells = await row.locator('td').allInnerTexts();
+  assert.equal(cells[0], RETRY_QUEUE);
+  assert.equal(cells[2], '2/5');
+  assert.match(cells[3], /^in 1h (29|30)m$/);
+  assert.equal(cells[4], 's3: 503 Slow Down');
+  const next = row.locator('td span.when');
+  const before = await next.getAttribute('data-at');
+  assert.ok(Math.abs(Number(before) - Date.now() - 90 * 60_000) < 120_000, 'due in 90 minutes');
+  const listed = await adminJson(server, '/admin/api/retries');
+  const job = listed.jobs.find((j) => j.id === WAITING_ID);
+  assert.deepEqual([job.queue, job.attempts, job.last_error], [RETRY_QUEUE, 2, 's3: 503 Slow Down']);
+  await screenshot(page, 'dashboard-retries');
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });

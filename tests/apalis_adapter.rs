@@ -22,7 +22,7 @@ use buildlogs::jobs::apalis::{BrokerBackend, BrokerBackendConfig, BrokerBackendE
 use buildlogs::jobs::broker::{DeadSetBounds, Lease, ReapReport};
 use buildlogs::jobs::{
     Ack, Broker, BrokerError, Clock, DeadJob, Delivery, EnqueueOutcome, Envelope, Job, JobClient,
-    JobContext, JobError, JobOptions, NewJob, QueueStats, RetrySchedule, SystemClock,
+    JobContext, JobError, JobOptions, NewJob, QueueStats, RetrySchedule, ScheduledJob, SystemClock,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -762,6 +762,13 @@ impl Broker for FlakyBroker {
 
     async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, BrokerError> {
         self.inner.dead_list(queue, limit).await
+    }
+    async fn scheduled_list(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledJob>, BrokerError> {
+        self.inner.scheduled_list(queue, limit).await
     }
 
     async fn dead_retry(&self, queue: &str, id: &str, now_ms: i64) -> Result<bool, BrokerError> {

@@ -113,6 +113,7 @@ fn endpoints() -> Vec<(Method, String, Option<&'static str>)> {
     vec![
         (Method::GET, "/admin/api/queues".into(), None),
         (Method::GET, "/admin/api/builds".into(), None),
+        (Method::GET, "/admin/api/retries".into(), None),
         (Method::GET, format!("/admin/api/queues/{QUEUE}/dead"), None),
         (
             Method::POST,
@@ -447,6 +448,56 @@ async fn dead_jobs_are_listed_retried_and_discarded_through_the_api(app: &TestAp
     assert_eq!(queue_row(app, QUEUE).await["dead"], 1);
 }
 
+async fn jobs_waiting_to_retry_are_listed_next_first_with_their_last_error(app: &TestApp) {
+    let empty = get_json(app, "/admin/api/retries").await;
+    assert_eq!(empty["jobs"], json!([]), "nothing waits yet");
+
+    let now = SystemClock.now_ms();
+    let later = enqueue(app, "mail", 1, Some(now + 600_000)).await;
+    let ids = enqueue(app, QUEUE, 2, None).await;
+    let got = app.broker.fetch(QUEUE, 2, LEASE, now).await.unwrap();
+    let acks = vec![
+        Ack::Retry {
+            lease: got[0].lease.clone(),
+            run_at_ms: now + 60_000,
+            error: "s3: 503 Slow Down".into(),
+        },
+        Ack::Complete {
+            lease: got[1].lease.clone(),
+        },
+    ];
+    app.broker.ack(QUEUE, acks, now).await.unwrap();
+
+    let list = get_json(app, "/admin/api/retries").await;
+    let jobs = list["jobs"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = jobs
+        .iter()
+        .map(|j| (j["queue"].as_str().unwrap(), j["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(QUEUE, ids[0].as_str()), ("mail", later[0].as_str())]
+    );
+    assert_eq!(jobs[0]["last_error"], "s3: 503 Slow Down");
+    assert_eq!(jobs[0]["run_at_ms"], now + 60_000);
+    assert_eq!(
+        (&jobs[0]["attempts"], &jobs[0]["max_attempts"]),
+        (&json!(1), &json!(3))
+    );
+    assert_eq!(
+        jobs[1]["last_error"],
+        Value::Null,
+        "not failed: enqueued for later"
+    );
+    assert_eq!(jobs[1]["attempts"], 0);
+
+    let one = get_json(app, "/admin/api/retries?limit=1").await;
+    assert_eq!(one["jobs"].as_array().unwrap().len(), 1);
+    let bad = admin(app, Method::GET, "/admin/api/retries?limit=0", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(message(&bad).starts_with("limit:"), "{}", message(&bad));
+}
+
 async fn the_breaker_view_shows_the_shared_state(app: &TestApp) {
     let closed = get_json(app, "/admin/api/breaker").await;
     assert_eq!(closed["name"], OBJECT_STORE_BREAKER);
@@ -749,6 +800,7 @@ on_both_stacks!(
     the_queues_view_shows_what_the_broker_holds,
     a_limit_set_through_the_api_shows_in_the_broker_and_bad_values_change_nothing,
     dead_jobs_are_listed_retried_and_discarded_through_the_api,
+    jobs_waiting_to_retry_are_listed_next_first_with_their_last_error,
     the_breaker_view_shows_the_shared_state,
     cron_and_recovery_views_show_last_and_next_ticks_and_the_cursor,
     run_now_enqueues_one_recovery_run_at_a_time,

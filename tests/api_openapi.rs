@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v4/openapi.json"),
     ("get", "/admin/api/queues"),
     ("get", "/admin/api/builds"),
+    ("get", "/admin/api/retries"),
     ("get", "/admin/api/queues/{queue}/dead"),
     ("post", "/admin/api/queues/{queue}/dead/{id}/retry"),
     ("delete", "/admin/api/queues/{queue}/dead/{id}"),

@@ -234,6 +234,65 @@ async fn retry_is_scheduled_and_the_next_delivery_is_the_next_attempt(b: &TestBr
     );
 }
 
+async fn scheduled_jobs_are_listed_next_first_with_their_last_error(b: &TestBroker) {
+    let later = at(job("later"), T0 + 5_000);
+    b.broker
+        .enqueue(vec![job("failing"), job("snoozing"), later], T0)
+        .await
+        .unwrap();
+    let got = b.broker.fetch(Q, 2, LEASE, T0).await.unwrap();
+    assert_eq!(payloads(&got), ["failing", "snoozing"]);
+    let acks = vec![
+        Ack::Retry {
+            lease: got[0].lease.clone(),
+            run_at_ms: T0 + 1_000,
+            error: "boom: storage down".into(),
+        },
+        Ack::Snooze {
+            lease: got[1].lease.clone(),
+            run_at_ms: T0 + 3_000,
+        },
+    ];
+    b.broker.ack(Q, acks, T0).await.unwrap();
+
+    let listed = b.broker.scheduled_list(Q, 10).await.unwrap();
+    let seen: Vec<(&str, i64, Option<&str>, u32)> = listed
+        .iter()
+        .map(|s| {
+            (
+                s.envelope.payload.as_str(),
+                s.run_at_ms,
+                s.last_error.as_deref(),
+                s.envelope.attempt,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("failing", T0 + 1_000, Some("boom: storage down"), 1),
+            ("snoozing", T0 + 3_000, None, 0),
+            ("later", T0 + 5_000, None, 0),
+        ]
+    );
+    let first = b.broker.scheduled_list(Q, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].envelope.payload, "failing");
+    assert!(b.broker.scheduled_list(Q, 0).await.unwrap().is_empty());
+
+    // Run again and completed: no longer waiting, its error gone with it.
+    complete_next(b, T0 + 1_000).await;
+    let left: Vec<String> = b
+        .broker
+        .scheduled_list(Q, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.envelope.payload)
+        .collect();
+    assert_eq!(left, ["snoozing", "later"]);
+}
+
 async fn snooze_does_not_burn_an_attempt(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
     let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
@@ -766,7 +825,7 @@ async fn drive(b: &TestBroker, new: NewJob, path: &str, now: &mut i64) {
     let lease = d.lease.clone();
     let settle = match path {
         "complete" => Ack::Complete { lease },
-        "retry" => Ack::Retry {
+        "retry" | "retry-dead" => Ack::Retry {
             lease,
             run_at_ms: t + 1_000,
             error: "boom".into(),
@@ -803,6 +862,17 @@ async fn drive(b: &TestBroker, new: NewJob, path: &str, now: &mut i64) {
     match path {
         "complete" => {}
         "dead" => assert!(b.broker.dead_discard(Q, &d.envelope.id).await.unwrap()),
+        "retry-dead" => {
+            // Failed once (its error kept while it waits), then for good on the next run.
+            let t = next(1_000);
+            let again = b.broker.fetch(Q, 1, LEASE, t).await.unwrap().remove(0);
+            let dead = Ack::Dead {
+                lease: again.lease,
+                error: "fatal".into(),
+            };
+            b.broker.ack(Q, vec![dead], t).await.unwrap();
+            assert!(b.broker.dead_discard(Q, &d.envelope.id).await.unwrap());
+        }
         "dead-retried" => {
             assert!(b.broker.dead_retry(Q, &d.envelope.id, t).await.unwrap());
             complete_next(b, next(1)).await;
@@ -839,6 +909,7 @@ async fn settled_jobs_leave_nothing_behind(b: &TestBroker) {
     let paths = [
         "complete",
         "retry",
+        "retry-dead",
         "snooze",
         "release",
         "dead",
@@ -922,6 +993,7 @@ on_both_brokers!(
     global_limit_caps_leased_jobs_and_changes_at_runtime,
     complete_removes_the_job_and_counts_it,
     retry_is_scheduled_and_the_next_delivery_is_the_next_attempt,
+    scheduled_jobs_are_listed_next_first_with_their_last_error,
     snooze_does_not_burn_an_attempt,
     release_hands_the_job_back_first_without_burning_an_attempt,
     dead_jobs_can_be_listed_retried_and_discarded,

@@ -22,7 +22,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use buildlogs::jobs::broker::{
     Ack, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob, QueueStats,
-    ReapReport,
+    ReapReport, ScheduledJob,
 };
 use buildlogs::jobs::{Broker, Clock, JobClient, SystemClock};
 use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op, is_injected};
@@ -1391,6 +1391,13 @@ impl Broker for EnqueueOutage {
     }
     async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, BrokerError> {
         self.inner.dead_list(queue, limit).await
+    }
+    async fn scheduled_list(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledJob>, BrokerError> {
+        self.inner.scheduled_list(queue, limit).await
     }
     async fn dead_retry(&self, queue: &str, id: &str, now_ms: i64) -> Result<bool, BrokerError> {
         self.inner.dead_retry(queue, id, now_ms).await

@@ -49,6 +49,30 @@ export function seedDeadJob(server, { queue, id, error, payload = '{}', agoMs = 
   redis('HSET', `${base}dead:error`, id, error);
 }
 
+/**
+ * Puts a job straight into `queue`'s schedule as a retry waiting out its backoff (as the broker
+ * keeps one whose run failed): `id`, after `attempt` runs, due in `inMs`, its last `error`.
+ */
+export function seedRetryingJob(server, { queue, id, error, attempt = 1, inMs = 3_600_000 }) {
+  const runAt = Date.now() + inMs;
+  const enqueued = Date.now() - 60_000;
+  if (server.stack === 'embedded') {
+    const q = (s) => `'${s.replace(/'/g, "''")}'`;
+    sql(server, `INSERT INTO job_queues (queue) VALUES (${q(queue)}) ON CONFLICT DO NOTHING;
+      INSERT INTO jobs (id, queue, state, attempt, max_attempts, dedup_mode, dedup_key,
+        enqueued_at_ms, payload, run_at_ms, error)
+      VALUES (${q(id)}, ${q(queue)}, 'scheduled', ${attempt}, 5, 'n', '', ${enqueued}, '{}', ${runAt}, ${q(error)})`);
+    return;
+  }
+  const prefix = server.env.BUILDLOGS_REDIS_PREFIX;
+  const base = `${prefix}:{${queue}}:`;
+  const envelope = `n|${id}|${attempt}|5||${enqueued}|${queue}|{}`;
+  const redis = (...args) => execFileSync('redis-cli', ['-u', server.env.REDIS_URL, ...args]);
+  redis('SADD', `${prefix}:queues`, queue);
+  redis('ZADD', `${base}scheduled`, String(runAt), envelope);
+  redis('HSET', `${base}retry:error`, id, error);
+}
+
 /** GET an admin JSON view with the admin token. */
 export async function adminJson(server, path) {
   const res = await fetch(`${server.url}${path}`, { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } });

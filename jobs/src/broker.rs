@@ -141,6 +141,16 @@ pub struct DeadJob {
     pub error: String,
 }
 
+/// A job waiting for its time (a retry, a snooze, or a job enqueued for later).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledJob {
+    pub envelope: Envelope,
+    pub run_at_ms: i64,
+    /// The error of its last failed run, while it waits to run again (`None`: it has not
+    /// failed, e.g. a snoozed job or one enqueued for later).
+    pub last_error: Option<String>,
+}
+
 /// Bounds of the dead set (Sidekiq's defaults: 10,000 jobs, 180 days).
 #[derive(Debug, Clone, Copy)]
 pub struct DeadSetBounds {
@@ -249,6 +259,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Newest first, at most `limit`.
     async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, BrokerError>;
+
+    /// Scheduled jobs of `queue` (retries, snoozes, jobs for later), next to run first, at
+    /// most `limit`, each with the error of its last failed run. Costs the `limit` entries
+    /// read, however many jobs wait.
+    async fn scheduled_list(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledJob>, BrokerError>;
 
     /// Puts a dead job back to ready with a fresh attempt count; false if it is not there.
     async fn dead_retry(&self, queue: &str, id: &str, now_ms: i64) -> Result<bool, BrokerError>;

@@ -31,7 +31,9 @@ pub mod retry;
 pub mod settle;
 pub mod sqlite;
 
-pub use broker::{Ack, Broker, BrokerError, DeadJob, Delivery, EnqueueOutcome, NewJob, QueueStats};
+pub use broker::{
+    Ack, Broker, BrokerError, DeadJob, Delivery, EnqueueOutcome, NewJob, QueueStats, ScheduledJob,
+};
 pub use client::JobClient;
 pub use clock::{Clock, SystemClock};
 pub use dedup::{Dedup, DedupMode, DedupStrategy};

@@ -315,6 +315,29 @@
     refreshBuilds().catch(viewFailed);
   }
 
+  // ---- jobs waiting to run again ----
+
+  function renderRetries(data) {
+    renderIfChanged("retries", data.jobs, (jobs) => {
+      const tbody = $("retries").querySelector("tbody");
+      tbody.replaceChildren(...jobs.map((job) => {
+        const tr = el("tr");
+        const id = el("td", shortId(job.id), "id");
+        id.title = job.id;
+        const next = el("td", null, "nowrap");
+        next.appendChild(when(job.run_at_ms));
+        // No error: it has not failed (snoozed while the store is down, or enqueued for later).
+        const error = job.last_error === null
+          ? el("td", job.attempts === 0 ? "not run yet" : "no failure (snoozed)", "muted")
+          : el("td", job.last_error, "text");
+        tr.append(el("td", job.queue), id, el("td", `${job.attempts}/${job.max_attempts}`, "num"),
+          next, error, el("td", job.payload, "text"));
+        return tr;
+      }));
+      $("retries-empty").hidden = jobs.length > 0;
+    });
+  }
+
   // ---- dead jobs ----
 
   function renderDeadChoice(queues) {
@@ -618,6 +641,7 @@
     const views = [
       api("GET", "/admin/api/queues").then(renderQueues).then(refreshDead),
       refreshBuilds(),
+      api("GET", "/admin/api/retries?limit=50").then(renderRetries),
       api("GET", "/admin/api/backlog").then(renderBacklog),
       api("GET", "/admin/api/breaker").then(renderBreaker),
       api("GET", "/admin/api/recovery").then(renderRecovery),

@@ -10,6 +10,7 @@
 //! |--------------------------------------------------|---------------------------------------------|
 //! | `GET /admin/api/queues`                          | every queue's [`QueueStats`]                |
 //! | `GET /admin/api/builds?state=&before=&limit=`    | builds, newest first ([`super::admin_builds`]) |
+//! | `GET /admin/api/retries?limit=N`                 | jobs waiting to run again, next first, last error ([`super::admin_retries`]) |
 //! | `GET /admin/api/queues/{queue}/dead?limit=N`     | its dead jobs, newest first (N ≤ 1000)      |
 //! | `POST /admin/api/queues/{queue}/dead/{id}/retry` | a dead job back to ready, fresh attempts    |
 //! | `DELETE /admin/api/queues/{queue}/dead/{id}`     | a dead job deleted                          |
@@ -77,6 +78,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let api = Router::new()
         .route("/admin/api/queues", get(queues))
         .route("/admin/api/builds", get(super::admin_builds::builds))
+        .route("/admin/api/retries", get(super::admin_retries::retries))
         .route("/admin/api/queues/{queue}/dead", get(dead_list))
         .route("/admin/api/queues/{queue}/dead/{id}", delete(dead_discard))
         .route(

@@ -9,6 +9,7 @@
 
 mod admin;
 mod admin_builds;
+mod admin_retries;
 mod auth;
 pub mod backlog;
 mod error;

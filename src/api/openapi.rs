@@ -49,6 +49,7 @@ pub const PAGE_SESSION: &str = "page_session";
         openapi_json,
         super::admin::queues,
         super::admin_builds::builds,
+        super::admin_retries::retries,
         super::admin::dead_list,
         super::admin::dead_retry,
         super::admin::dead_discard,
@@ -433,6 +434,31 @@ pub struct BuildRowTrace {
     /// Bytes were lost before the archive (a marker line holds their place).
     partial: bool,
     lost_bytes: u64,
+}
+
+/// `GET /admin/api/retries`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RetryList {
+    now_ms: i64,
+    jobs: Vec<RetryRow>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RetryRow {
+    queue: String,
+    id: String,
+    /// Runs so far.
+    attempts: u32,
+    max_attempts: u32,
+    /// When it runs next.
+    run_at_ms: i64,
+    /// The error of its last failed run; null if it has not failed (snoozed, or enqueued
+    /// for later).
+    last_error: Option<String>,
+    /// The job's arguments, as enqueued.
+    payload: serde_json::Value,
 }
 
 /// `GET /admin/api/queues/{queue}/dead`.

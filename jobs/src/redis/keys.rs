@@ -3,7 +3,7 @@
 //! Per queue, under the base `<prefix>:{<queue>}:` (one hash tag, one cluster slot):
 //! `ready` LIST of envelopes · `scheduled` ZSET envelope→run_at · `running` ZSET
 //! leased envelope→lease deadline · `dead` ZSET id→died_at · `dead:data`/`dead:error` HASH
-//! id→envelope/error · `stats` HASH · `limit` STRING · `dedup:<key>` STRING→holder id ·
+//! id→envelope/error · `retry:error` HASH id→error of its last failed run · `stats` HASH · `limit` STRING · `dedup:<key>` STRING→holder id ·
 //! `active:<id>` STRING (a reschedule_once job is running) · `rerun:<id>` STRING (its one
 //! pending rerun) · `cron:<schedule>` STRING→last fired tick.
 //!
@@ -12,7 +12,9 @@
 //! deleted at fetch (`until_executing`) or when the job completes or dies, and carries the
 //! dedup TTL; `active:<id>` is deleted when the job is settled in any way (or reaped) and
 //! expires two leases after its last fetch or heartbeat; `rerun:<id>` is taken when its holder
-//! completes or dies and carries the dedup TTL; a dead job's `dead`/`dead:data`/`dead:error`
+//! completes or dies and carries the dedup TTL; `retry:error` of a job is set when it is
+//! scheduled for a retry and deleted when it completes after that retry or dies (the dead set
+//! keeps its own error); a dead job's `dead`/`dead:data`/`dead:error`
 //! entries go on retry, discard or trim. Per queue, kept for the queue's life: `stats`,
 //! `limit`, `cron:<schedule>`, and the global `queues` set.
 //! Global: `<prefix>:queues` SET of queue names.
@@ -59,6 +61,10 @@ impl Keys {
 
     pub fn dead_error(&self, queue: &str) -> String {
         self.base(queue) + "dead:error"
+    }
+
+    pub fn retry_error(&self, queue: &str) -> String {
+        self.base(queue) + "retry:error"
     }
 
     pub fn stats(&self, queue: &str) -> String {

@@ -18,7 +18,7 @@ pub use keys::Keys;
 
 use super::broker::{
     Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob,
-    QueueStats, ReapReport,
+    QueueStats, ReapReport, ScheduledJob,
 };
 use super::envelope::Envelope;
 
@@ -161,6 +161,11 @@ fn push_acks(
 ) -> Result<(), BrokerError> {
     for ack in acks {
         match ack {
+            // A run after the first may follow a retry whose error is kept: "c" drops it;
+            // first runs, nearly all, stay on the cheap path.
+            Ack::Complete { lease } if lease.attempt > 1 => {
+                inv.arg("c").arg(&lease.token).arg("").arg("")
+            }
             Ack::Complete { lease } => inv.arg("C").arg(&lease.token).arg("").arg(""),
             Ack::Retry {
                 lease,
@@ -409,6 +414,44 @@ impl Broker for RedisBroker {
             }
         }
         Ok(out)
+    }
+
+    async fn scheduled_list(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledJob>, BrokerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, i64)> = conn
+            .zrange_withscores(self.keys.scheduled(queue), 0, limit as isize - 1)
+            .await?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let envelopes = entries
+            .iter()
+            .map(|(raw, _)| decode(queue, raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<&String> = envelopes.iter().map(|e| &e.id).collect();
+        // HMGET explicitly: one field through `hget` would be an HGET, and its nil no list.
+        let errors: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.retry_error(queue))
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await?;
+        Ok(envelopes
+            .into_iter()
+            .zip(entries)
+            .zip(errors)
+            .map(|((envelope, (_, run_at_ms)), last_error)| ScheduledJob {
+                envelope,
+                run_at_ms,
+                last_error,
+            })
+            .collect())
     }
 
     async fn dead_retry(&self, queue: &str, id: &str, _now_ms: i64) -> Result<bool, BrokerError> {

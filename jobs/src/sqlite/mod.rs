@@ -47,7 +47,7 @@ use sqlx::{Sqlite, Transaction};
 use self::queries as q;
 use super::broker::{
     Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob,
-    QueueStats, ReapReport,
+    QueueStats, ReapReport, ScheduledJob,
 };
 use super::dedup::DedupMode;
 use super::envelope::Envelope;
@@ -129,6 +129,7 @@ struct JobRow {
     enqueued_at_ms: i64,
     payload: String,
     seq: i64,
+    run_at_ms: Option<i64>,
     died_at_ms: Option<i64>,
     error: Option<String>,
 }
@@ -656,6 +657,29 @@ impl Broker for SqliteBroker {
                     envelope: row.into_envelope()?,
                     died_at_ms,
                     error,
+                })
+            })
+            .collect()
+    }
+
+    async fn scheduled_list(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledJob>, BrokerError> {
+        let rows: Vec<JobRow> = sqlx::query_as(q::SCHEDULED_LIST)
+            .bind(queue)
+            .bind(int(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|mut row| {
+                let run_at_ms = row.run_at_ms.unwrap_or(0);
+                let last_error = row.error.take();
+                Ok(ScheduledJob {
+                    envelope: row.into_envelope()?,
+                    run_at_ms,
+                    last_error,
                 })
             })
             .collect()

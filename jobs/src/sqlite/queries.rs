@@ -7,7 +7,7 @@
 /// The columns [`super::JobRow`] reads.
 macro_rules! job_cols {
     () => {
-        "id, queue, attempt, max_attempts, dedup_mode, dedup_key, enqueued_at_ms, payload, seq, died_at_ms, error"
+        "id, queue, attempt, max_attempts, dedup_mode, dedup_key, enqueued_at_ms, payload, seq, run_at_ms, died_at_ms, error"
     };
 }
 
@@ -115,6 +115,12 @@ pub const DEAD_LIST: &str = concat!(
     "SELECT ",
     job_cols!(),
     " FROM jobs WHERE queue = ?1 AND state = 'dead' ORDER BY died_at_ms DESC, id DESC LIMIT ?2"
+);
+/// Next to run first: the `jobs_scheduled` index in order.
+pub const SCHEDULED_LIST: &str = concat!(
+    "SELECT ",
+    job_cols!(),
+    " FROM jobs WHERE queue = ?1 AND state = 'scheduled' ORDER BY run_at_ms, id LIMIT ?2"
 );
 pub const DEAD_RETRY: &str = concat!(
     "UPDATE jobs SET state = 'ready', attempt = 0, died_at_ms = NULL, error = NULL, seq = ",

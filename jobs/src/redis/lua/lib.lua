@@ -102,6 +102,7 @@ end
 
 local function bury(base, now, env, err)
   local _, id = parse(env)
+  redis.call("HDEL", base .. "retry:error", id)
   redis.call("ZADD", base .. "dead", now, id)
   redis.call("HSET", base .. "dead:data", id, env)
   redis.call("HSET", base .. "dead:error", id, err)
@@ -109,6 +110,7 @@ end
 
 -- Settles deliveries given as quads in args[first..]: op, leased envelope, a, b
 --   C complete                     (a, b unused)
+--   c complete a run after the first (a, b unused): also drops the last retry's error
 --   R retry  a = envelope with this attempt counted, b = "run_at|error"
 --   S snooze a = run_at            (attempt not counted)
 --   D dead   a = envelope with this attempt counted, b = error
@@ -128,13 +130,20 @@ local function ack_all(base, now, args, first)
     elseif redis.call("ZREM", base .. "running", env) == 1 then
       settled = settled + 1
       deactivate(base, env)
-      if op == "C" then
+      if op == "C" or op == "c" then
         done = done + 1
         finish(base, now, env)
+        if op == "c" then
+          local _, id = parse(env)
+          redis.call("HDEL", base .. "retry:error", id)
+        end
       else
         if op == "R" then
           failed = failed + 1
-          redis.call("ZADD", base .. "scheduled", tonumber(string.match(b, "^(%d+)")), a)
+          local run_at, err = string.match(b, "^(%d+)|(.*)$")
+          local _, id = parse(a)
+          redis.call("ZADD", base .. "scheduled", tonumber(run_at), a)
+          redis.call("HSET", base .. "retry:error", id, err)
         elseif op == "S" then
           redis.call("ZADD", base .. "scheduled", tonumber(a), env)
         elseif op == "L" then
