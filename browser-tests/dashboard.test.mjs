@@ -98,6 +98,24 @@ test('a job waiting to retry shows its queue, runs, last error and when it runs 
   await page.context().close();
 });
 
+test("the object store's past outages show when each began, how long it lasted and why", async () => {
+  // Two changes of the shared breaker, as the workers record them: down for 1h 2m, two hours ago.
+  const opened = Date.now() - 2 * 3_600_000;
+  const closed = opened + 62 * 60_000;
+  sql(server, `INSERT INTO circuit_breaker_events (name, state, reason, at) VALUES
+    ('object_store', 'open', 's3: connection refused (os error 111)', ${opened}),
+    ('object_store', 'closed', NULL, ${closed})`);
+  const page = await newPage(browser, DESKTOP);
+  await signIn(page, server);
+  const outage = page.locator('#breaker-history li');
+  await outage.first().waitFor();
+  assert.equal(await outage.count(), 1, 'one outage (a close is its end, not a line)');
+  assert.match(await outage.innerText(), /^opened 2h 0m ago, down 1h 2m: s3: connection refused \(os error 111\)$/);
+  assert.equal(await page.locator('#breaker-history-title').isVisible(), true);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test('a limit is set and shown in its input, a bad one refused in words, "none" clears it', async () => {
   const page = await newPage(browser, DESKTOP);
   await signIn(page, server);

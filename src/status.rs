@@ -5,7 +5,8 @@
 //! - [`queues`]: every queue's figures (depth by state, latency, running, limit, dead, lifetime
 //!   counts), one broker call per queue.
 //! - [`breaker`]: the object store's circuit breaker from its shared row (never recorded: it
-//!   never opened, so it is closed).
+//!   never opened, so it is closed), with its last changes (when it opened, why, how long the
+//!   store was down).
 //! - [`recovery`]: where stale-trace recovery's walk is, when it last stepped, and how many
 //!   stale traces wait (counted up to a cap: a bounded read however large the backlog).
 
@@ -36,15 +37,50 @@ pub struct BreakerView {
     pub since_ms: Option<i64>,
     /// The error that opened it.
     pub reason: Option<String>,
+    /// Its last changes, newest first (at most [`BREAKER_HISTORY_SHOWN`]).
+    pub history: Vec<BreakerChange>,
 }
+
+/// One change of the breaker's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerChange {
+    pub open: bool,
+    pub at_ms: i64,
+    /// Why it opened (none for a close).
+    pub reason: Option<String>,
+    /// How long the state it entered held, until the next change (`None`: it still holds).
+    pub lasted_ms: Option<i64>,
+}
+
+/// Changes a view shows.
+pub const BREAKER_HISTORY_SHOWN: u32 = 10;
 
 pub async fn breaker(meta: &dyn MetadataStore) -> Result<BreakerView, MetadataError> {
     let record = meta.breaker(OBJECT_STORE_BREAKER).await?;
+    let changes = meta
+        .breaker_history(OBJECT_STORE_BREAKER, BREAKER_HISTORY_SHOWN)
+        .await?;
+    // Newest first: each change held until the one before it in the list.
+    let mut until = None;
+    let history = changes
+        .into_iter()
+        .map(|c| {
+            let lasted_ms = until.map(|next: i64| next - c.changed_at_ms);
+            until = Some(c.changed_at_ms);
+            BreakerChange {
+                open: c.open,
+                at_ms: c.changed_at_ms,
+                reason: c.reason,
+                lasted_ms,
+            }
+        })
+        .collect();
     Ok(BreakerView {
         name: OBJECT_STORE_BREAKER,
         open: record.as_ref().is_some_and(|r| r.open),
         since_ms: record.as_ref().map(|r| r.changed_at_ms),
         reason: record.and_then(|r| r.reason),
+        history,
     })
 }
 

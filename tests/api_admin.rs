@@ -504,6 +504,7 @@ async fn the_breaker_view_shows_the_shared_state(app: &TestApp) {
     assert_eq!(closed["open"], false);
     assert_eq!(closed["since_ms"], Value::Null, "never opened");
     assert_eq!(closed["reason"], Value::Null);
+    assert_eq!(closed["history"], json!([]));
 
     let opened_at = SystemClock.now_ms() - 60_000;
     app.parts
@@ -536,6 +537,15 @@ async fn the_breaker_view_shows_the_shared_state(app: &TestApp) {
     assert_eq!(closed["open"], false);
     assert_eq!(closed["since_ms"], closed_at);
     assert_eq!(closed["reason"], Value::Null);
+    // Its history: the outage, with how long the store was down.
+    assert_eq!(
+        closed["history"],
+        json!([
+            { "open": false, "at_ms": closed_at, "reason": null, "lasted_ms": null },
+            { "open": true, "at_ms": opened_at, "reason": "s3: connection refused",
+              "lasted_ms": closed_at - opened_at },
+        ])
+    );
 }
 
 async fn cron_and_recovery_views_show_last_and_next_ticks_and_the_cursor(app: &TestApp) {

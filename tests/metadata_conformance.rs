@@ -10,7 +10,9 @@ use buildlogs::stores::sql_live::{SqlLiveChunks, migrate_sqlite};
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::live::{AppendOutcome, LiveChunkStore};
-use buildlogs::traces::metadata::{ChunkFlip, MetadataError, MetadataStore, StuckBuildStore};
+use buildlogs::traces::metadata::{
+    BREAKER_HISTORY_KEPT, BreakerRecord, ChunkFlip, MetadataError, MetadataStore, StuckBuildStore,
+};
 use buildlogs::traces::model::{
     Artifact, Build, BuildListFilter, BuildStatus, BuildSummary, ChunkRow, DataStore, IdleBuild,
     NewArtifact, PendingState, TraceMetadata, TraceState,
@@ -929,6 +931,70 @@ async fn a_lease_has_one_holder_until_it_expires_or_is_released(f: &Fixture) {
     assert!(s.release_lease("expiry", "c").await.unwrap());
 }
 
+fn breaker(open: bool, reason: Option<&str>, at: i64) -> BreakerRecord {
+    BreakerRecord {
+        name: "object_store".into(),
+        open,
+        reason: reason.map(str::to_owned),
+        changed_at_ms: at,
+    }
+}
+
+async fn breaker_changes_are_kept_once_each_newest_first_and_bounded(f: &Fixture) {
+    let s = &f.store;
+    assert!(
+        s.breaker_history("object_store", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Five processes see the same outage at about the same time: one change.
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.set_breaker(&breaker(true, Some("s3: refused"), 1_000 + i))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let stored = s.breaker("object_store").await.unwrap().unwrap();
+    s.set_breaker(&breaker(false, None, 9_000)).await.unwrap();
+    s.set_breaker(&breaker(false, None, 9_500)).await.unwrap();
+    let history = s.breaker_history("object_store", 10).await.unwrap();
+    assert_eq!(
+        history,
+        [
+            breaker(false, None, 9_000),
+            breaker(true, Some("s3: refused"), stored.changed_at_ms),
+        ],
+        "a close, then the one open, newest first; repeats add nothing"
+    );
+    assert!(
+        s.breaker_history("other", 10).await.unwrap().is_empty(),
+        "per breaker"
+    );
+    // Many outages: the newest are kept, the limit caps an answer.
+    for i in 0..i64::from(BREAKER_HISTORY_KEPT) {
+        let at = 10_000 + 2 * i;
+        s.set_breaker(&breaker(true, Some("down"), at))
+            .await
+            .unwrap();
+        s.set_breaker(&breaker(false, None, at + 1)).await.unwrap();
+    }
+    let kept = s
+        .breaker_history("object_store", BREAKER_HISTORY_KEPT + 10)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), BREAKER_HISTORY_KEPT as usize);
+    let newest = 10_000 + 2 * (i64::from(BREAKER_HISTORY_KEPT) - 1) + 1;
+    assert_eq!(kept[0], breaker(false, None, newest));
+    assert_eq!(s.breaker_history("object_store", 3).await.unwrap().len(), 3);
+}
+
 async fn of_concurrent_takers_of_a_lease_exactly_one_holds_it(f: &Fixture) {
     // Free, then expired: each time, of ten takers one wins.
     for (round, now) in [(0, 1_000i64), (1, 100_000)] {
@@ -1354,6 +1420,7 @@ on_every_sql_store!(
     the_newest_trace_artifact_is_the_last_written,
     a_lease_has_one_holder_until_it_expires_or_is_released,
     of_concurrent_takers_of_a_lease_exactly_one_holds_it,
+    breaker_changes_are_kept_once_each_newest_first_and_bounded,
     rows_the_live_store_writes_are_the_rows_the_metadata_lists,
     a_flush_that_read_a_chunk_before_an_append_loses,
     stuck_build_queries_see_running_builds_by_activity_and_overdue_pending_states,

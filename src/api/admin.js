@@ -453,7 +453,7 @@
   }
 
   function renderBreaker(b) {
-    renderIfChanged("breaker", [b.open, b.since_ms, b.reason], () => {
+    renderIfChanged("breaker", [b.open, b.since_ms, b.reason, b.history], () => {
       const state = el("span", b.open ? "open: object store considered down" : "closed",
         b.open ? "open" : "closed");
       definitions("breaker", [
@@ -461,6 +461,16 @@
         ["last change", b.since_ms === null ? "never opened" : when(b.since_ms)],
         ["reason", b.reason || "-"],
       ]);
+      // Its history: each outage with when it began, how long it lasted and why.
+      const outages = b.history.filter((c) => c.open);
+      $("breaker-history").replaceChildren(...outages.map((c) => {
+        const li = el("li");
+        const lasted = c.lasted_ms === null ? "still down" : `down ${duration(c.lasted_ms)}`;
+        li.append("opened ", when(c.at_ms), `, ${lasted}`);
+        if (c.reason) li.append(": ", el("span", c.reason, "text"));
+        return li;
+      }));
+      $("breaker-history-title").hidden = outages.length === 0;
     });
   }
 

@@ -456,6 +456,12 @@ pub(super) async fn breaker(State(state): State<AppState>) -> Result<Json<Value>
         "open": view.open,
         "since_ms": view.since_ms,
         "reason": view.reason,
+        "history": view.history.iter().map(|c| json!({
+            "open": c.open,
+            "at_ms": c.at_ms,
+            "reason": c.reason,
+            "lasted_ms": c.lasted_ms,
+        })).collect::<Vec<_>>(),
     })))
 }
 

@@ -555,6 +555,20 @@ pub struct Breaker {
     open: bool,
     since_ms: Option<i64>,
     reason: Option<String>,
+    /// Its last changes, newest first (at most 10).
+    history: Vec<BreakerChange>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BreakerChange {
+    /// True: it opened (the store went down); false: it closed.
+    open: bool,
+    at_ms: i64,
+    /// Why it opened; null for a close.
+    reason: Option<String>,
+    /// How long this state held, until the next change; null while it holds.
+    lasted_ms: Option<i64>,
 }
 
 /// `GET /admin/api/recovery`.

@@ -71,7 +71,7 @@ use super::sql::{Db, on_db};
 
 use super::sql_live::{migrate_postgres, migrate_sqlite};
 use crate::traces::metadata::{
-    BreakerRecord, ChunkFlip, MetadataError, MetadataStore, StuckBuildStore,
+    BREAKER_HISTORY_KEPT, BreakerRecord, ChunkFlip, MetadataError, MetadataStore, StuckBuildStore,
 };
 use crate::traces::model::{
     Artifact, Build, BuildListFilter, BuildStatus, BuildSummary, ChunkRow, DataStore, IdleBuild,
@@ -278,8 +278,14 @@ struct Statements {
     set_cursor: &'static str,
     /// $1 name → state, reason, changed at.
     breaker: &'static str,
-    /// $1 name, $2 state, $3 reason, $4 now.
+    /// $1 name, $2 state, $3 reason, $4 now → the state, reason and changed_at now stored.
     set_breaker: &'static str,
+    /// $1 name, $2 state, $3 reason, $4 at: a change, once (a repeat does nothing).
+    insert_breaker_event: &'static str,
+    /// $1 name, $2 changes kept: drops the older ones.
+    trim_breaker_events: &'static str,
+    /// $1 name, $2 limit → state, reason, at, newest first.
+    breaker_history: &'static str,
     /// $1 now, $2 limit → expired, unlocked trace artifacts in (expire_at, id) order.
     expired_artifacts: &'static str,
     /// $1 artifact id.
@@ -419,7 +425,15 @@ const SQLITE: Statements = Statements {
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (name) DO UPDATE SET state = excluded.state, reason = excluded.reason, \
          changed_at = CASE WHEN circuit_breakers.state = excluded.state \
-         THEN circuit_breakers.changed_at ELSE excluded.changed_at END",
+         THEN circuit_breakers.changed_at ELSE excluded.changed_at END \
+         RETURNING state, reason, changed_at",
+    insert_breaker_event: "INSERT INTO circuit_breaker_events (name, state, reason, at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (name, at, state) DO NOTHING",
+    trim_breaker_events: "DELETE FROM circuit_breaker_events WHERE name = $1 AND id < \
+         (SELECT id FROM circuit_breaker_events WHERE name = $1 ORDER BY id DESC \
+          LIMIT 1 OFFSET $2 - 1)",
+    breaker_history: "SELECT state, reason, at FROM circuit_breaker_events WHERE name = $1 \
+         ORDER BY id DESC LIMIT $2",
     // `locked = false` repeats the partial index's predicate word for word (both planners
     // need that); `expire_at <= $1` implies its `expire_at IS NOT NULL`.
     expired_artifacts: concat!(
@@ -478,6 +492,9 @@ const POSTGRES: Statements = Statements {
     set_cursor: SQLITE.set_cursor,
     breaker: SQLITE.breaker,
     set_breaker: SQLITE.set_breaker,
+    insert_breaker_event: SQLITE.insert_breaker_event,
+    trim_breaker_events: SQLITE.trim_breaker_events,
+    breaker_history: SQLITE.breaker_history,
     expired_artifacts: SQLITE.expired_artifacts,
     delete_artifact: SQLITE.delete_artifact,
     take_lease: SQLITE.take_lease,
@@ -1197,16 +1214,56 @@ impl MetadataStore for SqlMetadata {
 
     async fn set_breaker(&self, record: &BreakerRecord) -> Result<(), MetadataError> {
         let state = if record.open { "open" } else { "closed" };
+        let name = record.name.as_str();
         on_db!(&self.db, |pool, q| {
-            sqlx::query(q.set_breaker)
-                .bind(record.name.as_str())
+            let mut tx = pool.begin_with(q.begin).await?;
+            // The change as stored: a process reporting a state already stored gets the first
+            // report's time back, so its history row is the same one and is kept once.
+            let (state, reason, at): (String, Option<String>, i64) = sqlx::query_as(q.set_breaker)
+                .bind(name)
                 .bind(state)
                 .bind(record.reason.as_deref())
                 .bind(record.changed_at_ms)
-                .execute(pool)
+                .fetch_one(&mut *tx)
                 .await?;
+            sqlx::query(q.insert_breaker_event)
+                .bind(name)
+                .bind(state)
+                .bind(reason)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(q.trim_breaker_events)
+                .bind(name)
+                .bind(i64::from(BREAKER_HISTORY_KEPT))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         });
         Ok(())
+    }
+
+    async fn breaker_history(
+        &self,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<BreakerRecord>, MetadataError> {
+        let rows: Vec<(String, Option<String>, i64)> = on_db!(&self.db, |pool, q| {
+            sqlx::query_as(q.breaker_history)
+                .bind(name)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(state, reason, changed_at_ms)| BreakerRecord {
+                name: name.to_owned(),
+                open: state == "open",
+                reason,
+                changed_at_ms,
+            })
+            .collect())
     }
 }
 

@@ -73,6 +73,17 @@ async fn outage(stack: &buildlogs::config::Stack, now: i64) -> anyhow::Result<()
         ),
         None => println!("object store breaker: closed (never opened)"),
     }
+    // The last outages: when the store went down, why, and for how long.
+    for change in breaker.history.iter().filter(|c| c.open).take(3) {
+        let lasted = change.lasted_ms.map_or("still down".to_owned(), |ms| {
+            format!("down {} s", ms / 1000)
+        });
+        println!(
+            "  opened {} ({lasted}): {}",
+            table::time(Some(change.at_ms)),
+            change.reason.as_deref().unwrap_or("no reason recorded")
+        );
+    }
     let recovery = status::recovery(stack.meta.as_ref(), now).await?;
     let stale = if recovery.stale_more {
         format!("over {STALE_COUNT_MAX}")
