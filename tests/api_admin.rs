@@ -231,6 +231,7 @@ async fn the_page_is_served_without_the_token_and_holds_no_data(app: &TestApp) {
         "/admin/api/recovery",
         "/admin/api/cron",
         "/admin/api/builds",
+        "/admin/api/retries?limit=50",
         "/admin/api/expiry",
         "/admin/api/recovery/run",
     ] {
@@ -242,6 +243,10 @@ async fn the_page_is_served_without_the_token_and_holds_no_data(app: &TestApp) {
         style.header("content-type"),
         Some("text/css; charset=utf-8")
     );
+    // Browsers ask every page's server for an icon: none, and no 404 in the console.
+    let icon = call(app, Method::GET, "/favicon.ico", None, None).await;
+    assert_eq!(icon.status, StatusCode::NO_CONTENT);
+    assert!(icon.body.is_empty());
 }
 
 async fn the_queues_view_shows_what_the_broker_holds(app: &TestApp) {

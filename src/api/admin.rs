@@ -53,6 +53,7 @@ use super::openapi::{
     Backlog, Breaker, Cron, DeadDone, DeadList, Expiry, LimitSet, Queues, Recovery, RecoveryRun,
     SetLimit,
 };
+use super::page_asset::page_asset;
 use super::{ApiError, AppState};
 use crate::jobs::Job;
 use crate::jobs::broker::{EnqueueOutcome, QueueStats};
@@ -591,19 +592,7 @@ pub(super) async fn backlog(State(state): State<AppState>) -> Json<Value> {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            // Revalidated each load, so a new release's page and script arrive together.
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    page_asset(content_type, PAGE_POLICY, body)
 }
 
 async fn page() -> Response {

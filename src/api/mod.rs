@@ -3,7 +3,7 @@
 //! build in `stream_hub`), the OpenAPI document of all of it (`openapi`), the operator dashboard (`admin`, with its backlog chart's samples in
 //! `backlog`), the log page for readers in a browser (`logpage`: read links, sessions, the log
 //! by lines, search), one error shape (`error`), operator tokens (`auth`), and the HTTP server with its timeouts and connection
-//! cap (`server`). Handlers are thin: they parse the wire
+//! cap (`server`), the pages' static files (`page_asset`). Handlers are thin: they parse the wire
 //! format and call the [`TraceService`](crate::traces::service::TraceService), or, for the
 //! dashboard, the broker and the metadata store.
 
@@ -16,6 +16,7 @@ mod error;
 mod jobs;
 pub mod logpage;
 pub mod openapi;
+mod page_asset;
 pub mod rate_limit;
 mod runner;
 pub mod server;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v4/jobs/{id}/trace/stream", get(stream::trace_stream))
         .route("/api/v4/openapi.json", get(openapi::openapi_json))
+        .route("/favicon.ico", get(page_asset::favicon))
         .merge(admin::routes(state.clone()))
         .merge(logpage::routes())
         .layer(DefaultBodyLimit::max(MAX_PATCH_BYTES))

@@ -17,11 +17,11 @@ pub mod session;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::AppState;
+use super::page_asset::page_asset;
 use crate::traces::log_view::LogView;
 
 const PAGE: &str = include_str!("log.html");
@@ -103,19 +103,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            // Revalidated each load, so a new release's page and script arrive together.
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    page_asset(content_type, PAGE_POLICY, body)
 }
 
 /// `GET /jobs/:id`: the page (the same for every job; no secret in it).
