@@ -134,8 +134,8 @@ enum Command {
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> std::process::ExitCode {
-    // Before anything touches the heap; the HTTP roles get the kernel's default back.
-    huge_pages::set_disabled(true);
+    // Huge pages are off from before `main` (huge_pages.rs); the HTTP roles get the kernel's
+    // default back.
     let cli = parse_cli();
     if matches!(cli.command, None | Some(Command::Web { .. })) {
         huge_pages::set_disabled(false);
