@@ -22,7 +22,7 @@ use buildlogs::traces::expiry::{
     ArtifactExpiry, EXPIRY_LEASE, ExpiryConfig, ExpiryError, ExpiryReport, StoppedBy,
 };
 use buildlogs::traces::line_index::LineIndex;
-use buildlogs::traces::metadata::MetadataStore;
+use buildlogs::traces::metadata::{ArtifactRowStore, BuildStore, LeaseStore, TraceMetadataStore};
 use buildlogs::traces::model::{Artifact, BuildStatus, NewArtifact};
 use buildlogs::traces::stores::TraceStores;
 use futures::{StreamExt, TryStreamExt};

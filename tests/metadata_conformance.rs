@@ -1,4 +1,4 @@
-//! The metadata repository contract (`src/traces/metadata.rs`), run against `SqlMetadata` on
+//! The metadata repository contract (`src/traces/metadata/`), run against `SqlMetadata` on
 //! SQLite (a file per test) and PostgreSQL (a schema per test); the last tests check that it and
 //! the SQL live chunk store agree on one database's chunk rows.
 
@@ -10,7 +10,10 @@ use buildlogs::stores::sql_live::{SqlLiveChunks, migrate_sqlite};
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::live::{AppendOutcome, LiveChunkStore};
-use buildlogs::traces::metadata::{ChunkFlip, MetadataError, MetadataStore, StuckBuildStore};
+use buildlogs::traces::metadata::{
+    ArtifactRowStore, BuildStore, ChunkFlip, ChunkRowStore, LeaseStore, MetadataError,
+    PendingStateStore, StuckBuildStore, TraceMetadataStore,
+};
 use buildlogs::traces::model::{
     Artifact, Build, BuildListFilter, BuildStatus, BuildSummary, ChunkRow, DataStore, IdleBuild,
     NewArtifact, PendingState, TraceMetadata, TraceState,
