@@ -2,15 +2,15 @@
 //! SQLite embedded. The database is the source of truth for where every chunk is.
 //!
 //! One [`SqlMetadata`] over either database implements every concern's trait, one file each:
-//! - [`builds`]: builds, their final state, the dashboard's builds list ([`BuildStore`]).
-//! - [`chunk_rows`]: chunk rows, flips under optimistic locking ([`ChunkRowStore`]).
-//! - [`pending_states`]: the runner's first final PUT ([`PendingStateStore`]).
-//! - [`trace_metadata`]: checksums, archival attempts, lost bytes, stale traces
+//! - `builds.rs`: builds, their final state, the dashboard's builds list ([`BuildStore`]).
+//! - `chunk_rows.rs`: chunk rows, flips under optimistic locking ([`ChunkRowStore`]).
+//! - `pending_states.rs`: the runner's first final PUT ([`PendingStateStore`]).
+//! - `trace_metadata.rs`: checksums, archival attempts, lost bytes, stale traces
 //!   ([`TraceMetadataStore`]).
-//! - [`artifacts`]: recording an archive, artifact expiry ([`ArtifactRowStore`]).
-//! - [`cursors`], [`leases`], [`breakers`]: named cursors, leases and circuit breaker records
+//! - `artifacts.rs`: recording an archive, artifact expiry ([`ArtifactRowStore`]).
+//! - `cursors.rs`, `leases.rs`, `breakers.rs`: named cursors, leases and circuit breaker records
 //!   ([`CursorStore`], [`LeaseStore`], [`BreakerStore`]).
-//! - [`stuck`]: quiet running builds, overdue pending states ([`StuckBuildStore`]).
+//! - `stuck.rs`: quiet running builds, overdue pending states ([`StuckBuildStore`]).
 //!
 //! Guarantees every file keeps (those of each trait are in its file; the conformance suite
 //! `tests/metadata_conformance/` runs them on both databases):
