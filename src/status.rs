@@ -14,7 +14,7 @@ use crate::jobs::Job;
 use crate::jobs::broker::{Broker, BrokerError, QueueStats};
 use crate::traces::breaker::OBJECT_STORE_BREAKER;
 use crate::traces::jobs::ArchiveTrace;
-use crate::traces::metadata::{MetadataError, MetadataStore};
+use crate::traces::metadata::{BreakerStore, MetadataError, MetadataStore};
 use crate::traces::recovery::{RECOVERY_CURSOR, RecoveryConfig};
 
 /// Stale traces counted at most; past it a view says "more than".
@@ -55,7 +55,7 @@ pub struct BreakerChange {
 /// Changes a view shows.
 pub const BREAKER_HISTORY_SHOWN: u32 = 10;
 
-pub async fn breaker(meta: &dyn MetadataStore) -> Result<BreakerView, MetadataError> {
+pub async fn breaker(meta: &dyn BreakerStore) -> Result<BreakerView, MetadataError> {
     let record = meta.breaker(OBJECT_STORE_BREAKER).await?;
     let changes = meta
         .breaker_history(OBJECT_STORE_BREAKER, BREAKER_HISTORY_SHOWN)

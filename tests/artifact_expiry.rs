@@ -22,7 +22,7 @@ use buildlogs::traces::expiry::{
     ArtifactExpiry, EXPIRY_LEASE, ExpiryConfig, ExpiryError, ExpiryReport, StoppedBy,
 };
 use buildlogs::traces::line_index::LineIndex;
-use buildlogs::traces::metadata::MetadataStore;
+use buildlogs::traces::metadata::{ArtifactRowStore, BuildStore, LeaseStore, TraceMetadataStore};
 use buildlogs::traces::model::{Artifact, BuildStatus, NewArtifact};
 use buildlogs::traces::stores::TraceStores;
 use futures::{StreamExt, TryStreamExt};
@@ -79,6 +79,7 @@ impl Fixture {
     /// Expiry over `objects` (e.g. a faulty wrapper of [`Self::objects`]), on the manual clock.
     fn expiry_over(&self, objects: Arc<dyn ObjectStore>, config: ExpiryConfig) -> ArtifactExpiry {
         ArtifactExpiry::new(
+            self.meta.clone(),
             self.meta.clone(),
             objects,
             Arc::new(self.clock.clone()),
@@ -294,7 +295,13 @@ async fn a_run_stops_once_its_time_budget_is_spent(f: &Fixture) {
         clock: f.clock.clone(),
         step_ms: 100,
     };
-    let expiry = ArtifactExpiry::new(f.meta.clone(), f.objects.clone(), Arc::new(ticking), config);
+    let expiry = ArtifactExpiry::new(
+        f.meta.clone(),
+        f.meta.clone(),
+        f.objects.clone(),
+        Arc::new(ticking),
+        config,
+    );
     let run = expiry.run().await.unwrap();
     assert_eq!(run.stopped_by, StoppedBy::Budget, "{run:?}");
     assert!(
@@ -547,6 +554,7 @@ async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp)
 
     let expiry = ArtifactExpiry::new(
         parts.meta.clone(),
+        parts.meta.clone(),
         parts.store.clone(),
         Arc::new(clock.clone()),
         ExpiryConfig::default(),
@@ -618,6 +626,7 @@ async fn a_log_kept_forever_is_never_expired(app: &TestApp) {
     assert_eq!(artifact.expire_at_ms, None);
     let clock = ManualClock::new(chrono::Utc::now().timestamp_millis() + 100 * 365 * DAY);
     let expiry = ArtifactExpiry::new(
+        app.parts.meta.clone(),
         app.parts.meta.clone(),
         app.parts.store.clone(),
         Arc::new(clock),

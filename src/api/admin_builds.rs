@@ -7,7 +7,7 @@
 //! and a partial log (`partial`, `lost_bytes`).
 //!
 //! Cost: one metadata query of at most `limit` rows (an index range scan, see
-//! [`MetadataStore::builds_page`](crate::traces::metadata::MetadataStore::builds_page)), plus
+//! [`BuildStore::builds_page`](crate::traces::metadata::BuildStore::builds_page)), plus
 //! one live-store length read per build not yet archived (archived ones carry their size).
 //! `next_before` is the id to ask `before=` for the next page; `null` on the last page.
 

@@ -6,7 +6,8 @@
 //! - [`redis_live`]: live chunks in Redis (production).
 //! - [`sql_live`]: live chunks in the SQL database, SQLite or PostgreSQL (embedded default,
 //!   outage fallback).
-//! - [`sql_metadata`]: the metadata repository (builds, chunk rows, archives) in SQL.
+//! - [`sql_metadata`]: the metadata repository (builds, chunk rows, archives, …) in SQL, one
+//!   file per concern.
 
 pub mod fault_injection;
 pub mod objects;

@@ -1,8 +1,8 @@
 //! What the SQL stores ([`super::sql_live`], [`super::sql_metadata`]) share: a pool of either
 //! database, and [`on_db!`], which lets a store write its logic once and expands it per driver
 //! with that database's statements (runtime-checked `sqlx::query`, no `DATABASE_URL` at build
-//! time). Each store declares its own `Statements` struct and `SQLITE` / `POSTGRES` constants;
-//! the macro picks them up where it is used.
+//! time). Each store (each file of [`super::sql_metadata`]) declares its own `Statements` struct
+//! and `SQLITE` / `POSTGRES` constants; the macro picks them up where it is used.
 
 use sqlx::{PgPool, SqlitePool};
 

@@ -50,7 +50,7 @@ use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::flush::chunk_path;
 use super::line_index::LineIndex;
 use super::live::{LiveChunkStore, LiveStoreError};
-use super::metadata::{MetadataError, MetadataStore};
+use super::metadata::{ChunkRowStore, MetadataError, MetadataStore};
 use super::model::{Artifact, ChunkRow, NewArtifact};
 use super::stores::TraceStores;
 use crate::jobs::Clock;
@@ -447,7 +447,7 @@ impl ArchiveService {
 /// twice at once (the archive, and a flush that finds the build archived under it): each
 /// deletes the objects of the rows it sees before deleting rows.
 pub(crate) async fn delete_chunk_copies<E>(
-    meta: &dyn MetadataStore,
+    meta: &dyn ChunkRowStore,
     live: &dyn LiveChunkStore,
     store: &dyn ObjectStore,
     build_id: i64,

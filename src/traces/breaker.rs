@@ -33,7 +33,7 @@ use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
-use super::metadata::{BreakerRecord, MetadataStore};
+use super::metadata::{BreakerRecord, BreakerStore};
 use crate::jobs::{Clock, Job, JobClient};
 use crate::stores::objects;
 
@@ -73,7 +73,7 @@ impl Default for BreakerConfig {
 }
 
 pub struct ObjectStoreBreaker {
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<dyn BreakerStore>,
     clock: Arc<dyn Clock>,
     config: BreakerConfig,
     open: AtomicBool,
@@ -89,7 +89,7 @@ pub struct ObjectStoreBreaker {
 }
 
 impl ObjectStoreBreaker {
-    pub fn new(meta: Arc<dyn MetadataStore>, clock: Arc<dyn Clock>, config: BreakerConfig) -> Self {
+    pub fn new(meta: Arc<dyn BreakerStore>, clock: Arc<dyn Clock>, config: BreakerConfig) -> Self {
         Self {
             meta,
             clock,

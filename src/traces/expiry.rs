@@ -37,7 +37,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::archived_lines;
-use super::metadata::{MetadataError, MetadataStore};
+use super::metadata::{ArtifactRowStore, LeaseStore, MetadataError};
 use crate::jobs::Clock;
 use crate::stores::objects;
 
@@ -119,21 +119,25 @@ pub struct ExpiryReport {
 }
 
 pub struct ArtifactExpiry {
-    meta: Arc<dyn MetadataStore>,
+    artifacts: Arc<dyn ArtifactRowStore>,
+    leases: Arc<dyn LeaseStore>,
     objects: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
     config: ExpiryConfig,
 }
 
 impl ArtifactExpiry {
+    /// `artifacts` and `leases` are one metadata store in production (two concerns of it).
     pub fn new(
-        meta: Arc<dyn MetadataStore>,
+        artifacts: Arc<dyn ArtifactRowStore>,
+        leases: Arc<dyn LeaseStore>,
         objects: Arc<dyn ObjectStore>,
         clock: Arc<dyn Clock>,
         config: ExpiryConfig,
     ) -> Self {
         Self {
-            meta,
+            artifacts,
+            leases,
             objects,
             clock,
             config,
@@ -153,7 +157,7 @@ impl ArtifactExpiry {
         let holder = ulid::Ulid::new().to_string();
         let now = self.clock.now_ms();
         if !self
-            .meta
+            .leases
             .take_lease(EXPIRY_LEASE, &holder, now, self.lease_until(now))
             .await?
         {
@@ -168,7 +172,7 @@ impl ArtifactExpiry {
         }
         let result = self.run_leased(&holder, now).await;
         // Released whatever happened; one that cannot be released expires by itself.
-        let released = self.meta.release_lease(EXPIRY_LEASE, &holder).await;
+        let released = self.leases.release_lease(EXPIRY_LEASE, &holder).await;
         let report = match (result, released) {
             (Ok(report), Ok(_)) => report,
             // The database failing is worth a retry, which finds less to do.
@@ -197,7 +201,10 @@ impl ArtifactExpiry {
         let mut batches = 0;
         let stopped_by = loop {
             // Artifacts that expire during the run wait for the next one: a run's set is fixed.
-            let batch = self.meta.expired_artifacts(started_ms, batch_size).await?;
+            let batch = self
+                .artifacts
+                .expired_artifacts(started_ms, batch_size)
+                .await?;
             batches += 1;
             for artifact in &batch {
                 let path = Path::from(artifact.object_path.as_str());
@@ -214,7 +221,7 @@ impl ArtifactExpiry {
                     source,
                 })?;
                 // False only if a concurrent run (past a lost lease) deleted it first.
-                if self.meta.delete_artifact(artifact.id).await? {
+                if self.artifacts.delete_artifact(artifact.id).await? {
                     deleted += 1;
                     metrics::counter!("buildlogs_artifacts_expired_total").increment(1);
                 }
@@ -236,7 +243,7 @@ impl ArtifactExpiry {
                 break StoppedBy::Budget;
             }
             if !self
-                .meta
+                .leases
                 .take_lease(EXPIRY_LEASE, holder, now, self.lease_until(now))
                 .await?
             {

@@ -72,7 +72,7 @@ pub struct IdleBuild {
     pub created_at_ms: i64,
 }
 
-/// Which builds the dashboard's builds list shows ([`super::metadata::MetadataStore::builds_page`]).
+/// Which builds the dashboard's builds list shows ([`super::metadata::BuildStore::builds_page`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildListFilter {
     All,

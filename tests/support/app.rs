@@ -212,7 +212,7 @@ impl TestApp {
         let archive = Arc::new(ArchiveService::new(stores.clone()));
         let (read_objects, reads) = FaultyObjectStore::wrap(objects.clone());
         // Reads see the shared breaker row at once (no sync interval), so a test that opens
-        // it (`MetadataStore::set_breaker`) is answered accordingly by the next request.
+        // it (`BreakerStore::set_breaker`) is answered accordingly by the next request.
         let breaker = ObjectStoreBreaker::new(
             meta.clone(),
             clock.clone(),

@@ -207,7 +207,7 @@ async fn worker_runs_jobs_and_exits_cleanly_on_sigterm() {
 async fn recover_dry_run_lists_stale_traces_and_recover_enqueues_one_run() {
     use buildlogs::jobs::{Clock, SystemClock};
     use buildlogs::stores::sql_metadata::SqlMetadata;
-    use buildlogs::traces::metadata::{BreakerRecord, MetadataStore};
+    use buildlogs::traces::metadata::{BreakerRecord, BreakerStore, BuildStore};
     use buildlogs::traces::model::BuildStatus;
 
     let cli = Cli::new();
@@ -309,7 +309,7 @@ async fn recover_dry_run_lists_stale_traces_and_recover_enqueues_one_run() {
 async fn the_worker_drops_stuck_builds_and_commits_overdue_final_states_by_its_settings() {
     use buildlogs::jobs::{Clock, SystemClock};
     use buildlogs::stores::sql_metadata::SqlMetadata;
-    use buildlogs::traces::metadata::MetadataStore;
+    use buildlogs::traces::metadata::{ArtifactRowStore, BuildStore, PendingStateStore};
     use buildlogs::traces::model::{BuildStatus, PendingState};
 
     let cli = Cli::new();

@@ -59,6 +59,7 @@ pub fn workers(
     );
     let expiry = Arc::new(ArtifactExpiry::new(
         stack.meta.clone(),
+        stack.meta.clone(),
         stack.objects.clone(),
         clock.clone(),
         config.expiry.clone(),
