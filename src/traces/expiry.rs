@@ -33,13 +33,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::archived_lines;
 use super::metadata::{MetadataError, MetadataStore};
+use super::objects::ObjectStorage;
 use crate::jobs::Clock;
-use crate::stores::objects;
 
 /// The lease's name in `leases` (GitLab: `expired_job_artifacts:destroy:lock`).
 pub const EXPIRY_LEASE: &str = "artifact_expiry";
@@ -120,7 +119,7 @@ pub struct ExpiryReport {
 
 pub struct ArtifactExpiry {
     meta: Arc<dyn MetadataStore>,
-    objects: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStorage>,
     clock: Arc<dyn Clock>,
     config: ExpiryConfig,
 }
@@ -128,7 +127,7 @@ pub struct ArtifactExpiry {
 impl ArtifactExpiry {
     pub fn new(
         meta: Arc<dyn MetadataStore>,
-        objects: Arc<dyn ObjectStore>,
+        objects: Arc<dyn ObjectStorage>,
         clock: Arc<dyn Clock>,
         config: ExpiryConfig,
     ) -> Self {
@@ -206,7 +205,7 @@ impl ArtifactExpiry {
                 let store = self.objects.as_ref();
                 async {
                     archived_lines::delete(store, &path).await?;
-                    objects::delete(store, &path).await
+                    store.delete(&path).await
                 }
                 .await
                 .map_err(|source| ExpiryError::Objects {

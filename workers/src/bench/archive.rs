@@ -225,7 +225,7 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
             .and_then(|b| b.finished_at_ms)
             .context("the build's finish time")?;
         let path = buildlogs::traces::archive::archive_path(id, finished_at);
-        let _ = buildlogs::stores::objects::delete(stack.objects.as_ref(), &path).await;
+        let _ = stack.objects.delete(&path).await;
     }
 
     let (_cpu_s, peak_rss_mb) = super::stack::proc_usage(std::process::id())?;
