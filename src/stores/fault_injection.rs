@@ -1,7 +1,7 @@
 //! Object storage that fails on command: [`FaultyObjectStore`] wraps the domain's
 //! [`ObjectStorage`] and, before every call, asks a shared [`FaultSwitch`] what to do. For
-//! tests, outage scenarios, benches and the circuit breaker's tests; never wired into a
-//! production stack.
+//! tests, outage scenarios and the circuit breaker's tests; compiled only with the `testing`
+//! feature, so it never reaches the product.
 //!
 //! Duties:
 //! 1. Delegate every [`ObjectStorage`] call (and every call on a multipart upload it hands out)

@@ -205,6 +205,7 @@ pub struct OpenedStore {
     pub store: Arc<dyn ObjectStorage>,
     /// The same store through object_store's whole API (list, head, …), for tests that check
     /// what is stored; the product never needs more than `store`.
+    #[cfg(feature = "testing")]
     pub raw: Arc<dyn ObjectStore>,
     /// The key prefix inside the bucket (empty for a local folder): for logs and metrics.
     pub prefix: Path,
@@ -216,6 +217,7 @@ impl OpenedStore {
     fn new(store: Arc<dyn ObjectStore>, prefix: Path, description: String) -> Self {
         Self {
             store: Arc::new(ObjectStoreBackend::new(store.clone())),
+            #[cfg(feature = "testing")]
             raw: store,
             prefix,
             description,

@@ -5,7 +5,7 @@
 //! It lives here, next to the other seams ([`live`](super::live), [`metadata`](super::metadata)),
 //! because the domain decides what it needs; `stores::object_store_backend` implements it over
 //! the `object_store` crate (a local folder or S3, opened from `OBJECT_STORE_URL` by
-//! `stores::objects`), and `stores::fault_injection` wraps it for tests.
+//! `stores::objects`), and `stores::fault_injection` (feature `testing`) wraps it for tests.
 //! Nothing in the product lists, copies, renames or stats objects: every key is derived from
 //! metadata rows, so a wider trait would only be more to implement and to fake.
 //!
