@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::ObjectStore;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::jobs::broker::BrokerError;
@@ -24,6 +23,7 @@ use crate::stores::sql_live::{SqlLiveChunks, migrate_postgres, migrate_sqlite};
 use crate::stores::sql_metadata::SqlMetadata;
 use crate::traces::live::LiveChunkStore;
 use crate::traces::metadata::MetadataStore;
+use crate::traces::objects::ObjectStorage;
 use crate::traces::stores::TraceStores;
 
 /// Connections to PostgreSQL per process: a web process's appends are one short query each.
@@ -103,7 +103,7 @@ pub struct Stack {
     pub meta: Arc<dyn MetadataStore>,
     /// Live chunk bytes: in Redis, or in the database (embedded); it says which.
     pub live: Arc<dyn LiveChunkStore>,
-    pub objects: Arc<dyn ObjectStore>,
+    pub objects: Arc<dyn ObjectStorage>,
     /// Where `objects` are (`file:///…` or `s3://…`, secrets removed): for logs.
     pub objects_at: String,
 }

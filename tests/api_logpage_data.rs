@@ -523,9 +523,9 @@ async fn a_line_longer_than_64_kib_is_cut_and_says_so(app: &TestApp) {
 }
 
 async fn object_exists(app: &TestApp, path: &Path) -> bool {
-    match app.parts.store.head(path).await {
+    match app.parts.raw.head(path).await {
         Ok(_) => true,
-        Err(e) if buildlogs::stores::objects::is_not_found(&e) => false,
+        Err(e) if buildlogs::traces::objects::is_not_found(&e) => false,
         Err(e) => panic!("head {path}: {e}"),
     }
 }

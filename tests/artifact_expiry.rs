@@ -14,7 +14,6 @@ use axum::http::{Request, StatusCode};
 use buildlogs::jobs::Clock;
 use buildlogs::jobs::clock::ManualClock;
 use buildlogs::stores::fault_injection::{Fault, FaultSwitch, FaultyObjectStore, Op};
-use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService, archive_path};
 use buildlogs::traces::archived_lines;
@@ -24,6 +23,7 @@ use buildlogs::traces::expiry::{
 use buildlogs::traces::line_index::LineIndex;
 use buildlogs::traces::metadata::{ArtifactRowStore, BuildStore, LeaseStore, TraceMetadataStore};
 use buildlogs::traces::model::{Artifact, BuildStatus, NewArtifact};
+use buildlogs::traces::objects::{ObjectStorage, is_not_found};
 use buildlogs::traces::stores::TraceStores;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -40,7 +40,9 @@ const DAY: i64 = 24 * HOUR;
 
 struct Fixture {
     meta: Arc<SqlMetadata>,
-    objects: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStorage>,
+    /// The same store through object_store's whole API (`head`, `list`).
+    raw: Arc<dyn ObjectStore>,
     clock: ManualClock,
     /// Dropped after the stores: the folder, file or schema goes with them.
     _objects: TestObjects,
@@ -63,9 +65,11 @@ impl Fixture {
 
     fn new(meta: SqlMetadata, db: TestSql) -> Self {
         let test_objects = TestObjects::local();
+        let opened = test_objects.open("");
         Self {
             meta: Arc::new(meta),
-            objects: test_objects.open("").store,
+            objects: opened.store,
+            raw: opened.raw,
             clock: ManualClock::new(T0),
             _objects: test_objects,
             db,
@@ -77,7 +81,7 @@ impl Fixture {
     }
 
     /// Expiry over `objects` (e.g. a faulty wrapper of [`Self::objects`]), on the manual clock.
-    fn expiry_over(&self, objects: Arc<dyn ObjectStore>, config: ExpiryConfig) -> ArtifactExpiry {
+    fn expiry_over(&self, objects: Arc<dyn ObjectStorage>, config: ExpiryConfig) -> ArtifactExpiry {
         ArtifactExpiry::new(
             self.meta.clone(),
             self.meta.clone(),
@@ -100,9 +104,7 @@ impl Fixture {
             .unwrap();
         let path = archive_path(build.id, T0 - 30 * DAY);
         let log = format!("log of {}\n", build.id);
-        put_bytes(self.objects.as_ref(), &path, log.clone())
-            .await
-            .unwrap();
+        self.objects.put(&path, log.clone().into()).await.unwrap();
         // And its line index, as the archiver stores it: expiry deletes both.
         let mut lines = LineIndex::new();
         lines.feed(log.as_bytes());
@@ -143,9 +145,9 @@ impl Fixture {
     }
 
     async fn exists(&self, path: &Path) -> bool {
-        match self.objects.head(path).await {
+        match self.raw.head(path).await {
             Ok(_) => true,
-            Err(e) if objects::is_not_found(&e) => false,
+            Err(e) if is_not_found(&e) => false,
             Err(e) => panic!("head {path}: {e}"),
         }
     }
@@ -166,7 +168,7 @@ impl Fixture {
     }
 
     async fn objects_stored(&self) -> usize {
-        let all: Vec<_> = self.objects.list(None).try_collect().await.unwrap();
+        let all: Vec<_> = self.raw.list(None).try_collect().await.unwrap();
         all.len()
     }
 }
@@ -327,12 +329,10 @@ async fn a_crash_between_object_and_row_is_finished_by_the_next_run(f: &Fixture)
     let half_done = f.archived(Some(T0 - DAY)).await;
     let untouched = f.archived(Some(T0 - DAY)).await;
     // What a run killed after deleting the object and before deleting the row leaves.
-    objects::delete(
-        f.objects.as_ref(),
-        &Path::from(half_done.object_path.as_str()),
-    )
-    .await
-    .unwrap();
+    f.objects
+        .delete(&Path::from(half_done.object_path.as_str()))
+        .await
+        .unwrap();
     assert!(f.row_exists(&half_done).await);
     let run = f.expiry(ExpiryConfig::default()).run().await.unwrap();
     assert_eq!(run, report(2, 1, StoppedBy::Done));
@@ -591,8 +591,8 @@ async fn an_expired_log_reads_as_gone_and_is_never_archived_again(app: &TestApp)
     assert_eq!(parts.meta.trace_artifact(id).await.unwrap(), None);
     let path = Path::from(artifact.object_path.as_str());
     assert!(matches!(
-        parts.store.head(&path).await,
-        Err(e) if objects::is_not_found(&e)
+        parts.raw.head(&path).await,
+        Err(e) if is_not_found(&e)
     ));
     assert!(
         !parts

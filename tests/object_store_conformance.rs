@@ -17,10 +17,8 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op};
-use buildlogs::stores::objects::{
-    MultipartWriter, ObjectStoreConfig, ObjectStoreError, delete, get_bytes, get_range,
-    is_not_found, put_bytes,
-};
+use buildlogs::stores::objects::{ObjectStoreConfig, ObjectStoreError};
+use buildlogs::traces::objects::{MultipartWriter, is_not_found};
 use objects_support::TestObjects;
 
 /// Runs each async test body against the local and the S3 backend.
@@ -80,32 +78,33 @@ async fn put_then_get_returns_the_same_bytes(objects: &TestObjects) {
     let opened = objects.open("logs");
     let store = opened.store.as_ref();
     let body = pattern(10_000, 1);
-    put_bytes(store, &key("jobs/1/trace.log"), body.clone())
+    store
+        .put(&key("jobs/1/trace.log"), body.clone().into())
         .await
         .expect("put");
-    let got = get_bytes(store, &key("jobs/1/trace.log"))
-        .await
-        .expect("get");
+    let got = store.get(&key("jobs/1/trace.log")).await.expect("get");
     assert_eq!(got, Bytes::from(body), "{}", objects.kind);
-    let meta = store.head(&key("jobs/1/trace.log")).await.expect("head");
+    let meta = opened
+        .raw
+        .head(&key("jobs/1/trace.log"))
+        .await
+        .expect("head");
     assert_eq!(meta.size, 10_000);
 }
 
 async fn put_replaces_the_whole_object(objects: &TestObjects) {
     let opened = objects.open("");
     let store = opened.store.as_ref();
-    put_bytes(
-        store,
-        &key("a"),
-        Bytes::from_static(b"a long first version"),
-    )
-    .await
-    .expect("put 1");
-    put_bytes(store, &key("a"), Bytes::from_static(b"short"))
+    store
+        .put(&key("a"), Bytes::from_static(b"a long first version"))
+        .await
+        .expect("put 1");
+    store
+        .put(&key("a"), Bytes::from_static(b"short"))
         .await
         .expect("put 2");
     assert_eq!(
-        get_bytes(store, &key("a")).await.expect("get"),
+        store.get(&key("a")).await.expect("get"),
         Bytes::from_static(b"short")
     );
 }
@@ -114,7 +113,8 @@ async fn get_range_returns_exactly_the_requested_bytes(objects: &TestObjects) {
     let opened = objects.open("ranges");
     let store = opened.store.as_ref();
     let body = pattern(1 << 20, 2);
-    put_bytes(store, &key("obj"), body.clone())
+    store
+        .put(&key("obj"), body.clone().into())
         .await
         .expect("put");
     for range in [
@@ -124,14 +124,16 @@ async fn get_range_returns_exactly_the_requested_bytes(objects: &TestObjects) {
         524_287..524_289,
         (1 << 20) - 7..1 << 20,
     ] {
-        let got = get_range(store, &key("obj"), range.clone())
+        let got = store
+            .get_range(&key("obj"), range.clone())
             .await
             .unwrap_or_else(|e| panic!("{} range {range:?}: {e}", objects.kind));
         let want = &body[range.start as usize..range.end as usize];
         assert_eq!(&got[..], want, "{} range {range:?}", objects.kind);
     }
     // A range running past the end is cut at the end (as HTTP ranges are).
-    let tail = get_range(store, &key("obj"), (1 << 20) - 10..(1 << 20) + 100)
+    let tail = store
+        .get_range(&key("obj"), (1 << 20) - 10..(1 << 20) + 100)
         .await
         .expect("range past the end");
     assert_eq!(&tail[..], &body[(1 << 20) - 10..]);
@@ -140,11 +142,13 @@ async fn get_range_returns_exactly_the_requested_bytes(objects: &TestObjects) {
 async fn get_of_a_missing_object_is_not_found(objects: &TestObjects) {
     let opened = objects.open("p");
     let store = opened.store.as_ref();
-    let err = get_bytes(store, &key("nope/never"))
+    let err = store
+        .get(&key("nope/never"))
         .await
         .expect_err("missing object");
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
-    let err = get_range(store, &key("nope/never"), 0..10)
+    let err = store
+        .get_range(&key("nope/never"), 0..10)
         .await
         .expect_err("missing object");
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
@@ -153,19 +157,22 @@ async fn get_of_a_missing_object_is_not_found(objects: &TestObjects) {
 async fn delete_removes_the_object(objects: &TestObjects) {
     let opened = objects.open("del");
     let store = opened.store.as_ref();
-    put_bytes(store, &key("x/y/z"), Bytes::from_static(b"bye"))
+    store
+        .put(&key("x/y/z"), Bytes::from_static(b"bye"))
         .await
         .expect("put");
-    delete(store, &key("x/y/z")).await.expect("delete");
-    let err = get_bytes(store, &key("x/y/z")).await.expect_err("deleted");
+    store.delete(&key("x/y/z")).await.expect("delete");
+    let err = store.get(&key("x/y/z")).await.expect_err("deleted");
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
     // Deleting again is what a retried job does.
-    delete(store, &key("x/y/z")).await.expect("delete again");
+    store.delete(&key("x/y/z")).await.expect("delete again");
 }
 
 async fn deleting_a_missing_object_is_ok(objects: &TestObjects) {
     let opened = objects.open("del");
-    delete(opened.store.as_ref(), &key("never/existed"))
+    opened
+        .store
+        .delete(&key("never/existed"))
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", objects.kind));
 }
@@ -188,7 +195,7 @@ async fn multipart_upload_of_12_mib_in_128_kib_pieces_round_trips(objects: &Test
     assert_eq!(writer.written(), TOTAL as u64);
     writer.finish().await.expect("finish");
 
-    let got = get_bytes(store, &path).await.expect("get");
+    let got = store.get(&path).await.expect("get");
     assert_eq!(got.len(), TOTAL, "{}", objects.kind);
     assert_eq!(
         crc32fast::hash(&got),
@@ -198,7 +205,8 @@ async fn multipart_upload_of_12_mib_in_128_kib_pieces_round_trips(objects: &Test
     );
     // Part boundaries (5 MiB) join seamlessly.
     let boundary = 5 * 1024 * 1024;
-    let around = get_range(store, &path, boundary - 3..boundary + 3)
+    let around = store
+        .get_range(&path, boundary - 3..boundary + 3)
         .await
         .expect("range across a part boundary");
     assert_eq!(
@@ -214,12 +222,7 @@ async fn empty_multipart_upload_creates_an_empty_object(objects: &TestObjects) {
         .await
         .expect("start");
     writer.finish().await.expect("finish");
-    assert!(
-        get_bytes(store, &key("empty"))
-            .await
-            .expect("get")
-            .is_empty()
-    );
+    assert!(store.get(&key("empty")).await.expect("get").is_empty());
 }
 
 async fn aborted_multipart_upload_leaves_nothing(objects: &TestObjects) {
@@ -236,9 +239,9 @@ async fn aborted_multipart_upload_leaves_nothing(objects: &TestObjects) {
             .expect("write");
     }
     writer.abort().await.expect("abort");
-    let err = get_bytes(store, &key("half")).await.expect_err("aborted");
+    let err = store.get(&key("half")).await.expect_err("aborted");
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
-    let listed: Vec<_> = store.list(None).try_collect().await.expect("list");
+    let listed: Vec<_> = opened.raw.list(None).try_collect().await.expect("list");
     assert!(listed.is_empty(), "{}: {listed:?}", objects.kind);
 }
 
@@ -277,7 +280,9 @@ async fn a_writer_dropped_while_it_finishes_leaves_no_upload(objects: &TestObjec
     }
     assert_eq!(switch.calls(Op::AbortMultipart), 1, "{}", objects.kind);
     assert_eq!(switch.calls(Op::CompleteMultipart), 0, "{}", objects.kind);
-    let err = get_bytes(opened.store.as_ref(), &path)
+    let err = opened
+        .store
+        .get(&path)
         .await
         .expect_err("nothing at the key");
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
@@ -289,23 +294,23 @@ async fn stores_with_different_prefixes_do_not_see_each_others_keys(objects: &Te
     let parent = objects.open("");
     let k = key("jobs/1/trace.log");
 
-    put_bytes(a.store.as_ref(), &k, Bytes::from_static(b"from a"))
+    a.store
+        .put(&k, Bytes::from_static(b"from a"))
         .await
         .expect("put a");
-    let err = get_bytes(b.store.as_ref(), &k)
-        .await
-        .expect_err("b must not see a's key");
+    let err = b.store.get(&k).await.expect_err("b must not see a's key");
     assert!(is_not_found(&err), "{}: {err:?}", objects.kind);
 
-    put_bytes(b.store.as_ref(), &k, Bytes::from_static(b"from b"))
+    b.store
+        .put(&k, Bytes::from_static(b"from b"))
         .await
         .expect("put b");
-    assert_eq!(get_bytes(a.store.as_ref(), &k).await.expect("a"), "from a");
-    assert_eq!(get_bytes(b.store.as_ref(), &k).await.expect("b"), "from b");
+    assert_eq!(a.store.get(&k).await.expect("a"), "from a");
+    assert_eq!(b.store.get(&k).await.expect("b"), "from b");
 
     // Listing is scoped too, and keys come back relative to the store's prefix.
     let listed: Vec<String> = a
-        .store
+        .raw
         .list(None)
         .map_ok(|m| m.location.to_string())
         .try_collect()
@@ -320,7 +325,7 @@ async fn stores_with_different_prefixes_do_not_see_each_others_keys(objects: &Te
 
     // The prefix is really part of the key: a store one level up sees both.
     let mut all: Vec<String> = parent
-        .store
+        .raw
         .list(None)
         .map_ok(|m| m.location.to_string())
         .try_collect()
@@ -334,13 +339,8 @@ async fn stores_with_different_prefixes_do_not_see_each_others_keys(objects: &Te
         objects.kind
     );
 
-    delete(b.store.as_ref(), &k).await.expect("delete b");
-    assert_eq!(
-        get_bytes(a.store.as_ref(), &k)
-            .await
-            .expect("a after b's delete"),
-        "from a"
-    );
+    b.store.delete(&k).await.expect("delete b");
+    assert_eq!(a.store.get(&k).await.expect("a after b's delete"), "from a");
 }
 
 fn open_error(url: &str) -> ObjectStoreError {

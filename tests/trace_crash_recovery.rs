@@ -26,7 +26,6 @@ use buildlogs::jobs::broker::{
 };
 use buildlogs::jobs::{Broker, Clock, JobClient, SystemClock};
 use buildlogs::stores::fault_injection::{Fault, FaultyObjectStore, Op, is_injected};
-use buildlogs::stores::objects::{self, put_bytes};
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome, ArchiveService, archive_path};
 use buildlogs::traces::archived_lines;
 use buildlogs::traces::chunk::CHUNK_SIZE;
@@ -35,6 +34,7 @@ use buildlogs::traces::line_index::LineIndex;
 use buildlogs::traces::live::{AppendOutcome, CLOSED_AFTER_DELETE, LiveChunkStore, LiveStoreError};
 use buildlogs::traces::metadata::ChunkFlip;
 use buildlogs::traces::model::{Artifact, BuildStatus, DataStore, NewArtifact};
+use buildlogs::traces::objects::{ObjectStorage, PART_SIZE, is_not_found};
 use buildlogs::traces::service::{TraceError, TraceService};
 use buildlogs::traces::stores::TraceStores;
 use futures::TryStreamExt;
@@ -279,10 +279,10 @@ async fn keys(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
     keys
 }
 
-async fn object(store: &dyn ObjectStore, path: &Path) -> Option<Vec<u8>> {
-    match objects::get_bytes(store, path).await {
+async fn object(store: &dyn ObjectStorage, path: &Path) -> Option<Vec<u8>> {
+    match store.get(path).await {
         Ok(bytes) => Some(bytes.to_vec()),
-        Err(e) if objects::is_not_found(&e) => None,
+        Err(e) if is_not_found(&e) => None,
         Err(e) => panic!("get {path}: {e}"),
     }
 }
@@ -409,7 +409,7 @@ async fn assert_archived(app: &TestApp, id: i64, token: &str, log: &[u8]) -> Art
         );
     }
     assert_eq!(
-        keys(parts.store.as_ref(), &format!("chunks/{id}")).await,
+        keys(parts.raw.as_ref(), &format!("chunks/{id}")).await,
         Vec::<String>::new(),
         "{}: flushed chunk objects left",
         app.kind
@@ -429,7 +429,7 @@ async fn assert_archived(app: &TestApp, id: i64, token: &str, log: &[u8]) -> Art
     let folder = path.to_string();
     let folder = folder.rsplit_once('/').map_or("", |(dir, _)| dir);
     assert_eq!(
-        keys(parts.store.as_ref(), folder).await,
+        keys(parts.raw.as_ref(), folder).await,
         vec![
             path.to_string(),
             archived_lines::path_for(&path).to_string()
@@ -502,7 +502,9 @@ async fn a_flush_recovers_from_a_crash_at_every_step(app: &TestApp) {
 
     // A crash after step 1: the object is written, the row still says live, the live copy is
     // there.
-    put_bytes(parts.store.as_ref(), &chunk_path(id, index), chunk.to_vec())
+    parts
+        .store
+        .put(&chunk_path(id, index), chunk.to_vec().into())
         .await
         .unwrap();
     assert_eq!(chunk_state(app, id, index).await, (Some(live_kind), true));
@@ -536,7 +538,9 @@ async fn a_flush_recovers_from_a_crash_at_every_step(app: &TestApp) {
         .into_iter()
         .find(|r| r.chunk_index == index)
         .expect("row of chunk 0");
-    put_bytes(parts.store.as_ref(), &chunk_path(id, index), chunk.to_vec())
+    parts
+        .store
+        .put(&chunk_path(id, index), chunk.to_vec().into())
         .await
         .unwrap();
     let flipped = parts
@@ -570,7 +574,7 @@ async fn a_flush_recovers_from_a_crash_at_every_step(app: &TestApp) {
 
     // One object per flushed chunk, nothing else; the other chunks stay live.
     assert_eq!(
-        keys(parts.store.as_ref(), &format!("chunks/{id}")).await,
+        keys(parts.raw.as_ref(), &format!("chunks/{id}")).await,
         vec![chunk_path(id, 0).to_string(), chunk_path(id, 1).to_string()]
     );
     // A chunk no flush touched: live, with a row only in the database store (Redis chunks
@@ -585,13 +589,11 @@ async fn concurrent_flushes_leave_one_correct_copy(app: &TestApp) {
     let (id, token) = write_log(app, &log).await;
     let parts = &app.parts;
     // Chunk 2 from a crash after its object was written; chunks 0 and 3 from scratch.
-    put_bytes(
-        parts.store.as_ref(),
-        &chunk_path(id, 2),
-        chunk_of(&log, 2).to_vec(),
-    )
-    .await
-    .unwrap();
+    parts
+        .store
+        .put(&chunk_path(id, 2), chunk_of(&log, 2).to_vec().into())
+        .await
+        .unwrap();
     for index in [0u64, 2, 3] {
         let chunk = chunk_of(&log, index);
         let want = FlushOutcome::Flushed {
@@ -634,7 +636,7 @@ async fn concurrent_flushes_leave_one_correct_copy(app: &TestApp) {
         .await;
     }
     assert_eq!(
-        keys(parts.store.as_ref(), &format!("chunks/{id}")).await,
+        keys(parts.raw.as_ref(), &format!("chunks/{id}")).await,
         [0, 2, 3].map(|i| chunk_path(id, i).to_string()).to_vec()
     );
 }
@@ -645,7 +647,7 @@ async fn concurrent_flushes_leave_one_correct_copy(app: &TestApp) {
 
 /// A log of three multipart parts (5 MiB each but the last), so an upload can stop mid-way.
 fn big_log() -> Vec<u8> {
-    log_bytes(2 * objects::PART_SIZE + 3 * CHUNK + 4_321, 3)
+    log_bytes(2 * PART_SIZE + 3 * CHUNK + 4_321, 3)
 }
 
 async fn assert_not_archived(app: &TestApp, id: i64, token: &str, log: &[u8], state: &str) {
@@ -780,9 +782,7 @@ async fn an_archive_recovers_from_a_crash_after_the_object_or_the_transaction(ap
         .finished_at_ms
         .unwrap();
     let path = archive_path(id, finished);
-    put_bytes(parts.store.as_ref(), &path, log.clone())
-        .await
-        .unwrap();
+    parts.store.put(&path, log.clone().into()).await.unwrap();
     assert_not_archived(app, id, &token, &log, "object written, no transaction").await;
     let outcome = app.archive.archive(id).await.unwrap();
     assert!(
@@ -804,9 +804,7 @@ async fn an_archive_recovers_from_a_crash_after_the_object_or_the_transaction(ap
         .finished_at_ms
         .unwrap();
     let path = archive_path(id, finished);
-    put_bytes(parts.store.as_ref(), &path, log.clone())
-        .await
-        .unwrap();
+    parts.store.put(&path, log.clone().into()).await.unwrap();
     // The archiver stores the line index before it records the archive.
     let mut lines = LineIndex::new();
     lines.feed(&log);
@@ -841,9 +839,7 @@ async fn an_archive_recovers_from_a_crash_after_the_object_or_the_transaction(ap
     .await;
     // … and a crash half-way through deleting them: some chunk objects gone, rows still there.
     for index in [0, 3] {
-        objects::delete(parts.store.as_ref(), &chunk_path(id, index))
-            .await
-            .unwrap();
+        parts.store.delete(&chunk_path(id, index)).await.unwrap();
     }
     assert_reads(app, id, &token, &log, "chunks half deleted").await;
     match app.archive.archive(id).await.unwrap() {
@@ -1098,13 +1094,11 @@ async fn a_flush_that_loses_to_the_archive_leaves_no_chunk_behind(app: &TestApp)
         .ensure_chunks(id, &[0], parts.live.data_store(), SystemClock.now_ms())
         .await
         .unwrap();
-    put_bytes(
-        parts.store.as_ref(),
-        &chunk_path(id, 0),
-        chunk_of(&log, 0).to_vec(),
-    )
-    .await
-    .unwrap();
+    parts
+        .store
+        .put(&chunk_path(id, 0), chunk_of(&log, 0).to_vec().into())
+        .await
+        .unwrap();
     parts.live.close(id).await.unwrap();
     parts
         .meta

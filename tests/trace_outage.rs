@@ -150,12 +150,14 @@ async fn an_outage_sends_flushes_to_the_database_and_the_archive_waits_for_stora
     };
     assert_eq!((artifact.size, artifact.crc32), (log.len() as u64, crc));
     assert!(app.parts.meta.chunks(id).await.unwrap().is_empty());
-    let stored = buildlogs::stores::objects::get_bytes(
-        app.parts.store.as_ref(),
-        &object_store::path::Path::from(artifact.object_path.as_str()),
-    )
-    .await
-    .unwrap();
+    let stored = app
+        .parts
+        .store
+        .get(&object_store::path::Path::from(
+            artifact.object_path.as_str(),
+        ))
+        .await
+        .unwrap();
     assert_eq!(stored.as_ref(), log.as_slice());
     assert_eq!(app.trace(id, &token).await.body, log);
 }

@@ -6,9 +6,9 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::stores::objects::is_not_found;
 use crate::traces::chunk_source::ChunkReadError;
 use crate::traces::live::LiveStoreError;
+use crate::traces::objects::is_not_found;
 use crate::traces::service::TraceError;
 
 /// `Retry-After` (seconds) of a 503 while the object store is down: an open breaker probes the

@@ -1,13 +1,14 @@
-//! An object store that fails on command: [`FaultyObjectStore`] wraps a real store and, before
-//! every call, asks a shared [`FaultSwitch`] what to do. For tests, outage scenarios, benches
-//! and the circuit breaker's tests; never wired into a production stack.
+//! Object storage that fails on command: [`FaultyObjectStore`] wraps the domain's
+//! [`ObjectStorage`] and, before every call, asks a shared [`FaultSwitch`] what to do. For
+//! tests, outage scenarios and the circuit breaker's tests; compiled only with the `testing`
+//! feature, so it never reaches the product.
 //!
 //! Duties:
-//! 1. Delegate every `ObjectStore` call (and every call on a multipart upload it hands out) to
-//!    the wrapped store, unchanged, while the switch says [`FaultMode::Healthy`].
+//! 1. Delegate every [`ObjectStorage`] call (and every call on a multipart upload it hands out)
+//!    to the wrapped storage, unchanged, while the switch says [`FaultMode::Healthy`].
 //! 2. Otherwise apply the switch's [`Fault`] to the calls it covers ([`Fault::only`]):
 //!    - [`FaultMode::Fail`]: return `object_store::Error::Generic` naming the injected outage
-//!      ([`is_injected`] recognises it); the wrapped store is not called.
+//!      ([`is_injected`] recognises it); the wrapped storage is not called.
 //!    - [`FaultMode::Hang`]: wait until the switch changes, then decide again (a test "restores
 //!      the network" with [`FaultSwitch::heal`], or drops the caller's future: a crash).
 //!    - [`FaultMode::Slow`]: sleep, then delegate.
@@ -16,7 +17,7 @@
 //!    third part of a multipart upload, after two parts were stored.
 //! 3. Count calls per [`Op`] (every call, whatever the outcome) and calls currently hanging.
 //!
-//! A failed or hung call never reaches the wrapped store, so what a caller sees afterwards is
+//! A failed or hung call never reaches the wrapped storage, so what a caller sees afterwards is
 //! exactly what the real store holds. The switch is cheap to clone; all clones share one state.
 
 use std::fmt;
@@ -27,71 +28,54 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
-};
+use object_store::{MultipartUpload, PutPayload, PutResult, UploadPart};
 use tokio::sync::watch;
+
+use crate::traces::objects::ObjectStorage;
 
 /// The `store` named in injected errors.
 pub const STORE_NAME: &str = "FaultyObjectStore";
 
-/// One kind of call on the store (or on a multipart upload from it).
+/// One kind of call on the storage (or on a multipart upload from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// `put` / `put_opts`: a single-request write.
+    /// `put`: a single-request write.
     Put,
-    /// `put_multipart`: starting a multipart upload.
-    PutMultipart,
+    /// `start_multipart`: starting a multipart upload.
+    StartMultipart,
     /// One part of a multipart upload.
     PutPart,
     /// Completing a multipart upload (the object appears).
     CompleteMultipart,
     /// Aborting a multipart upload.
     AbortMultipart,
-    /// `get`, `get_range`, `get_ranges`, `head`.
+    /// `get` and `get_range`.
     Get,
-    /// One location of `delete` / `delete_stream`.
+    /// `delete`.
     Delete,
-    /// `list`, `list_with_offset`, `list_with_delimiter`.
-    List,
-    /// `copy` and `rename` (either mode).
-    Copy,
 }
 
 impl Op {
     /// Every operation, in counter order.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 7] = [
         Op::Put,
-        Op::PutMultipart,
+        Op::StartMultipart,
         Op::PutPart,
         Op::CompleteMultipart,
         Op::AbortMultipart,
         Op::Get,
         Op::Delete,
-        Op::List,
-        Op::Copy,
-    ];
-
-    /// Everything a multipart upload does.
-    pub const MULTIPART: [Op; 4] = [
-        Op::PutMultipart,
-        Op::PutPart,
-        Op::CompleteMultipart,
-        Op::AbortMultipart,
     ];
 
     /// Every write: what "the bucket is read-only" refuses.
-    pub const WRITES: [Op; 7] = [
+    pub const WRITES: [Op; 6] = [
         Op::Put,
-        Op::PutMultipart,
+        Op::StartMultipart,
         Op::PutPart,
         Op::CompleteMultipart,
         Op::AbortMultipart,
         Op::Delete,
-        Op::Copy,
     ];
 
     fn slot(self) -> usize {
@@ -368,145 +352,54 @@ impl Drop for Hanging<'_> {
     }
 }
 
-/// A store that consults its [`FaultSwitch`] before every call, then delegates.
+/// Storage that consults its [`FaultSwitch`] before every call, then delegates.
 #[derive(Debug, Clone)]
 pub struct FaultyObjectStore {
-    inner: Arc<dyn ObjectStore>,
+    inner: Arc<dyn ObjectStorage>,
     switch: FaultSwitch,
 }
 
 impl FaultyObjectStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, switch: FaultSwitch) -> Self {
-        Self { inner, switch }
-    }
-
-    /// `inner` behind a fresh (healthy) switch: the store to hand out, and its switch.
-    pub fn wrap(inner: Arc<dyn ObjectStore>) -> (Arc<dyn ObjectStore>, FaultSwitch) {
+    /// `inner` behind a fresh (healthy) switch: the storage to hand out, and its switch.
+    pub fn wrap(inner: Arc<dyn ObjectStorage>) -> (Arc<dyn ObjectStorage>, FaultSwitch) {
         let switch = FaultSwitch::new();
-        (Arc::new(Self::new(inner, switch.clone())), switch)
-    }
-
-    pub fn switch(&self) -> &FaultSwitch {
-        &self.switch
-    }
-}
-
-impl fmt::Display for FaultyObjectStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{STORE_NAME}({})", self.inner)
+        let faulty = Self {
+            inner,
+            switch: switch.clone(),
+        };
+        (Arc::new(faulty), switch)
     }
 }
 
 #[async_trait]
-impl ObjectStore for FaultyObjectStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
+impl ObjectStorage for FaultyObjectStore {
+    async fn put(&self, path: &Path, bytes: Bytes) -> object_store::Result<()> {
         self.switch.gate(Op::Put).await?;
-        self.inner.put_opts(location, payload, opts).await
+        self.inner.put(path, bytes).await
     }
 
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.switch.gate(Op::PutMultipart).await?;
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
+    async fn get(&self, path: &Path) -> object_store::Result<Bytes> {
+        self.switch.gate(Op::Get).await?;
+        self.inner.get(path).await
+    }
+
+    async fn get_range(&self, path: &Path, range: Range<u64>) -> object_store::Result<Bytes> {
+        self.switch.gate(Op::Get).await?;
+        self.inner.get_range(path, range).await
+    }
+
+    async fn delete(&self, path: &Path) -> object_store::Result<()> {
+        self.switch.gate(Op::Delete).await?;
+        self.inner.delete(path).await
+    }
+
+    async fn start_multipart(&self, path: &Path) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.switch.gate(Op::StartMultipart).await?;
+        let inner = self.inner.start_multipart(path).await?;
         Ok(Box::new(FaultyUpload {
             inner,
             switch: self.switch.clone(),
         }))
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.switch.gate(Op::Get).await?;
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &Path,
-        ranges: &[Range<u64>],
-    ) -> object_store::Result<Vec<Bytes>> {
-        self.switch.gate(Op::Get).await?;
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        let switch = self.switch.clone();
-        // A refused location goes on as an error item: stores yield such items back unchanged.
-        let gated = locations
-            .then(move |location| {
-                let switch = switch.clone();
-                async move {
-                    let location = location?;
-                    switch.gate(Op::Delete).await?;
-                    Ok(location)
-                }
-            })
-            .boxed();
-        self.inner.delete_stream(gated)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.gated_list(self.inner.list(prefix))
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.gated_list(self.inner.list_with_offset(prefix, offset))
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.switch.gate(Op::List).await?;
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.switch.gate(Op::Copy).await?;
-        self.inner.copy_opts(from, to, options).await
-    }
-
-    async fn rename_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: RenameOptions,
-    ) -> object_store::Result<()> {
-        self.switch.gate(Op::Copy).await?;
-        self.inner.rename_opts(from, to, options).await
-    }
-}
-
-impl FaultyObjectStore {
-    /// The listing `inner` yields, once the gate lets the list call through.
-    fn gated_list(
-        &self,
-        inner: BoxStream<'static, object_store::Result<ObjectMeta>>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let switch = self.switch.clone();
-        stream::once(async move { switch.gate(Op::List).await.map(|()| inner) })
-            .try_flatten()
-            .boxed()
     }
 }
 
@@ -544,89 +437,78 @@ impl MultipartUpload for FaultyUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stores::object_store_backend::ObjectStoreBackend;
+    use crate::traces::objects::{MultipartWriter, is_not_found};
     use object_store::local::LocalFileSystem;
-    use object_store::{ObjectStoreExt, WriteMultipart};
+    use object_store::{ObjectStore, ObjectStoreExt};
 
     const PART: usize = 5 * 1024 * 1024;
 
-    fn local() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    /// A temp folder as storage, and the same folder through object_store (to look behind the
+    /// wrapper).
+    fn local() -> (
+        tempfile::TempDir,
+        Arc<dyn ObjectStorage>,
+        Arc<dyn ObjectStore>,
+    ) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = LocalFileSystem::new_with_prefix(dir.path()).expect("local store");
-        (dir, Arc::new(store))
+        let raw: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("local store"));
+        (dir, Arc::new(ObjectStoreBackend::new(raw.clone())), raw)
     }
 
     async fn exists(store: &dyn ObjectStore, path: &Path) -> bool {
         match store.head(path).await {
             Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) if is_not_found(&e) => false,
             Err(e) => panic!("head {path}: {e}"),
         }
     }
 
     #[tokio::test]
     async fn a_healthy_switch_delegates_every_call_and_counts_it() {
-        let (_dir, real) = local();
-        let (store, switch) = FaultyObjectStore::wrap(real.clone());
+        let (_dir, real, raw) = local();
+        let (store, switch) = FaultyObjectStore::wrap(real);
         let path = Path::from("a/b.log");
         store
-            .put(&path, Bytes::from_static(b"\xff\x00bytes").into())
+            .put(&path, Bytes::from_static(b"\xff\x00bytes"))
             .await
             .unwrap();
-        assert_eq!(
-            store
-                .get(&path)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .as_ref(),
-            b"\xff\x00bytes"
-        );
+        assert_eq!(store.get(&path).await.unwrap().as_ref(), b"\xff\x00bytes");
         assert_eq!(store.get_range(&path, 2..4).await.unwrap().as_ref(), b"by");
-        let listed: Vec<ObjectMeta> = store
-            .list(Some(&Path::from("a")))
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 1);
-        store.copy(&path, &Path::from("a/c.log")).await.unwrap();
         store.delete(&path).await.unwrap();
         assert!(
-            !exists(real.as_ref(), &path).await,
+            !exists(raw.as_ref(), &path).await,
             "the delete reached the real store"
         );
-        assert!(exists(real.as_ref(), &Path::from("a/c.log")).await);
         assert_eq!(
-            [Op::Put, Op::Get, Op::List, Op::Copy, Op::Delete].map(|op| switch.calls(op)),
-            [1, 2, 1, 1, 1]
+            [Op::Put, Op::Get, Op::Delete].map(|op| switch.calls(op)),
+            [1, 2, 1]
         );
-        assert_eq!(switch.total_calls(), 6);
+        assert_eq!(switch.total_calls(), 4);
         assert_eq!(switch.injected_failures(), 0);
     }
 
     #[tokio::test]
     async fn fail_refuses_calls_with_a_recognisable_error_and_touches_nothing() {
-        let (_dir, real) = local();
-        let (store, switch) = FaultyObjectStore::wrap(real.clone());
+        let (_dir, real, raw) = local();
+        let (store, switch) = FaultyObjectStore::wrap(real);
         let path = Path::from("x.log");
         switch.fail();
         let err = store
-            .put(&path, Bytes::from_static(b"x").into())
+            .put(&path, Bytes::from_static(b"x"))
             .await
             .unwrap_err();
         assert!(is_injected(&err), "{err}");
         assert!(err.to_string().contains("injected outage: Put"), "{err}");
-        assert!(!exists(real.as_ref(), &path).await, "nothing written");
-        let listed: Vec<_> = store.list(None).collect().await;
-        assert!(matches!(listed.as_slice(), [Err(e)] if is_injected(e)));
+        assert!(!exists(raw.as_ref(), &path).await, "nothing written");
+        assert!(is_injected(
+            &store.get_range(&path, 0..1).await.unwrap_err()
+        ));
         assert!(is_injected(&store.delete(&path).await.unwrap_err()));
         switch.heal();
-        store
-            .put(&path, Bytes::from_static(b"x").into())
-            .await
-            .unwrap();
-        assert!(exists(real.as_ref(), &path).await);
+        store.put(&path, Bytes::from_static(b"x")).await.unwrap();
+        assert!(exists(raw.as_ref(), &path).await);
         assert_eq!(switch.injected_failures(), 3);
         let real_error = store.get(&Path::from("missing")).await.unwrap_err();
         assert!(
@@ -637,61 +519,37 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_chosen_operations_fail() {
-        let (_dir, real) = local();
+        let (_dir, real, _raw) = local();
         let (store, switch) = FaultyObjectStore::wrap(real);
         let path = Path::from("y.log");
-        store
-            .put(&path, Bytes::from_static(b"y").into())
-            .await
-            .unwrap();
+        store.put(&path, Bytes::from_static(b"y")).await.unwrap();
         switch.fail_only(&[Op::Delete]);
         assert!(store.get(&path).await.is_ok(), "reads still work");
-        store
-            .put(&path, Bytes::from_static(b"z").into())
-            .await
-            .unwrap();
+        store.put(&path, Bytes::from_static(b"z")).await.unwrap();
         assert!(is_injected(&store.delete(&path).await.unwrap_err()));
-        assert_eq!(
-            store
-                .get(&path)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .as_ref(),
-            b"z"
-        );
+        assert_eq!(store.get(&path).await.unwrap().as_ref(), b"z");
         switch.fail_only(&Op::WRITES);
-        assert!(
-            store
-                .put(&path, Bytes::from_static(b"w").into())
-                .await
-                .is_err()
-        );
+        assert!(store.put(&path, Bytes::from_static(b"w")).await.is_err());
         assert!(store.get(&path).await.is_ok());
     }
 
     #[tokio::test]
     async fn fail_after_n_parts_stops_a_multipart_upload_midway() {
-        let (_dir, real) = local();
-        let (store, switch) = FaultyObjectStore::wrap(real.clone());
+        let (_dir, real, raw) = local();
+        let (store, switch) = FaultyObjectStore::wrap(real);
         let path = Path::from("big/job.log");
         switch.fail_after(2, &[Op::PutPart]);
-        let upload = store.put_multipart(&path).await.unwrap();
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut upload = store.start_multipart(&path).await.unwrap();
         // One part at a time, each awaited: the first two are stored, the third is refused.
         for part in 0..2 {
-            writer.write(&vec![part; PART]);
-            writer.wait_for_capacity(0).await.unwrap();
+            upload.put_part(vec![part; PART].into()).await.unwrap();
         }
-        writer.write(&vec![2; PART]);
-        let err = writer.wait_for_capacity(0).await.unwrap_err();
+        let err = upload.put_part(vec![2; PART].into()).await.unwrap_err();
         assert!(is_injected(&err), "{err}");
-        writer.abort().await.unwrap();
+        upload.abort().await.unwrap();
         assert_eq!(
             [
-                Op::PutMultipart,
+                Op::StartMultipart,
                 Op::PutPart,
                 Op::CompleteMultipart,
                 Op::AbortMultipart
@@ -701,32 +559,31 @@ mod tests {
         );
         assert_eq!(switch.injected_failures(), 1, "only the third part failed");
         assert!(
-            !exists(real.as_ref(), &path).await,
+            !exists(raw.as_ref(), &path).await,
             "an unfinished upload shows nothing"
         );
         // The count-down is spent: the fault now hits every part, until healed.
         assert_eq!(switch.fault().after, 0);
         switch.heal();
-        let upload = store.put_multipart(&path).await.unwrap();
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-        writer.write(&vec![7u8; PART + 10]);
+        let mut writer = MultipartWriter::start(store.as_ref(), &path).await.unwrap();
+        writer.write(vec![7u8; PART + 10]).await.unwrap();
         writer.finish().await.unwrap();
-        assert_eq!(real.head(&path).await.unwrap().size, PART as u64 + 10);
+        assert_eq!(raw.head(&path).await.unwrap().size, PART as u64 + 10);
     }
 
     #[tokio::test]
     async fn hang_holds_calls_until_healed_and_a_dropped_call_leaves_nothing() {
-        let (_dir, real) = local();
-        let (store, switch) = FaultyObjectStore::wrap(real.clone());
+        let (_dir, real, raw) = local();
+        let (store, switch) = FaultyObjectStore::wrap(real);
         switch.hang();
         let (a, b) = (Path::from("a.log"), Path::from("b.log"));
         let dropped = {
             let (store, a) = (store.clone(), a.clone());
-            tokio::spawn(async move { store.put(&a, Bytes::from_static(b"a").into()).await })
+            tokio::spawn(async move { store.put(&a, Bytes::from_static(b"a")).await })
         };
         let held = {
             let (store, b) = (store.clone(), b.clone());
-            tokio::spawn(async move { store.put(&b, Bytes::from_static(b"b").into()).await })
+            tokio::spawn(async move { store.put(&b, Bytes::from_static(b"b")).await })
         };
         switch.wait_hanging(2).await;
         assert_eq!(switch.hanging(), 2);
@@ -735,14 +592,14 @@ mod tests {
         switch.wait_hanging(1).await;
         assert_eq!(switch.hanging(), 1, "the crashed call no longer hangs");
         assert!(
-            !exists(real.as_ref(), &b).await,
+            !exists(raw.as_ref(), &b).await,
             "nothing reached the store yet"
         );
         switch.heal();
         held.await.unwrap().unwrap();
-        assert!(exists(real.as_ref(), &b).await);
+        assert!(exists(raw.as_ref(), &b).await);
         assert!(
-            !exists(real.as_ref(), &a).await,
+            !exists(raw.as_ref(), &a).await,
             "the crashed put never happened"
         );
         assert_eq!(switch.hanging(), 0);
@@ -750,7 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hanging_call_decides_again_under_a_new_setting() {
-        let (_dir, real) = local();
+        let (_dir, real, _raw) = local();
         let (store, switch) = FaultyObjectStore::wrap(real);
         switch.hang();
         let pending = {
@@ -765,27 +622,14 @@ mod tests {
 
     #[tokio::test]
     async fn slow_delays_then_delegates() {
-        let (_dir, real) = local();
+        let (_dir, real, _raw) = local();
         let (store, switch) = FaultyObjectStore::wrap(real);
         let path = Path::from("s.log");
         switch.slow(Duration::from_millis(40));
         let started = std::time::Instant::now();
-        store
-            .put(&path, Bytes::from_static(b"s").into())
-            .await
-            .unwrap();
+        store.put(&path, Bytes::from_static(b"s")).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(40));
-        assert_eq!(
-            store
-                .get(&path)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .as_ref(),
-            b"s"
-        );
+        assert_eq!(store.get(&path).await.unwrap().as_ref(), b"s");
         assert!(started.elapsed() >= Duration::from_millis(80));
     }
 }

@@ -11,38 +11,32 @@
 //! 2. Keep object keys relative: the returned store prepends the URL's prefix (a
 //!    [`PrefixStore`]), so two deployments sharing a bucket under different prefixes never see
 //!    each other's objects, and callers build keys without knowing the prefix.
-//! 3. The few operations the flusher and archiver need: [`put_bytes`], [`get_bytes`],
-//!    [`get_range`], [`delete`] (a missing object is not an error) and [`MultipartWriter`]
-//!    (a streaming upload of unknown length, in bounded memory).
+//! 3. Hand the store to the domain as its [`ObjectStorage`] seam
+//!    ([`ObjectStoreBackend`](super::object_store_backend::ObjectStoreBackend)); what the
+//!    domain may do with it, and what every store guarantees, is said in `traces::objects`.
 //!
-//! Guarantees and limits:
-//! - A `put` is atomic: readers see the old object or the whole new one, never a part. A
-//!   multipart upload becomes visible only on [`MultipartWriter::finish`]; before that nothing
-//!   is at the key (S3: an unfinished upload; local: a staging file renamed on completion).
+//! Limits:
+//! - A multipart upload is invisible until it completes: S3 keeps an unfinished upload, a
+//!   local folder a staging file renamed on completion.
 //! - Requests fail fast: few retries with short backoff, a 5 s connect and 60 s request timeout.
 //!   Long outages are the job system's business (a failed flush or archive is retried by its
 //!   job, hours later if need be), so a request never holds a worker slot for minutes.
 //! - The bucket must exist: nothing here creates buckets.
-//! - Every operation is safe to repeat (same key, same bytes), as at-least-once jobs require.
 
 use std::fmt;
-use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{
-    BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
-    PutPayloadMut, PutResult, RetryConfig,
-};
-use tokio::task::JoinSet;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
+use super::object_store_backend::ObjectStoreBackend;
 use crate::redact::url as redact;
+use crate::traces::objects::ObjectStorage;
 
 /// The setting's name, as operators know it; every URL error names it.
 pub const URL_SETTING: &str = "OBJECT_STORE_URL";
@@ -63,13 +57,6 @@ pub const DEFAULT_MAX_RETRIES: usize = 2;
 
 /// Bounds the time one call spends retrying, whatever `max_retries` says.
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Parts of one multipart upload in flight at once: bounds its memory to about
-/// `(MAX_PARTS_IN_FLIGHT + 1) × PART_SIZE` while still overlapping uploads with reading.
-pub const MAX_PARTS_IN_FLIGHT: usize = 2;
-
-/// Size of a multipart part. S3's minimum for every part but the last is 5 MiB.
-pub const PART_SIZE: usize = 5 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectStoreError {
@@ -197,11 +184,7 @@ impl ObjectStoreConfig {
         } else {
             Arc::new(PrefixStore::new(s3, prefix.clone()))
         };
-        Ok(OpenedStore {
-            store,
-            prefix,
-            description: redact(url),
-        })
+        Ok(OpenedStore::new(store, prefix, redact(url)))
     }
 }
 
@@ -218,17 +201,34 @@ pub fn open_object_store(
 /// store prepends itself: never add `prefix` to a key.
 #[derive(Clone)]
 pub struct OpenedStore {
-    pub store: Arc<dyn ObjectStore>,
+    /// The store as the domain uses it.
+    pub store: Arc<dyn ObjectStorage>,
+    /// The same store through object_store's whole API (list, head, …), for tests that check
+    /// what is stored; the product never needs more than `store`.
+    #[cfg(feature = "testing")]
+    pub raw: Arc<dyn ObjectStore>,
     /// The key prefix inside the bucket (empty for a local folder): for logs and metrics.
     pub prefix: Path,
     /// The URL, credentials removed: for logs.
     pub description: String,
 }
 
+impl OpenedStore {
+    fn new(store: Arc<dyn ObjectStore>, prefix: Path, description: String) -> Self {
+        Self {
+            store: Arc::new(ObjectStoreBackend::new(store.clone())),
+            #[cfg(feature = "testing")]
+            raw: store,
+            prefix,
+            description,
+        }
+    }
+}
+
 impl fmt::Debug for OpenedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenedStore")
-            .field("store", &self.store.to_string())
+            .field("store", &self.store)
             .field("prefix", &self.prefix.as_ref())
             .field("description", &self.description)
             .finish()
@@ -316,227 +316,16 @@ fn open_local(dir: &FsPath, url: &str) -> Result<OpenedStore, ObjectStoreError> 
         })?
         // Deleting the last object of a folder removes the folder: old logs leave no tree behind.
         .with_automatic_cleanup(true);
-    Ok(OpenedStore {
-        store: Arc::new(local),
-        prefix: Path::default(),
-        description: format!("file://{}", dir.display()),
-    })
+    Ok(OpenedStore::new(
+        Arc::new(local),
+        Path::default(),
+        format!("file://{}", dir.display()),
+    ))
 }
 
 /// A duration as object_store's config strings take it (humantime).
 fn duration_setting(d: Duration) -> String {
     format!("{}ms", d.as_millis())
-}
-
-/// Writes `bytes` at `path` in one request, replacing what was there.
-pub async fn put_bytes(
-    store: &dyn ObjectStore,
-    path: &Path,
-    bytes: impl Into<Bytes>,
-) -> object_store::Result<PutResult> {
-    store.put(path, PutPayload::from(bytes.into())).await
-}
-
-/// The whole object (`Err(object_store::Error::NotFound { .. })` if there is none).
-pub async fn get_bytes(store: &dyn ObjectStore, path: &Path) -> object_store::Result<Bytes> {
-    store.get(path).await?.bytes().await
-}
-
-/// Bytes `range` of the object. A range running past the end is cut at the end; one starting
-/// past it is an error.
-pub async fn get_range(
-    store: &dyn ObjectStore,
-    path: &Path,
-    range: Range<u64>,
-) -> object_store::Result<Bytes> {
-    store.get_range(path, range).await
-}
-
-/// Deletes the object; one that is already gone counts as deleted (deletes get repeated).
-pub async fn delete(store: &dyn ObjectStore, path: &Path) -> object_store::Result<()> {
-    match store.delete(path).await {
-        Err(object_store::Error::NotFound { .. }) => Ok(()),
-        other => other,
-    }
-}
-
-/// Whether the error means "no such object" (as opposed to the store failing).
-pub fn is_not_found(error: &object_store::Error) -> bool {
-    matches!(error, object_store::Error::NotFound { .. })
-}
-
-/// A streaming upload of unknown length: [`write`](Self::write) chunks as they come, then
-/// [`finish`](Self::finish) (the object appears whole) or [`abort`](Self::abort) (nothing
-/// appears; uploaded parts are discarded).
-///
-/// Memory stays bounded: at most [`MAX_PARTS_IN_FLIGHT`] parts of [`PART_SIZE`] are uploading
-/// while the next one fills. Every part but the last is exactly [`PART_SIZE`] (some S3-compatible
-/// stores require equal parts). After an error from `write`, call `abort`; a failed `finish`
-/// aborts by itself.
-///
-/// Dropped before it finished or aborted — a job timeout or a cancelled task, also while
-/// `finish` or `abort` is under way — it aborts the upload in the background, so no incomplete
-/// upload stays stored (S3 keeps one, invisible but billed, until aborted; a local upload's
-/// staging file). That is why the upload stays in `self` until the very end instead of moving
-/// into object_store's `WriteMultipart`, whose `finish` cannot be aborted once it started. Only
-/// a killed process leaves an upload behind: the bucket's lifecycle rule for incomplete
-/// multipart uploads removes those.
-pub struct MultipartWriter {
-    /// `None` once finished or aborted.
-    upload: Option<Box<dyn MultipartUpload>>,
-    /// Parts being uploaded.
-    parts: JoinSet<object_store::Result<()>>,
-    /// The next part's bytes (less than [`PART_SIZE`]).
-    buffer: PutPayloadMut,
-    path: Path,
-    written: u64,
-}
-
-impl MultipartWriter {
-    /// Starts an upload to `path` (one request on S3: CreateMultipartUpload).
-    pub async fn start(store: &dyn ObjectStore, path: &Path) -> object_store::Result<Self> {
-        let upload = store.put_multipart(path).await?;
-        Ok(Self {
-            upload: Some(upload),
-            parts: JoinSet::new(),
-            buffer: PutPayloadMut::new(),
-            path: path.clone(),
-            written: 0,
-        })
-    }
-
-    fn upload(&mut self) -> object_store::Result<&mut Box<dyn MultipartUpload>> {
-        let path = &self.path;
-        self.upload.as_mut().ok_or_else(|| ended(path))
-    }
-
-    /// Appends `chunk`; waits while [`MAX_PARTS_IN_FLIGHT`] parts are uploading. An error is a
-    /// failed part upload: the upload cannot complete, so `abort` it.
-    pub async fn write(&mut self, chunk: impl Into<Bytes>) -> object_store::Result<()> {
-        let mut chunk: Bytes = chunk.into();
-        self.upload()?;
-        self.written += chunk.len() as u64;
-        while !chunk.is_empty() {
-            let room = PART_SIZE - self.buffer.content_length();
-            self.buffer.push(chunk.split_to(room.min(chunk.len())));
-            if self.buffer.content_length() == PART_SIZE {
-                while self.parts.len() >= MAX_PARTS_IN_FLIGHT {
-                    self.join_one().await?;
-                }
-                self.send_buffer()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts uploading the buffered bytes as the next part.
-    fn send_buffer(&mut self) -> object_store::Result<()> {
-        let part = std::mem::take(&mut self.buffer).freeze();
-        let upload = self.upload()?.put_part(part);
-        self.parts.spawn(upload);
-        Ok(())
-    }
-
-    /// Waits for one part upload to end; its error, if it failed.
-    async fn join_one(&mut self) -> object_store::Result<()> {
-        match self.parts.join_next().await {
-            None => Ok(()),
-            Some(Ok(result)) => result,
-            Some(Err(e)) => Err(object_store::Error::Generic {
-                store: "MultipartWriter",
-                source: format!("a part upload to {} ended abnormally: {e}", self.path).into(),
-            }),
-        }
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// The key being written.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Uploads what is buffered and completes the upload: the object is now at `path`, whole.
-    /// On failure the upload is aborted (best effort) and nothing new is at `path`.
-    pub async fn finish(mut self) -> object_store::Result<PutResult> {
-        match self.complete().await {
-            Ok(done) => {
-                self.upload = None;
-                Ok(done)
-            }
-            Err(e) => {
-                if let Err(abort) = self.abort_upload().await {
-                    tracing::warn!(path = %self.path, error = %abort, "could not abort a failed multipart upload");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn complete(&mut self) -> object_store::Result<PutResult> {
-        if self.buffer.content_length() > 0 {
-            self.send_buffer()?;
-        }
-        while !self.parts.is_empty() {
-            self.join_one().await?;
-        }
-        self.upload()?.complete().await
-    }
-
-    /// Discards the upload and any parts already sent.
-    pub async fn abort(mut self) -> object_store::Result<()> {
-        self.abort_upload().await
-    }
-
-    /// Stops the parts, then aborts; the upload leaves `self` only once the abort answered (a
-    /// cancelled abort is retried by `Drop`).
-    async fn abort_upload(&mut self) -> object_store::Result<()> {
-        self.parts.shutdown().await;
-        let result = match self.upload.as_mut() {
-            Some(upload) => upload.abort().await,
-            None => Ok(()),
-        };
-        self.upload = None;
-        result
-    }
-}
-
-/// A call on a writer whose upload was finished or aborted (never happens: both take it).
-fn ended(path: &Path) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "MultipartWriter",
-        source: format!("the upload to {path} already ended").into(),
-    }
-}
-
-impl Drop for MultipartWriter {
-    fn drop(&mut self) {
-        let Some(mut upload) = self.upload.take() else {
-            return;
-        };
-        let mut parts = std::mem::take(&mut self.parts);
-        let path = self.path.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    // Parts first: one still sending after the abort would be stored again.
-                    parts.shutdown().await;
-                    match upload.abort().await {
-                        Ok(()) => tracing::debug!(%path, "dropped multipart upload aborted"),
-                        Err(e) => {
-                            tracing::warn!(%path, error = %e, "could not abort a dropped multipart upload")
-                        }
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(%path, "multipart upload dropped outside a runtime; not aborted")
-            }
-        }
-    }
 }
 
 #[cfg(test)]

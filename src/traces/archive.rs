@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
-use object_store::ObjectStore;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
@@ -52,9 +51,9 @@ use super::line_index::LineIndex;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{ChunkRowStore, MetadataError, MetadataStore};
 use super::model::{Artifact, ChunkRow, NewArtifact};
+use super::objects::{MultipartWriter, ObjectStorage, is_not_found};
 use super::stores::TraceStores;
 use crate::jobs::Clock;
-use crate::stores::objects::{self, MultipartWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -121,7 +120,7 @@ pub fn lost_chunk_marker(index: u64, lost_bytes: u64) -> String {
 pub struct ArchiveService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
-    objects: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStorage>,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<ObjectStoreBreaker>>,
     /// How long an archive is kept (`None`: forever).
@@ -134,7 +133,7 @@ impl ArchiveError {
         // Not found is an answer (a concurrent run deleted a chunk), not an outage.
         match self {
             ArchiveError::Objects(e) | ArchiveError::ChunkRead(ChunkReadError::Objects(e)) => {
-                !objects::is_not_found(e)
+                !is_not_found(e)
             }
             _ => false,
         }
@@ -449,14 +448,14 @@ impl ArchiveService {
 pub(crate) async fn delete_chunk_copies<E>(
     meta: &dyn ChunkRowStore,
     live: &dyn LiveChunkStore,
-    store: &dyn ObjectStore,
+    store: &dyn ObjectStorage,
     build_id: i64,
 ) -> Result<(), E>
 where
     E: From<MetadataError> + From<LiveStoreError> + From<object_store::Error>,
 {
     for row in meta.chunks(build_id).await? {
-        objects::delete(store, &chunk_path(build_id, row.chunk_index)).await?;
+        store.delete(&chunk_path(build_id, row.chunk_index)).await?;
     }
     live.delete_build(build_id).await?;
     meta.delete_chunks(build_id).await?;

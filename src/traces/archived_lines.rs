@@ -12,12 +12,11 @@
 //! log is scanned as before.
 
 use bytes::Bytes;
-use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::line_index::LineIndex;
 use super::model::Artifact;
-use crate::stores::objects;
+use super::objects::{ObjectStorage, is_not_found};
 
 /// Bump when [`LineIndex`]'s stored form changes: older files are then ignored.
 const FORMAT: u32 = 1;
@@ -38,7 +37,7 @@ pub fn path_for(archive: &Path) -> Path {
 
 /// Stores the index of the archive at `archive` (`size` bytes, CRC32 `crc32`).
 pub async fn store(
-    objects: &dyn ObjectStore,
+    objects: &dyn ObjectStorage,
     archive: &Path,
     size: u64,
     crc32: u32,
@@ -54,17 +53,17 @@ pub async fn store(
         store: "line index",
         source: Box::new(e),
     })?;
-    objects::put_bytes(objects, &path_for(archive), Bytes::from(json)).await?;
+    objects.put(&path_for(archive), Bytes::from(json)).await?;
     Ok(())
 }
 
 /// The stored index of `artifact`'s archive, if there is a valid one. Errors reading it are
 /// logged and mean "none": the caller scans the log instead.
-pub async fn load(objects: &dyn ObjectStore, artifact: &Artifact) -> Option<LineIndex> {
+pub async fn load(objects: &dyn ObjectStorage, artifact: &Artifact) -> Option<LineIndex> {
     let path = path_for(&Path::from(artifact.object_path.as_str()));
-    let bytes = match objects::get_bytes(objects, &path).await {
+    let bytes = match objects.get(&path).await {
         Ok(bytes) => bytes,
-        Err(e) if objects::is_not_found(&e) => return None,
+        Err(e) if is_not_found(&e) => return None,
         Err(e) => {
             tracing::warn!(build_id = artifact.build_id, error = %e, "reading the archive's line index; scanning the log instead");
             return None;
@@ -85,6 +84,9 @@ pub async fn load(objects: &dyn ObjectStore, artifact: &Artifact) -> Option<Line
 }
 
 /// Deletes the index of the archive at `archive` (nothing if there is none).
-pub async fn delete(objects: &dyn ObjectStore, archive: &Path) -> Result<(), object_store::Error> {
-    objects::delete(objects, &path_for(archive)).await
+pub async fn delete(
+    objects: &dyn ObjectStorage,
+    archive: &Path,
+) -> Result<(), object_store::Error> {
+    objects.delete(&path_for(archive)).await
 }

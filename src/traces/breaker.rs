@@ -28,14 +28,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
 use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
 use super::metadata::{BreakerRecord, BreakerStore};
+use super::objects::ObjectStorage;
 use crate::jobs::{Clock, Job, JobClient};
-use crate::stores::objects;
 
 /// The breaker's row in `circuit_breakers`.
 pub const OBJECT_STORE_BREAKER: &str = "object_store";
@@ -185,11 +185,11 @@ impl ObjectStoreBreaker {
     }
 
     /// Puts and deletes a small object: true if the store answered both.
-    pub async fn probe(&self, store: &dyn ObjectStore) -> bool {
+    pub async fn probe(&self, store: &dyn ObjectStorage) -> bool {
         let path = Path::from(format!("_probe/{}", ulid::Ulid::new()));
         let result = async {
-            objects::put_bytes(store, &path, b"probe".to_vec()).await?;
-            objects::delete(store, &path).await
+            store.put(&path, Bytes::from_static(b"probe")).await?;
+            store.delete(&path).await
         }
         .await;
         match result {
@@ -205,7 +205,7 @@ impl ObjectStoreBreaker {
     /// archives and flushes waiting in the queue. Runs until `cancel`.
     pub async fn run_probe(
         self: Arc<Self>,
-        store: Arc<dyn ObjectStore>,
+        store: Arc<dyn ObjectStorage>,
         jobs: JobClient,
         cancel: CancellationToken,
     ) {

@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
-
 use super::flush::chunk_path;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{ChunkRow, DataStore};
-use crate::stores::objects;
+use super::objects::{ObjectStorage, is_not_found};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkReadError {
@@ -27,7 +25,7 @@ pub enum ChunkReadError {
 pub struct ChunkSource {
     pub meta: Arc<dyn MetadataStore>,
     pub live: Arc<dyn LiveChunkStore>,
-    pub objects: Arc<dyn ObjectStore>,
+    pub objects: Arc<dyn ObjectStorage>,
 }
 
 impl ChunkSource {
@@ -43,14 +41,11 @@ impl ChunkSource {
             .find(|r| r.chunk_index == index)
             .map_or(self.live.data_store(), |r| r.data_store);
         Ok(match store {
-            DataStore::Object => {
-                match objects::get_bytes(self.objects.as_ref(), &chunk_path(build_id, index)).await
-                {
-                    Ok(bytes) => Some(bytes.to_vec()),
-                    Err(e) if objects::is_not_found(&e) => None,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            DataStore::Object => match self.objects.get(&chunk_path(build_id, index)).await {
+                Ok(bytes) => Some(bytes.to_vec()),
+                Err(e) if is_not_found(&e) => None,
+                Err(e) => return Err(e.into()),
+            },
             DataStore::Database if self.live.data_store() != DataStore::Database => {
                 self.meta.chunk_data(build_id, index).await?
             }

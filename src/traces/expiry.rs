@@ -33,13 +33,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::archived_lines;
 use super::metadata::{ArtifactRowStore, LeaseStore, MetadataError};
+use super::objects::ObjectStorage;
 use crate::jobs::Clock;
-use crate::stores::objects;
 
 /// The lease's name in `leases` (GitLab: `expired_job_artifacts:destroy:lock`).
 pub const EXPIRY_LEASE: &str = "artifact_expiry";
@@ -121,7 +120,7 @@ pub struct ExpiryReport {
 pub struct ArtifactExpiry {
     artifacts: Arc<dyn ArtifactRowStore>,
     leases: Arc<dyn LeaseStore>,
-    objects: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStorage>,
     clock: Arc<dyn Clock>,
     config: ExpiryConfig,
 }
@@ -131,7 +130,7 @@ impl ArtifactExpiry {
     pub fn new(
         artifacts: Arc<dyn ArtifactRowStore>,
         leases: Arc<dyn LeaseStore>,
-        objects: Arc<dyn ObjectStore>,
+        objects: Arc<dyn ObjectStorage>,
         clock: Arc<dyn Clock>,
         config: ExpiryConfig,
     ) -> Self {
@@ -213,7 +212,7 @@ impl ArtifactExpiry {
                 let store = self.objects.as_ref();
                 async {
                     archived_lines::delete(store, &path).await?;
-                    objects::delete(store, &path).await
+                    store.delete(&path).await
                 }
                 .await
                 .map_err(|source| ExpiryError::Objects {

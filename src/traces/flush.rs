@@ -23,7 +23,6 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::breaker::ObjectStoreBreaker;
@@ -31,6 +30,7 @@ use super::chunk::CHUNK_SIZE;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{ChunkFlip, MetadataError, MetadataStore};
 use super::model::{ChunkRow, DataStore};
+use super::objects::ObjectStorage;
 use super::stores::TraceStores;
 use crate::jobs::Clock;
 
@@ -76,7 +76,7 @@ pub fn chunk_path(build_id: i64, index: u64) -> Path {
 pub struct FlushService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
-    objects: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStorage>,
     clock: Arc<dyn Clock>,
     breaker: Option<Arc<ObjectStoreBreaker>>,
 }
@@ -166,12 +166,10 @@ impl FlushService {
         {
             return self.flush_to_database(&row, data, crc32).await;
         }
-        let put = crate::stores::objects::put_bytes(
-            self.objects.as_ref(),
-            &chunk_path(build_id, index),
-            data,
-        )
-        .await;
+        let put = self
+            .objects
+            .put(&chunk_path(build_id, index), data.into())
+            .await;
         if let Some(breaker) = &self.breaker {
             match &put {
                 Ok(_) => breaker.record_success(),
@@ -241,8 +239,7 @@ impl FlushService {
                 Ok(FlushOutcome::AlreadyFlushed)
             }
             None => {
-                crate::stores::objects::delete(self.objects.as_ref(), &chunk_path(build_id, index))
-                    .await?;
+                self.objects.delete(&chunk_path(build_id, index)).await?;
                 Ok(FlushOutcome::Missing)
             }
             Some(_) => Err(FlushError::Raced {

@@ -7,6 +7,7 @@
 //! - [`live`]: the live chunk store seam (Redis in production, the SQL database embedded).
 //! - [`model`]: the records (builds, chunk rows, pending states, trace metadata, artifacts).
 //! - [`metadata`]: the metadata repository seam (PostgreSQL in production, SQLite embedded).
+//! - [`objects`]: the object storage seam (a folder or S3), and the multipart writer over it.
 //! - [`archive`]: a finished log into one object, checked, recorded, chunks deleted.
 //! - [`chunk_source`]: reading a chunk from wherever it is (readers and the archiver).
 //! - [`flush`]: moving a chunk from the live store to the object store, crash-safe.
@@ -37,6 +38,7 @@ pub mod log_text;
 pub mod log_view;
 pub mod metadata;
 pub mod model;
+pub mod objects;
 pub mod read;
 pub mod recovery;
 pub mod service;

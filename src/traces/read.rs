@@ -38,8 +38,8 @@ use super::chunk::CHUNK_SIZE;
 use super::chunk_source::ChunkSource;
 use super::live::LiveStoreError;
 use super::model::{Artifact, ChunkRow, DataStore};
+use super::objects::is_not_found;
 use super::service::TraceError;
-use crate::stores::objects;
 
 /// Bytes of an archive fetched by one ranged GET, then handed out a chunk at a time: S3 takes
 /// tens of milliseconds to a first byte, so small requests cap a reader's MB/s, while large
@@ -279,9 +279,9 @@ impl TraceFrames {
         self.objects_up().await?;
         let path = object_store::path::Path::from(artifact.object_path.as_str());
         let store = self.read.source.objects.as_ref();
-        let bytes = match objects::get_range(store, &path, self.pos..end).await {
+        let bytes = match store.get_range(&path, self.pos..end).await {
             Ok(bytes) => bytes,
-            Err(e) if objects::is_not_found(&e) => {
+            Err(e) if is_not_found(&e) => {
                 let meta = &self.read.source.meta;
                 if meta.trace_artifact(self.read.build_id).await?.is_none() {
                     return Err(TraceError::Expired);

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
-
 use super::live::LiveChunkStore;
 use super::metadata::MetadataStore;
+use super::objects::ObjectStorage;
 use crate::jobs::Clock;
 
 #[derive(Clone)]
@@ -16,7 +15,7 @@ pub struct TraceStores {
     /// Live chunks: Redis, or the database (embedded); it says which.
     pub live: Arc<dyn LiveChunkStore>,
     /// Flushed chunks and archives.
-    pub objects: Arc<dyn ObjectStore>,
+    pub objects: Arc<dyn ObjectStorage>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -30,7 +29,7 @@ impl TraceStores {
     }
 
     /// The same stores with `objects` instead.
-    pub fn with_objects(&self, objects: Arc<dyn ObjectStore>) -> Self {
+    pub fn with_objects(&self, objects: Arc<dyn ObjectStorage>) -> Self {
         Self {
             objects,
             ..self.clone()

@@ -25,6 +25,7 @@ use buildlogs::traces::jobs::RecoverStaleTraces;
 use buildlogs::traces::jobs::{ArchiveTrace, FlushTraceChunk};
 use buildlogs::traces::live::LiveChunkStore;
 use buildlogs::traces::metadata::MetadataStore;
+use buildlogs::traces::objects::ObjectStorage;
 use buildlogs::traces::service::TraceService;
 use buildlogs::traces::stores::TraceStores;
 use http_body_util::BodyExt;
@@ -63,7 +64,10 @@ pub struct Parts {
     /// Redis (production) or the database (embedded): `live.data_store()` says which.
     pub live: Arc<dyn LiveChunkStore>,
     /// The object store the services use (keys relative to the test's prefix).
-    pub store: Arc<dyn ObjectStore>,
+    pub store: Arc<dyn ObjectStorage>,
+    /// The same store through object_store's whole API, to look at what is stored (`head`,
+    /// `list`).
+    pub raw: Arc<dyn ObjectStore>,
     /// The switch of the object store the router's reads go through (a `FaultyObjectStore`
     /// around [`Self::store`], healthy unless a test says otherwise): counts their requests.
     pub reads: FaultSwitch,
@@ -72,7 +76,7 @@ pub struct Parts {
 impl Parts {
     /// A flush and an archive service over these stores but `store` for objects (e.g. a
     /// `FaultyObjectStore` around [`Self::store`]).
-    pub fn services_over(&self, store: Arc<dyn ObjectStore>) -> (FlushService, ArchiveService) {
+    pub fn services_over(&self, store: Arc<dyn ObjectStorage>) -> (FlushService, ArchiveService) {
         let stores = TraceStores {
             meta: self.meta.clone(),
             live: self.live.clone(),
@@ -192,8 +196,8 @@ impl TestApp {
         max_trace_size: Option<u64>,
     ) -> Built {
         let clock = Arc::new(SystemClock);
-        let objects: Arc<dyn ObjectStore> =
-            test_objects.config("").open().expect("object store").store;
+        let opened = test_objects.config("").open().expect("object store");
+        let objects = opened.store;
         let jobs = JobClient::new(broker.clone(), clock.clone());
         let recovery = CronEntry::new(RECOVERY_SCHEDULE, RECOVERY_CRON, RecoverStaleTraces {})
             .expect("cron expression");
@@ -233,6 +237,7 @@ impl TestApp {
             meta: meta.clone(),
             live,
             store: objects,
+            raw: opened.raw,
             reads,
         };
         let state = AppState {

@@ -31,13 +31,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use object_store::ObjectStore;
-
 use super::breaker::ObjectStoreBreaker;
 use super::chunk_source::ChunkReadError;
 use super::live::{LiveChunkStore, LiveStoreError};
 use super::metadata::{MetadataError, MetadataStore};
 use super::model::{Artifact, Build, BuildStatus, TraceMetadata};
+use super::objects::ObjectStorage;
 use super::stores::TraceStores;
 use super::tokens;
 use crate::jobs::{BrokerError, Clock, JobClient};
@@ -136,7 +135,7 @@ pub struct TraceService {
     meta: Arc<dyn MetadataStore>,
     live: Arc<dyn LiveChunkStore>,
     /// Flushed chunks (and, later, archives).
-    objects: Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStorage>,
     /// The object store's breaker, read (never tripped) by reads: while it is open, a read
     /// that needs the object store fails at once instead of waiting out its timeouts.
     breaker: Option<Arc<ObjectStoreBreaker>>,

@@ -16,7 +16,7 @@
 //!    are checked against the log's and the chunks' (so a fast but wrong run fails).
 //!
 //! Prints one line of key=value figures, with the object store requests each step made (counted
-//! by a healthy `FaultyObjectStore` around the store). Throughput is MiB (2^20 bytes) per second; peak RSS is
+//! by a `CountedStorage` around the store). Throughput is MiB (2^20 bytes) per second; peak RSS is
 //! this process's VmHWM, which holds the services, the driver and the client libraries.
 //! Redis, PostgreSQL and this process share the machine's cores.
 
@@ -27,13 +27,13 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use buildlogs::config::Settings;
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
-use buildlogs::stores::fault_injection::FaultyObjectStore;
 use buildlogs::traces::archive::{ArchiveOutcome, ArchiveService};
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::flush::{FlushOutcome, FlushService};
 use buildlogs::traces::model::BuildStatus;
 use buildlogs::traces::service::{FinishOutcome, FinishRequest, TraceService};
 
+use super::counted::CountedStorage;
 use super::stack::BenchStack;
 
 /// One append: what a runner PATCHes when it has a lot of output (under the API's 4 MiB cap).
@@ -107,8 +107,7 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     let stack = settings.open_stack().await.context("opening the stores")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let bytes = args.mib * 1024 * 1024;
-    // A healthy fault-injection wrapper, only to count object store requests.
-    let (objects, requests) = FaultyObjectStore::wrap(stack.objects.clone());
+    let (objects, requests) = CountedStorage::wrap(stack.objects.clone());
     let stores = stack.trace_stores(clock.clone()).with_objects(objects);
     let traces = TraceService::new(
         stores.clone(),
@@ -147,7 +146,7 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     // 3. Every chunk flushed, `concurrency` at a time.
     let chunks = bytes.div_ceil(CHUNK_SIZE);
     let next = Arc::new(AtomicU64::new(0));
-    let before = requests.total_calls();
+    let before = requests.load(Ordering::Relaxed);
     let started = Instant::now();
     let mut slots = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
@@ -171,7 +170,7 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
         flushed += slot??;
     }
     let flush_s = started.elapsed().as_secs_f64();
-    let flush_requests = requests.total_calls() - before;
+    let flush_requests = requests.load(Ordering::Relaxed) - before;
     ensure!(
         flushed == bytes,
         "flushed {flushed} bytes of a {bytes}-byte log"
@@ -186,14 +185,14 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
     }
 
     // 5. The archive, checked.
-    let before = requests.total_calls();
+    let before = requests.load(Ordering::Relaxed);
     let started = Instant::now();
     let artifact = match archive.archive(id).await? {
         ArchiveOutcome::Archived(artifact) => artifact,
         other => bail!("archive: {other:?}"),
     };
     let archive_s = started.elapsed().as_secs_f64();
-    let archive_requests = requests.total_calls() - before;
+    let archive_requests = requests.load(Ordering::Relaxed) - before;
     ensure!(
         artifact.size == bytes,
         "archive of {} bytes, the log has {bytes}",
@@ -225,7 +224,7 @@ async fn drive(args: &ArchiveArgs, settings: &Settings) -> anyhow::Result<()> {
             .and_then(|b| b.finished_at_ms)
             .context("the build's finish time")?;
         let path = buildlogs::traces::archive::archive_path(id, finished_at);
-        let _ = buildlogs::stores::objects::delete(stack.objects.as_ref(), &path).await;
+        let _ = stack.objects.delete(&path).await;
     }
 
     let (_cpu_s, peak_rss_mb) = super::stack::proc_usage(std::process::id())?;

@@ -307,7 +307,7 @@ async fn remove_archive(settings: &Settings, id: i64) -> anyhow::Result<()> {
     let stack = settings.open_stack().await.context("opening the stores")?;
     let archive = archive_path(id, finished_at(&stack, id).await?);
     archived_lines::delete(stack.objects.as_ref(), &archive).await?;
-    buildlogs::stores::objects::delete(stack.objects.as_ref(), &archive).await?;
+    stack.objects.delete(&archive).await?;
     Ok(())
 }
 

@@ -2,10 +2,12 @@
 //! `queue.rs` (the peers' queue benchmark), `append.rs`, `archive.rs`, `reads.rs`,
 //! `logpage.rs`, `recover.rs`; `soak/` (the soak run, with its invariants) and `relay.rs` (the
 //! TCP fault relay it puts before the object store); `stack.rs` (a throwaway production stack,
-//! a private Redis, a process's CPU and peak RSS).
+//! a private Redis, a process's CPU and peak RSS); `counted.rs` (object storage that counts its
+//! requests).
 
 pub mod append;
 pub mod archive;
+pub mod counted;
 pub mod logpage;
 pub mod queue;
 pub mod reads;

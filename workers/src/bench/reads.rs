@@ -206,11 +206,11 @@ async fn drive(args: &ReadsArgs, order: &[Scenario], settings: &Settings) -> any
         let objects = stack.objects.as_ref();
         if let Some(finished_at) = traces.build(id).await?.and_then(|b| b.finished_at_ms) {
             let path = buildlogs::traces::archive::archive_path(id, finished_at);
-            let _ = buildlogs::stores::objects::delete(objects, &path).await;
+            let _ = objects.delete(&path).await;
         }
         for index in 0..chunks {
             let path = buildlogs::traces::flush::chunk_path(id, index);
-            let _ = buildlogs::stores::objects::delete(objects, &path).await;
+            let _ = objects.delete(&path).await;
         }
     }
     Ok(())
