@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use buildlogs::jobs::broker::Ack;
 use buildlogs::jobs::clock::ManualClock;
+use buildlogs::jobs::limited_capacity::LimitedCapacityHandler;
 use buildlogs::jobs::{Clock, Job, JobClient, SystemClock};
 use buildlogs::stores::fault_injection::FaultyObjectStore;
 use buildlogs::traces::archive::{ArchiveError, ArchiveOutcome};
@@ -20,9 +21,13 @@ use buildlogs::traces::breaker::{BreakerConfig, OBJECT_STORE_BREAKER, ObjectStor
 use buildlogs::traces::chunk::CHUNK_SIZE;
 use buildlogs::traces::flush::FlushOutcome;
 use buildlogs::traces::jobs::ArchiveTrace;
+use buildlogs::traces::jobs::WalkStaleTraces;
 use buildlogs::traces::model::{BuildStatus, DataStore, NewArtifact};
-use buildlogs::traces::recovery::{RECOVERY_CURSOR, RecoveryConfig, Step, TraceRecovery};
+use buildlogs::traces::recovery::{
+    RECOVERY_CURSOR, RecoveryConfig, StaleTraceWalk, Step, TraceRecovery,
+};
 use support::app::TestApp;
+use support::runtime;
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -341,7 +346,7 @@ fn recovery(app: &TestApp, batch: u32, capacity: u32) -> TraceRecovery {
             stale_after: Duration::from_secs(3_600),
             batch,
             default_capacity: capacity,
-            budget: Duration::from_secs(30),
+            wait: Duration::from_secs(30),
             poll: Duration::from_millis(10),
         },
     )
@@ -475,20 +480,54 @@ async fn recovery_enqueues_stale_traces_in_batches_under_the_archive_capacity(ap
     assert_eq!(archived_ids, stale[..20].to_vec());
 }
 
-/// A run keeps feeding the archive queue as it drains and stops at the end of the walk; the
-/// queue never holds more than its capacity plus a batch.
-async fn a_recovery_run_drains_the_backlog_with_a_bounded_queue(app: &TestApp) {
+/// A walk keeps feeding the archive queue as it drains, one step per `walk_stale_traces` job
+/// (the limited-capacity worker), and stops at its end; the queue never holds more than its
+/// capacity plus a batch.
+async fn a_recovery_walk_drains_the_backlog_with_a_bounded_queue_one_step_per_job(app: &TestApp) {
     let now = SystemClock.now_ms();
     let stale = finished_builds(app, 45, now - 2 * 3_600_000).await;
     let recovery = Arc::new(recovery(app, 10, 5));
-    let run = tokio::spawn({
-        let recovery = recovery.clone();
-        async move { recovery.run().await.unwrap() }
-    });
+    let client = JobClient::new(app.broker.clone(), Arc::new(SystemClock));
+    let walker = LimitedCapacityHandler::new(
+        Arc::new(StaleTraceWalk {
+            recovery: recovery.clone(),
+        }),
+        client,
+    );
+    let (stop, done) =
+        runtime::start(runtime::workers(&app.broker, runtime::config(2)).register(walker));
+
+    // The tick: the walk's first batch, then one walker to go on with it.
+    let (first, walkers) = recovery.start().await.unwrap();
+    assert_eq!(
+        first,
+        Some(Step::Batch {
+            enqueued: 10,
+            duplicates: 0,
+            end_of_walk: false,
+        })
+    );
+    assert_eq!(walkers, 1);
+    assert_eq!(
+        recovery.start().await.unwrap(),
+        (None, 0),
+        "a tick during the walk neither steps nor adds a walker"
+    );
+
     let mut archived = Vec::new();
     let mut max_queue = 0;
-    // A worker's stand-in: complete whatever archives are queued, watching the queue's length.
-    while !run.is_finished() {
+    let walking = || async {
+        let s = app
+            .broker
+            .stats(WalkStaleTraces::NAME, SystemClock.now_ms())
+            .await
+            .unwrap();
+        s.ready + s.scheduled + s.running > 0 || recovery.walk_goes_on().await.unwrap()
+    };
+    // A worker's stand-in for the archives: complete whatever is queued, watching the length.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while walking().await {
+        assert!(std::time::Instant::now() < deadline, "the walk ended");
         let stats = app
             .broker
             .stats(ArchiveTrace::NAME, SystemClock.now_ms())
@@ -499,13 +538,25 @@ async fn a_recovery_run_drains_the_backlog_with_a_bounded_queue(app: &TestApp) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     archived.extend(drain_archives(app).await);
-    let report = run.await.unwrap();
-    assert!(report.completed, "{report:?}");
-    assert_eq!(report.enqueued, 45);
+    stop.cancel();
+    done.await.unwrap();
     assert!(max_queue <= 5 + 10, "queue peaked at {max_queue}");
-    assert!(report.max_backlog < 5 + 10, "{report:?}");
     archived.sort_unstable();
     assert_eq!(archived, stale, "each stale build once");
+    let steps = app
+        .broker
+        .stats(WalkStaleTraces::NAME, SystemClock.now_ms())
+        .await
+        .unwrap();
+    assert!(
+        steps.processed >= 4,
+        "the walk went on in steps of its own: {steps:?}"
+    );
+    assert_eq!(
+        app.parts.meta.cursor(RECOVERY_CURSOR).await.unwrap(),
+        Some(0),
+        "ended: the next tick starts over"
+    );
 }
 
 /// A job whose state was committed at the accept timeout (its runner's checksum unchecked)
@@ -563,5 +614,5 @@ on_both_stacks!(
     the_breaker_is_shared_and_closing_it_releases_waiting_archives,
     a_blip_that_never_opened_the_breaker_releases_waiting_archives_once_quiet,
     recovery_enqueues_stale_traces_in_batches_under_the_archive_capacity,
-    a_recovery_run_drains_the_backlog_with_a_bounded_queue,
+    a_recovery_walk_drains_the_backlog_with_a_bounded_queue_one_step_per_job,
 );

@@ -82,11 +82,38 @@ fn periodic_run_options() -> JobOptions {
     }
 }
 
-/// One run of stale-trace recovery ([`super::recovery::TraceRecovery::run`]), fired by cron
-/// (every 5 minutes by default) or `buildlogs recover`. One at a time: dedup until executed.
-/// A run stops at its time budget, so the job's timeout only catches a hung store.
+/// Starts (or resumes) stale-trace recovery's walk ([`super::recovery::TraceRecovery::start`]),
+/// fired by cron (every 5 minutes by default), `buildlogs recover` or the dashboard's "run
+/// now". One at a time: dedup until executed. The walk itself goes on in [`WalkStaleTraces`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoverStaleTraces {}
+
+/// One step of stale-trace recovery's walk: a batch of archives enqueued once the archive
+/// queue has room ([`super::recovery::StaleTraceWalk`], a limited-capacity worker of width 1:
+/// the walk has one cursor). Each copy enqueues its successor while the walk goes on. No dedup
+/// (the limited-capacity pattern counts copies instead); a copy waits at most
+/// [`super::recovery::RecoveryConfig::wait`] for room, well inside its timeout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalkStaleTraces {}
+
+impl Job for WalkStaleTraces {
+    const NAME: &'static str = "walk_stale_traces";
+
+    fn options() -> JobOptions {
+        JobOptions {
+            max_attempts: 3,
+            retry: RetrySchedule::Exponential {
+                min: Duration::from_secs(10),
+                factor: 2.0,
+                max: Duration::from_secs(120),
+                jitter: true,
+            },
+            dedup: Dedup::none(),
+            timeout: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
+        }
+    }
+}
 
 impl Job for RecoverStaleTraces {
     const NAME: &'static str = "recover_stale_traces";

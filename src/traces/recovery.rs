@@ -5,29 +5,36 @@
 //! holds more than a batch in memory and never lets the archive queue grow past its capacity
 //! plus one batch.
 //!
-//! How a run goes ([`TraceRecovery::run`]):
-//! 1. Read the cursor (`cursors.trace_recovery`, a build id), so a run resumes where the last
-//!    one stopped, across restarts.
-//! 2. While the archive queue's ready + running jobs are below its capacity (its global limit,
-//!    the limited-capacity worker's `max_running`), take the next batch of stale build ids
-//!    above the cursor (an index range scan over unarchived builds only), enqueue an archive
-//!    for each (deduplicated against archives already queued) and move the cursor.
-//! 3. When the queue is full, wait for it to drain; when the walk reaches the end, start over
-//!    from 0 next time (`remaining_work` is 0); stop at the time budget in any case.
+//! How a walk goes:
+//! 1. A cron tick (or "run now") runs [`TraceRecovery::start`]: between walks (the cursor,
+//!    `cursors.trace_recovery`, at 0) it takes the walk's first step; then it hands the walk to
+//!    the limited-capacity worker [`StaleTraceWalk`] (`perform_with_capacity`), which keeps one
+//!    [`WalkStaleTraces`] copy queued or running while the walk goes on (`remaining_work`: the
+//!    cursor is past 0 and the store is up). A walk left half-way by a restart resumes at the
+//!    cursor on the next tick.
+//! 2. A step ([`TraceRecovery::step`]): while the archive queue's ready + running jobs are
+//!    below its capacity (its global limit, or `default_capacity`), take the next batch of
+//!    stale build ids above the cursor (an index range scan over unarchived builds only),
+//!    enqueue an archive for each (deduplicated against archives already queued) and move the
+//!    cursor. A copy whose step finds the queue full waits for room, up to
+//!    [`RecoveryConfig::wait`], then leaves the step to its successor.
+//! 3. A short batch is the end of the walk: the cursor goes back to 0, `remaining_work` is 0,
+//!    and the next tick starts a new walk.
 //! 4. While the object store is down (its circuit breaker's shared row says open), enqueue
-//!    nothing and end the run: an archive enqueued then could only snooze, and a snoozing job
+//!    nothing and stop walking: an archive enqueued then could only snooze, and a snoozing job
 //!    is scheduled, not ready or running, so it would not count against the capacity and the
 //!    walk would move the whole backlog into the queue (then released all at once when the
-//!    store is back). The next cron tick looks again.
+//!    store is back). The next cron tick resumes at the cursor.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::breaker::OBJECT_STORE_BREAKER;
-use super::jobs::ArchiveTrace;
+use super::jobs::{ArchiveTrace, WalkStaleTraces};
 use super::metadata::{MetadataError, MetadataStore};
 use crate::jobs::broker::{BrokerError, EnqueueOutcome};
-use crate::jobs::{Clock, Job, JobClient};
+use crate::jobs::limited_capacity::{LimitedCapacityWork, perform_with_capacity};
+use crate::jobs::{Clock, Job, JobClient, JobError};
 
 /// The recovery cursor's row in `cursors`.
 pub const RECOVERY_CURSOR: &str = "trace_recovery";
@@ -38,6 +45,8 @@ pub enum RecoveryError {
     Metadata(#[from] MetadataError),
     #[error("job queue: {0}")]
     Broker(#[from] BrokerError),
+    #[error("starting the walk: {0}")]
+    Walk(String),
 }
 
 #[derive(Debug, Clone)]
@@ -48,8 +57,9 @@ pub struct RecoveryConfig {
     pub batch: u32,
     /// The archive queue's capacity when it has no global limit (its limit wins otherwise).
     pub default_capacity: u32,
-    /// How long one run may go on (keep it below the cron interval).
-    pub budget: Duration,
+    /// How long one walk step waits for room in a full archive queue before it leaves the
+    /// step to its successor (keep it well below [`WalkStaleTraces`]' timeout).
+    pub wait: Duration,
     /// How long to wait for the archive queue to drain before looking again.
     pub poll: Duration,
 }
@@ -60,7 +70,7 @@ impl Default for RecoveryConfig {
             stale_after: Duration::from_secs(3600),
             batch: 1_000,
             default_capacity: 32,
-            budget: Duration::from_secs(240),
+            wait: Duration::from_secs(30),
             poll: Duration::from_millis(100),
         }
     }
@@ -82,18 +92,6 @@ pub enum Step {
     StorageDown,
     /// Nothing stale above the cursor; it starts over from 0.
     Done,
-}
-
-/// What a run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    pub enqueued: u64,
-    pub duplicates: u64,
-    pub batches: u64,
-    /// The walk reached the end (false: the budget ran out first).
-    pub completed: bool,
-    /// The largest archive backlog (ready + running) seen before a batch.
-    pub max_backlog: u64,
 }
 
 pub struct TraceRecovery {
@@ -143,12 +141,7 @@ impl TraceRecovery {
         if backlog >= u64::from(capacity) {
             return Ok((Step::QueueFull { backlog, capacity }, backlog));
         }
-        if self
-            .meta
-            .breaker(OBJECT_STORE_BREAKER)
-            .await?
-            .is_some_and(|b| b.open)
-        {
+        if self.storage_down().await? {
             return Ok((Step::StorageDown, backlog));
         }
         let cursor = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0);
@@ -204,48 +197,52 @@ impl TraceRecovery {
         ))
     }
 
-    /// Steps until the walk ends or the budget runs out, waiting while the queue is full.
-    pub async fn run(&self) -> Result<RecoveryReport, RecoveryError> {
+    /// One step, waiting while the archive queue is full (up to [`RecoveryConfig::wait`]).
+    pub async fn step_when_room(&self) -> Result<Step, RecoveryError> {
         let started = Instant::now();
-        let mut report = RecoveryReport::default();
         loop {
-            let (step, backlog) = self.step().await?;
-            report.max_backlog = report.max_backlog.max(backlog);
-            match step {
-                Step::Batch {
-                    enqueued,
-                    duplicates,
-                    end_of_walk,
-                } => {
-                    report.enqueued += enqueued;
-                    report.duplicates += duplicates;
-                    report.batches += 1;
-                    if end_of_walk {
-                        report.completed = true;
-                        break;
-                    }
-                }
-                Step::Done => {
-                    report.completed = true;
-                    break;
-                }
-                Step::StorageDown => {
-                    tracing::info!("object store down: stale-trace recovery waits for it");
-                    break;
-                }
-                Step::QueueFull { .. } => {
-                    if started.elapsed() >= self.config.budget {
-                        break;
-                    }
-                    tokio::time::sleep(self.config.poll).await;
-                }
+            let (step, _) = self.step().await?;
+            if !matches!(step, Step::QueueFull { .. }) || started.elapsed() >= self.config.wait {
+                return Ok(step);
             }
-            if started.elapsed() >= self.config.budget {
-                break;
-            }
+            tokio::time::sleep(self.config.poll).await;
         }
+    }
+
+    /// Whether the walk goes on: it is under way (the cursor is past 0) and the object store
+    /// is up. Two point reads.
+    pub async fn walk_goes_on(&self) -> Result<bool, RecoveryError> {
+        let under_way = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0) > 0;
+        Ok(under_way && !self.storage_down().await?)
+    }
+
+    async fn storage_down(&self) -> Result<bool, RecoveryError> {
+        Ok(self
+            .meta
+            .breaker(OBJECT_STORE_BREAKER)
+            .await?
+            .is_some_and(|b| b.open))
+    }
+
+    /// A cron tick: between walks, takes the first step of a new one; then hands the walk to
+    /// its limited-capacity worker (a no-op while a walker is queued or running, or when the
+    /// walk has ended already). Returns the first step taken, if any, and how many walkers it
+    /// enqueued (0 or 1).
+    pub async fn start(self: &Arc<Self>) -> Result<(Option<Step>, u64), RecoveryError> {
+        let between_walks = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0) == 0;
+        let first = if between_walks {
+            Some(self.step_when_room().await?)
+        } else {
+            None
+        };
+        let walk = StaleTraceWalk {
+            recovery: self.clone(),
+        };
+        let walkers = perform_with_capacity(&self.jobs, &walk)
+            .await
+            .map_err(|e| RecoveryError::Walk(e.to_string()))?;
         metrics::counter!("buildlogs_recovery_runs_total").increment(1);
-        Ok(report)
+        Ok((first, walkers))
     }
 
     /// What a run would enqueue now, without enqueuing or moving the cursor: the stale build
@@ -269,5 +266,42 @@ impl TraceRecovery {
             }
         }
         Ok(ids)
+    }
+}
+
+/// Stale-trace recovery's walk as a limited-capacity worker (GitLab's `LimitedCapacity::Worker`)
+/// of width 1: the walk has one cursor, so one step at a time. Its queue's global limit starts
+/// at 1 (an operator who widens it gets concurrent steps: duplicate enqueues, which dedup
+/// drops, no harm).
+pub struct StaleTraceWalk {
+    pub recovery: Arc<TraceRecovery>,
+}
+
+impl LimitedCapacityWork for StaleTraceWalk {
+    type Job = WalkStaleTraces;
+
+    fn max_running(&self) -> u32 {
+        1
+    }
+
+    /// 1 while the walk goes on, 0 once it ended or the store is down (a bounded stand-in for
+    /// a count: the walk's length is unknown until it is walked).
+    async fn remaining_work(&self) -> Result<u64, JobError> {
+        let goes_on = self
+            .recovery
+            .walk_goes_on()
+            .await
+            .map_err(JobError::retryable)?;
+        Ok(u64::from(goes_on))
+    }
+
+    async fn perform_work(&self) -> Result<(), JobError> {
+        let step = self
+            .recovery
+            .step_when_room()
+            .await
+            .map_err(JobError::retryable)?;
+        tracing::debug!(?step, "stale-trace recovery: walk step");
+        Ok(())
     }
 }

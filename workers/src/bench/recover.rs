@@ -2,8 +2,9 @@
 //! default) whose logs are still live in Redis, with no archive job queued (the queue was lost),
 //! on the production stack: a private redis-server, a throwaway PostgreSQL schema, a local
 //! object folder. Then one worker process's worth of runtime (the real handlers) runs
-//! stale-trace recovery (fired every 50 ms instead of every 5 minutes; a run stops at its
-//! 4-minute budget and the next resumes at the cursor), which feeds the archive queue in
+//! stale-trace recovery (its cron fired every 50 ms instead of every 5 minutes; a tick starts a
+//! walk or finds one under way, and the walk goes on step by step as a limited-capacity
+//! worker), which feeds the archive queue in
 //! batches while it has room, until every log is archived. Prints seconds to the last archive, traces/s, MB/s, peak RSS (of the
 //! recovery: the seeding's peak is reset first), the archive queue's longest length, and Redis
 //! commands and SQL statements per trace.
@@ -214,8 +215,8 @@ async fn drive(args: &RecoverArgs, settings: &Settings, redis_url: &str) -> anyh
     let (mut max_queue, mut polls) = (0u64, 0u64);
     let mut last_report = Instant::now();
     loop {
-        // The cron, fired every poll instead of every 5 minutes: a run stops at its budget (4
-        // minutes) and the next resumes at the cursor; one at a time (dedup until executed).
+        // The cron, fired every poll instead of every 5 minutes: a tick starts a walk (or finds
+        // one under way); one tick at a time (dedup until executed).
         jobs.enqueue(&RecoverStaleTraces {}).await?;
         let s = stack
             .broker

@@ -76,6 +76,7 @@ pub fn workers(
         TraceService::new(stack.trace_stores(clock.clone()), jobs.clone())
             .with_accept_timeout(config.stuck.accept_timeout),
     );
+    let walk = recover_stale_traces::walk_handler(recovery.clone(), jobs.clone());
     let stuck = Arc::new(StuckBuilds::new(
         stack.meta.clone(),
         stack.live.clone(),
@@ -92,6 +93,7 @@ pub fn workers(
             snooze: config.breaker.snooze,
         })
         .register(recover_stale_traces::RecoverStaleTracesHandler { recovery })
+        .register(walk)
         .register(expire_artifacts::ExpireArtifactsHandler { expiry })
         .register(drop_stuck_builds::DropStuckBuildsHandler { stuck });
     (workers, breaker)

@@ -1,11 +1,14 @@
-//! One run of stale-trace recovery (thin over [`TraceRecovery`]): archives enqueued in
-//! batches while the archive queue has room, until the walk ends or the time budget runs out.
+//! Stale-trace recovery (thin over [`TraceRecovery`]): the cron tick starts or resumes the walk
+//! ([`RecoverStaleTracesHandler`]); the walk's steps run as a limited-capacity worker
+//! ([`walk_handler`]: [`StaleTraceWalk`], one step per job, each enqueueing the next while
+//! the walk goes on).
 
 use std::sync::Arc;
 
-use buildlogs::jobs::{JobContext, JobError, JobHandler};
+use buildlogs::jobs::limited_capacity::LimitedCapacityHandler;
+use buildlogs::jobs::{JobClient, JobContext, JobError, JobHandler};
 use buildlogs::traces::jobs::RecoverStaleTraces;
-use buildlogs::traces::recovery::TraceRecovery;
+use buildlogs::traces::recovery::{StaleTraceWalk, TraceRecovery};
 
 pub struct RecoverStaleTracesHandler {
     pub recovery: Arc<TraceRecovery>,
@@ -15,15 +18,16 @@ impl JobHandler for RecoverStaleTracesHandler {
     type Job = RecoverStaleTraces;
 
     async fn perform(&self, _job: RecoverStaleTraces, _ctx: JobContext) -> Result<(), JobError> {
-        let report = self.recovery.run().await.map_err(JobError::retryable)?;
-        tracing::info!(
-            enqueued = report.enqueued,
-            duplicates = report.duplicates,
-            batches = report.batches,
-            completed = report.completed,
-            max_backlog = report.max_backlog,
-            "stale-trace recovery run"
-        );
+        let (first, walkers) = self.recovery.start().await.map_err(JobError::retryable)?;
+        tracing::info!(?first, walkers, "stale-trace recovery: tick");
         Ok(())
     }
+}
+
+/// The handler of the walk's steps (`WalkStaleTraces`).
+pub fn walk_handler(
+    recovery: Arc<TraceRecovery>,
+    jobs: JobClient,
+) -> LimitedCapacityHandler<StaleTraceWalk> {
+    LimitedCapacityHandler::new(Arc::new(StaleTraceWalk { recovery }), jobs)
 }
