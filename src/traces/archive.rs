@@ -401,9 +401,9 @@ impl ArchiveService {
         Ok(archived_at.map(|_| ArchiveOutcome::Expired))
     }
 
-    /// Chunk `index` where `rows` place it, with its row's CRC32 if flushed; where the rows
-    /// place it when read again if a flush moved it meanwhile (it deletes the live copy after
-    /// flipping the row); `None` if it is in neither place.
+    /// Chunk `index` where `rows` place it (or, if a flush moved it meanwhile, where they
+    /// place it when read again), with its row's CRC32 if flushed; `None` if it is in neither
+    /// place.
     async fn chunk_bytes(
         &self,
         build_id: i64,
@@ -415,17 +415,8 @@ impl ArchiveService {
             live: self.live.clone(),
             objects: self.objects.clone(),
         };
-        let crc_in = |rows: &[ChunkRow]| {
-            rows.iter()
-                .find(|r| r.chunk_index == index)
-                .and_then(|r| r.crc32)
-        };
-        if let Some(bytes) = source.read(build_id, index, rows).await? {
-            return Ok(Some((bytes, crc_in(rows))));
-        }
-        let fresh = self.meta.chunks(build_id).await?;
-        let bytes = source.read(build_id, index, &fresh).await?;
-        Ok(bytes.map(|bytes| (bytes, crc_in(&fresh))))
+        let found = source.read_located(build_id, index, rows, 0, None).await?;
+        Ok(found.map(|found| (found.bytes, found.crc32)))
     }
 
     async fn delete_chunks(&self, build_id: i64) -> Result<(), ArchiveError> {

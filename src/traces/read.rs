@@ -35,9 +35,9 @@ use futures::Stream;
 
 use super::breaker::ObjectStoreBreaker;
 use super::chunk::CHUNK_SIZE;
-use super::chunk_source::ChunkSource;
+use super::chunk_source::{ChunkReadError, ChunkSource};
 use super::live::LiveStoreError;
-use super::model::{Artifact, ChunkRow, DataStore};
+use super::model::{Artifact, ChunkRow};
 use super::objects::is_not_found;
 use super::service::TraceError;
 
@@ -215,43 +215,36 @@ impl TraceFrames {
         Ok(out)
     }
 
-    /// `[pos, end)` of chunk `index`, from where the rows place it; the rows are read again
-    /// once if it is not there (or shorter than the log's length says). `None`: not found.
+    /// `[pos, end)` of chunk `index`, from where the rows place it (followed once if a flush
+    /// moved it, see [`ChunkSource::read_located`]). `None`: not found.
     async fn chunk_frame(&mut self, index: u64, end: u64) -> Result<Option<Bytes>, TraceError> {
         let base = index * CHUNK_SIZE;
         let (lo, hi) = ((self.pos - base) as usize, (end - base) as usize);
         if self.rows.is_none() {
             self.rows = Some(self.read.source.meta.chunks(self.read.build_id).await?);
         }
-        if let Some(frame) = self.chunk_slice(index, lo, hi).await? {
-            return Ok(Some(frame));
-        }
-        // Moved between the row read and the byte read (even right after a fresh row read).
-        self.rows = Some(self.read.source.meta.chunks(self.read.build_id).await?);
-        self.chunk_slice(index, lo, hi).await
-    }
-
-    async fn chunk_slice(
-        &self,
-        index: u64,
-        lo: usize,
-        hi: usize,
-    ) -> Result<Option<Bytes>, TraceError> {
         let rows = self.rows.as_deref().unwrap_or_default();
-        let in_objects = rows
-            .iter()
-            .any(|r| r.chunk_index == index && r.data_store == DataStore::Object);
-        if in_objects {
-            self.objects_up().await?;
-        }
-        let chunk = self
+        let found = self
             .read
             .source
-            .read(self.read.build_id, index, rows)
-            .await?;
-        Ok(chunk
-            .filter(|c| c.len() >= hi)
-            .map(|c| Bytes::from(c).slice(lo..hi)))
+            .read_located(
+                self.read.build_id,
+                index,
+                rows,
+                hi,
+                self.read.breaker.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                ChunkReadError::ObjectStoreDown => TraceError::ObjectStoreDown,
+                e => e.into(),
+            })?;
+        Ok(found.map(|found| {
+            if let Some(rows) = found.rows_read_again {
+                self.rows = Some(rows);
+            }
+            Bytes::from(found.bytes).slice(lo..hi)
+        }))
     }
 
     /// `[pos, end)` of the archive: a slice of the last archive read, or of a new one that
