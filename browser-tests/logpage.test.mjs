@@ -114,7 +114,7 @@ test('colours, bold, italic, \\r overwrite, erase, unknown escapes and bad bytes
   await page.context().close();
 });
 
-test('a collapsed section hides its lines and shows its duration; a click unfolds it', async () => {
+test('a collapsed section hides its lines and shows its duration; a click unfolds it; its end line says so', async () => {
   const page = await newPage(browser, DESKTOP);
   await openWithReadLink(page, showcase, '#L1');
   await settled(page);
@@ -131,6 +131,8 @@ test('a collapsed section hides its lines and shows its duration; a click unfold
   await header.click();
   await row(page, 8).waitFor();
   assert.equal(await row(page, 9).locator('.text').innerText(), 'prepare secret line 2');
+  // The line that only ends the section says so, instead of being an empty numbered row.
+  assert.equal(await row(page, 11).locator('.text').innerText(), 'end of prepare');
   assert.equal(await row(page, 7).getAttribute('aria-expanded'), 'true');
   await screenshot(page, 'logpage-unfolded');
   await row(page, 7).click();

@@ -138,8 +138,15 @@
       cont = m[3] === "+";
       text = raw.slice(m[0].length);
     }
-    if (text.indexOf("section_") !== -1) text = text.replace(MARKER, "");
-    return { ts, stream, cont, text };
+    // Sections this line ends: a line that only ends sections shows that, not an empty row.
+    const ended = [];
+    if (text.indexOf("section_") !== -1) {
+      text = text.replace(MARKER, (_, kind, __, name) => {
+        if (kind === "end") ended.push(name);
+        return "";
+      });
+    }
+    return { ts, stream, cont, text, ended };
   }
 
   // The style in effect at the end of `line` (for a continuation line after it); follows a
@@ -545,6 +552,12 @@
       cont = parts.cont;
       const initial = cont ? styleAtEnd(line - 1) : PLAIN;
       renderText(text, parts.text, state.search ? state.search.q.toLowerCase() : null, initial, lineCut(line));
+      if (parts.ended.length && text.textContent === "") {
+        const end = document.createElement("span");
+        end.className = "section-end";
+        end.textContent = `end of ${parts.ended.join(", ")}`;
+        text.appendChild(end);
+      }
     }
     if (cont) {
       row.classList.add("cont");
