@@ -202,6 +202,9 @@ impl TraceRecovery {
         let started = Instant::now();
         loop {
             let (step, _) = self.step().await?;
+            if step == Step::StorageDown {
+                tracing::info!("object store down: stale-trace recovery waits for it");
+            }
             if !matches!(step, Step::QueueFull { .. }) || started.elapsed() >= self.config.wait {
                 return Ok(step);
             }
@@ -233,6 +236,9 @@ impl TraceRecovery {
         let first = if between_walks {
             Some(self.step_when_room().await?)
         } else {
+            if self.storage_down().await? {
+                tracing::info!("object store down: stale-trace recovery waits for it");
+            }
             None
         };
         let walk = StaleTraceWalk {
