@@ -52,7 +52,7 @@ use super::sql::{Db, on_db};
 
 use crate::jobs::BrokerError;
 use crate::jobs::clock::{Clock, SystemClock};
-use crate::jobs::sqlite::SqliteBroker;
+use crate::jobs::sqlite::{SqliteBroker, lock_for_migrations};
 use crate::traces::chunk::{self, CHUNK_SIZE};
 use crate::traces::live::{AppendOutcome, LiveChunkStore, LiveStoreError};
 use crate::traces::model::DataStore;
@@ -63,15 +63,18 @@ pub async fn migrate_postgres(pool: &PgPool) -> Result<(), MigrateError> {
 }
 
 /// Applies the job queue's migrations (`buildlogs-jobs`, which records them apart) and then
-/// `migrations/sqlite`, the build-log tables; idempotent.
+/// `migrations/sqlite`, the build-log tables; idempotent. Processes starting together on one
+/// file take turns (the job system's migration lock), so each applies a migration once.
 pub async fn migrate_sqlite(pool: &SqlitePool) -> Result<(), MigrateError> {
+    let broker_error = |e| match e {
+        BrokerError::Migrate(e) => e,
+        other => MigrateError::Source(Box::new(other)),
+    };
     SqliteBroker::new(pool.clone())
         .migrate()
         .await
-        .map_err(|e| match e {
-            BrokerError::Migrate(e) => e,
-            other => MigrateError::Source(Box::new(other)),
-        })?;
+        .map_err(broker_error)?;
+    let _lock = lock_for_migrations(pool).await.map_err(broker_error)?;
     let mut migrator = sqlx::migrate!("migrations/sqlite");
     // Files made before the job system had its own migrations list its 0001 here too.
     migrator.set_ignore_missing(true);

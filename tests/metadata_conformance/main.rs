@@ -9,6 +9,7 @@ mod support;
 
 use std::sync::Arc;
 
+use buildlogs::jobs::sqlite::SqliteBroker;
 use buildlogs::stores::sql_live::{SqlLiveChunks, migrate_sqlite};
 use buildlogs::stores::sql_metadata::SqlMetadata;
 use buildlogs::traces::chunk::CHUNK_SIZE;
@@ -215,4 +216,31 @@ async fn a_sqlite_file_from_before_the_job_crate_migrates() {
             .await
             .unwrap();
     assert_eq!(recorded, vec![1]);
+}
+
+/// Processes that start at once on a new SQLite file (`web` and `worker` on the embedded stack)
+/// each open it (the job queue's connect switches it to WAL and migrates the queue) and then
+/// migrate the build-log tables, as `open_stack` does: they take turns, and every one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_opening_one_new_sqlite_file_at_once_all_succeed() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("new.db").display());
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let broker = SqliteBroker::connect(&url).await?;
+                    migrate_sqlite(broker.pool()).await?;
+                    broker.pool().close().await;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: opening the new file failed: {e}"));
+        }
+    }
 }

@@ -33,6 +33,7 @@
 //! as scheduled until a fetch promotes them); job ids are unique, so enqueueing an id that is
 //! still stored (in any state) is a `Duplicate` where Redis would store a second copy.
 
+pub mod migration_lock;
 mod queries;
 
 use std::str::FromStr;
@@ -44,6 +45,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+pub use self::migration_lock::{MigrationLock, lock_for_migrations};
 use self::queries as q;
 use super::broker::{
     Ack, Broker, BrokerError, DeadJob, DeadSetBounds, Delivery, EnqueueOutcome, Lease, NewJob,
@@ -88,8 +90,15 @@ impl SqliteBroker {
             options = options.journal_mode(SqliteJournalMode::Wal);
             pool = pool.max_connections(MAX_CONNECTIONS);
         }
+        // Opening a new file (the switch to WAL) and migrating it, one process at a time.
+        let path = options.get_filename().to_owned();
+        let _lock = if in_memory || migration_lock::is_in_memory(&path) {
+            None
+        } else {
+            Some(migration_lock::lock_file(path).await?)
+        };
         let broker = Self::new(pool.connect_with(options).await?);
-        broker.migrate().await?;
+        broker.run_migrations().await?;
         Ok(broker)
     }
 
@@ -104,7 +113,14 @@ impl SqliteBroker {
 
     /// Creates the queue's tables (`migrations/sqlite`, idempotent). Their versions are kept in a
     /// table of their own, so an application can keep its own migrations in the same file.
+    /// One process migrates a file at a time ([`migration_lock`]).
     pub async fn migrate(&self) -> Result<(), BrokerError> {
+        let _lock = lock_for_migrations(&self.pool).await?;
+        self.run_migrations().await
+    }
+
+    /// The migrations, with the file's migration lock held by the caller.
+    async fn run_migrations(&self) -> Result<(), BrokerError> {
         let mut migrator = sqlx::migrate!("migrations/sqlite");
         migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
         migrator.run(&self.pool).await?;
