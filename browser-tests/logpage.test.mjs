@@ -302,6 +302,25 @@ test('a line of 100,000 characters shows its start and says how much more the ra
   await page.context().close();
 });
 
+test('a line growing live past 64 KiB keeps its start and counts the rest, as the server would', async () => {
+  const job = await registerJob(server.url);
+  await job.append(`first\n${'y'.repeat(60000)}`);
+  const page = await newPage(browser, DESKTOP);
+  await openWithReadLink(page, job);
+  await page.locator('#log .row[data-line="2"]').waitFor();
+  // 60,000 + 30,000 + 30,000 characters: the page keeps 65,536 of the line, draws 20,000.
+  await job.append('y'.repeat(30000));
+  await job.append(`${'y'.repeat(30000)}\nnext line\n`);
+  await lineAppears(page, 3, 'next line');
+  const notice = (await row(page, 2).locator('.notice').innerText()).trim();
+  assert.equal(notice, '… about 100,000 more characters (see raw)');
+  const kept = await page.evaluate(() => document.querySelector('#log .row[data-line="2"] .text').textContent.length);
+  assert.ok(kept < 21000, `drawn ${kept} characters`);
+  await job.finish();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test('a phone (390 px) has no horizontal page scroll; a long line scrolls inside the log', async () => {
   const job = await seedJob(server.url, `short\n${'a-very-long-line-'.repeat(60)}\nend\n`);
   for (const [size, name] of [[PHONE, 'phone'], [DESKTOP, 'desktop']]) {

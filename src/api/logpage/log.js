@@ -19,6 +19,7 @@
   const MARGIN = 30; // rows rendered above and below the screen
   const MAX_SCROLL_PX = 16_000_000; // under Chromium's ~33.5M px element height cap
   const MAX_RENDER_CHARS = 20_000; // longer lines are cut (the raw view has every byte)
+  const MAX_LINE_CHARS = 65_536; // kept of a line that grows live, as the server cuts at 64 KiB
 
   const $ = (id) => document.getElementById(id);
   const logBox = $("log");
@@ -396,6 +397,23 @@
     return (page && page.cut && page.cut.get(line)) || 0;
   }
 
+  // Notes `n` more characters of `line` left out of the page (the raw view has them).
+  function addCut(line, n) {
+    const page = state.pages.get(Math.floor((line - 1) / PAGE));
+    if (!page || n <= 0) return;
+    if (!page.cut) page.cut = new Map();
+    page.cut.set(line, (page.cut.get(line) || 0) + n);
+  }
+
+  // Live text for `line`, `seg` after what it holds: kept up to MAX_LINE_CHARS, as the server
+  // cuts lines, the rest only counted; a line already cut only counts what comes.
+  function extendLine(line, before, seg) {
+    if (lineCut(line) > 0) return addCut(line, seg.length);
+    const keep = Math.max(0, MAX_LINE_CHARS - before.length);
+    setLine(line, before + seg.slice(0, keep));
+    addCut(line, seg.length - keep);
+  }
+
   function setLine(line, text) {
     const p = Math.floor((line - 1) / PAGE);
     let page = state.pages.get(p);
@@ -696,9 +714,9 @@
       if (state.lastComplete) {
         if (seg === "" && !ends) break;
         state.total += 1;
-        setLine(state.total, seg);
+        extendLine(state.total, "", seg);
       } else {
-        setLine(state.total, (lineText(state.total) ?? "") + seg);
+        extendLine(state.total, lineText(state.total) ?? "", seg);
       }
       touched.push(state.total);
       state.lastComplete = ends;
