@@ -100,17 +100,12 @@ impl Job for WalkStaleTraces {
     const NAME: &'static str = "walk_stale_traces";
 
     fn options() -> JobOptions {
+        // A maintenance run's retries, without its one-at-a-time dedup (the pattern counts
+        // copies instead) and with a timeout that fits one step.
         JobOptions {
-            max_attempts: 3,
-            retry: RetrySchedule::Exponential {
-                min: Duration::from_secs(10),
-                factor: 2.0,
-                max: Duration::from_secs(120),
-                jitter: true,
-            },
             dedup: Dedup::none(),
             timeout: Duration::from_secs(300),
-            lease: Duration::from_secs(60),
+            ..periodic_run_options()
         }
     }
 }
