@@ -155,7 +155,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The role runs as a task on the runtime's workers, not on this thread inside `block_on`:
+    // there, every wake-up between it and the tasks it spawned (a worker's fetch, the Redis
+    // connection) crossed threads, a futex wake and a context switch per round trip.
+    let role = runtime.block_on(async { tokio::spawn(run(cli)).await });
+    match role.unwrap_or_else(|e| Err(anyhow::anyhow!("the role's task ended abnormally: {e}"))) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
