@@ -147,7 +147,18 @@ async fn one_run(
 
     let cpu_before = redis_cpu_s(&mut conn).await?;
     let exe = std::env::current_exe()?;
-    let mut worker = Command::new(exe)
+    // A profiler around the worker (`scripts/order-symbols.sh` runs it under callgrind).
+    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
+    let mut wrapper = wrapper.split_whitespace();
+    let mut worker = match wrapper.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(wrapper).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let mut worker = worker
         .args([
             "bench",
             "queue-worker",
