@@ -22,7 +22,7 @@ pub mod s3;
 pub mod s3s_fs;
 #[path = "../../../tests/support/sql.rs"]
 pub mod sql;
-#[path = "../../../tests/support/wait.rs"]
+#[path = "../../../jobs/tests/support/wait.rs"]
 pub mod wait;
 
 pub use wait::wait_for_value;

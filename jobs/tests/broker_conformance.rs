@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use buildlogs::jobs::broker::{Ack, DeadSetBounds, EnqueueOutcome, NewJob};
-use buildlogs::jobs::{DedupMode, Envelope};
+use buildlogs_jobs::broker::{Ack, DeadSetBounds, EnqueueOutcome, NewJob};
+use buildlogs_jobs::{DedupMode, Envelope};
 use support::TestBroker;
 
 const Q: &str = "conformance";
@@ -32,7 +32,7 @@ fn at(mut j: NewJob, run_at_ms: i64) -> NewJob {
     j
 }
 
-fn payloads(d: &[buildlogs::jobs::Delivery]) -> Vec<String> {
+fn payloads(d: &[buildlogs_jobs::Delivery]) -> Vec<String> {
     d.iter().map(|d| d.envelope.payload.clone()).collect()
 }
 

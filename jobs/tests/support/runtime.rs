@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buildlogs::jobs::apalis::{WorkerConfig, Workers};
-use buildlogs::jobs::{Broker, Job, JobContext, JobError, JobHandler, SystemClock};
+use buildlogs_jobs::apalis::{WorkerConfig, Workers};
+use buildlogs_jobs::{Broker, Job, JobContext, JobError, JobHandler, SystemClock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -7,7 +7,7 @@ mod support;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use buildlogs::jobs::{Clock, JobClient, SystemClock};
+use buildlogs_jobs::{Clock, JobClient, SystemClock};
 use redis::Commands;
 use support::TestBroker;
 use support::wait::wait_for;

@@ -1,5 +1,5 @@
 //! Reproduces the two apalis-redis 1.0.0 bugs that made us write our own Redis broker
-//! (`buildlogs::jobs::redis::RedisBroker`), against a real Redis, next to our broker doing the
+//! (`buildlogs_jobs::redis::RedisBroker`), against a real Redis, next to our broker doing the
 //! same work (job-systems.md §4.2, L2 and L3):
 //!
 //! 1. **Fetch fails for good past ~8,000 due tasks.** Every pushed task lands in
@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use apalis_core::backend::TaskSink;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_redis::{Config, RedisStorage};
-use buildlogs::jobs::broker::{Ack, NewJob};
-use buildlogs::jobs::redis::RedisBroker;
-use buildlogs::jobs::{Broker, Envelope};
+use buildlogs_jobs::broker::{Ack, NewJob};
+use buildlogs_jobs::redis::RedisBroker;
+use buildlogs_jobs::{Broker, Envelope};
 use tokio::sync::Notify;
 
 /// The broker's clock for our side of each comparison (time is passed explicitly).
@@ -276,7 +276,7 @@ async fn enqueue_backlog(broker: &RedisBroker, queue: &str, n: usize, run_at_ms:
     }
 }
 
-fn complete(d: buildlogs::jobs::Delivery) -> Ack {
+fn complete(d: buildlogs_jobs::Delivery) -> Ack {
     Ack::Complete { lease: d.lease }
 }
 

@@ -1,6 +1,6 @@
 //! Waiting in tests: every wait is a bounded poll of a condition, never a fixed sleep followed
-//! by an assertion. Shared by the library's tests (`support::wait`) and `workers/tests/`
-//! (included there by `#[path]`).
+//! by an assertion. Shared by the job system's tests (`support::wait`), the library's
+//! (`tests/support`) and `workers/tests/` (both include it by `#[path]`).
 #![allow(dead_code)]
 
 use std::future::Future;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use buildlogs::jobs::broker::NewJob;
-use buildlogs::jobs::limited_capacity::{
+use buildlogs_jobs::broker::NewJob;
+use buildlogs_jobs::limited_capacity::{
     LimitedCapacityHandler, LimitedCapacityWork, perform_with_capacity,
 };
-use buildlogs::jobs::{
+use buildlogs_jobs::{
     Clock, Dedup, Envelope, Job, JobClient, JobError, JobOptions, RetrySchedule, SystemClock,
 };
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,7 @@ fn client(b: &TestBroker) -> JobClient {
     JobClient::new(b.broker.clone(), Arc::new(SystemClock))
 }
 
-async fn stats(b: &TestBroker) -> buildlogs::jobs::QueueStats {
+async fn stats(b: &TestBroker) -> buildlogs_jobs::QueueStats {
     b.broker
         .stats(Work::NAME, SystemClock.now_ms())
         .await
@@ -296,10 +296,10 @@ async fn global_limit_holds_across_worker_sets_and_changes_at_runtime(b: &TestBr
 /// Lets two worker sets share one probe (and its observations).
 struct SharedProbe(Arc<Probe<Work>>);
 
-impl buildlogs::jobs::JobHandler for SharedProbe {
+impl buildlogs_jobs::JobHandler for SharedProbe {
     type Job = Work;
 
-    async fn perform(&self, job: Work, ctx: buildlogs::jobs::JobContext) -> Result<(), JobError> {
+    async fn perform(&self, job: Work, ctx: buildlogs_jobs::JobContext) -> Result<(), JobError> {
         self.0.perform(job, ctx).await
     }
 }
@@ -340,11 +340,11 @@ impl LimitedCapacityWork for Backlog {
             .left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
             .is_ok();
-        use buildlogs::jobs::JobHandler;
+        use buildlogs_jobs::JobHandler;
         self.probe
             .perform(
                 Unit,
-                buildlogs::jobs::JobContext {
+                buildlogs_jobs::JobContext {
                     id: String::new(),
                     queue: String::new(),
                     attempt: 1,

@@ -6,9 +6,9 @@ mod support;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use buildlogs::jobs::clock::ManualClock;
-use buildlogs::jobs::cron::{CronEntry, Scheduler};
-use buildlogs::jobs::{Clock, Dedup, Job, JobOptions};
+use buildlogs_jobs::clock::ManualClock;
+use buildlogs_jobs::cron::{CronEntry, Scheduler};
+use buildlogs_jobs::{Clock, Dedup, Job, JobOptions};
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use support::TestBroker;

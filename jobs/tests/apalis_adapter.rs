@@ -18,9 +18,9 @@ use apalis_core::worker::context::WorkerContext;
 use apalis_core::worker::event::Event;
 use apalis_core::worker::ext::event_listener::EventListenerExt;
 use async_trait::async_trait;
-use buildlogs::jobs::apalis::{BrokerBackend, BrokerBackendConfig, BrokerBackendEvent};
-use buildlogs::jobs::broker::{DeadSetBounds, Lease, ReapReport};
-use buildlogs::jobs::{
+use buildlogs_jobs::apalis::{BrokerBackend, BrokerBackendConfig, BrokerBackendEvent};
+use buildlogs_jobs::broker::{DeadSetBounds, Lease, ReapReport};
+use buildlogs_jobs::{
     Ack, Broker, BrokerError, Clock, DeadJob, Delivery, EnqueueOutcome, Envelope, Job, JobClient,
     JobContext, JobError, JobOptions, NewJob, QueueStats, RetrySchedule, ScheduledJob, SystemClock,
 };

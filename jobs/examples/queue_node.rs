@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use buildlogs::jobs::apalis::{WorkerConfig, Workers};
-use buildlogs::jobs::cron::{CronEntry, Scheduler};
-use buildlogs::jobs::redis::RedisBroker;
-use buildlogs::jobs::{
+use buildlogs_jobs::apalis::{WorkerConfig, Workers};
+use buildlogs_jobs::cron::{CronEntry, Scheduler};
+use buildlogs_jobs::redis::RedisBroker;
+use buildlogs_jobs::{
     Dedup, Job, JobContext, JobError, JobHandler, JobOptions, RetrySchedule, SystemClock,
 };
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use buildlogs::jobs::{
+use buildlogs_jobs::{
     Clock, Dedup, Job, JobClient, JobError, JobOptions, RetrySchedule, SystemClock,
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
