@@ -1,5 +1,5 @@
-// Release link options of the `buildlogs` binary; see workers/link/README.md for why and how
-// `hot-symbols.txt` is made.
+// Release link options of the `buildlogs` binary. `link/hot-symbols.txt` is made by
+// scripts/order-symbols.sh, which says why and how.
 use std::path::Path;
 
 fn main() {
