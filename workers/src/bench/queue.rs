@@ -6,6 +6,8 @@
 //! to the N-th ack (polled every 2 ms on a second connection). Redis CPU comes from `INFO cpu`
 //! around the work step, worker CPU and peak RSS from `/proc/<pid>`.
 //! `--scale` adds the 1,000,000-job backlog and 100,000 retries due in the same second.
+//! `BENCH_WORKER_WRAPPER` (a command, e.g. `valgrind --tool=callgrind`) runs the worker under
+//! it: `scripts/order-symbols.sh` lists the worker's functions that way.
 
 use std::process::{Child, Command};
 use std::sync::Arc;
