@@ -6,7 +6,8 @@
 #
 # Why: the kernel maps a binary's text in 64 KiB windows around each page first touched, and
 # the linker scatters a worker's ~1.3 MB of hot code over the 15 MB of text; a no-op worker
-# had 5.4 MB of text resident. Laid out together: 3 MB, peak RSS 10.7 -> 7.9 MB.
+# had 5.4 MB of text resident. Laid out together, `bench queue`'s worker peaks at 6.2-6.6 MB
+# of RSS instead of 10.9-12.2 MB.
 #
 # How: a release build runs `bench queue` at c=10 with its worker under callgrind (valgrind,
 # installed with apt when missing), which lists every function the worker ran: start-up,

@@ -1,4 +1,4 @@
-//! A worker or scheduler process for the multi-process job-system tests (`tests/job_processes.rs`):
+//! A worker or scheduler process for the multi-process job-system tests (`jobs/tests/processes.rs`):
 //! the real apalis workers and scheduler over Redis, running a probe job that reports what it sees to
 //! Redis keys under the test's prefix. Configured by env vars:
 //! `NODE_REDIS_URL`, `NODE_PREFIX`, `NODE_ROLE` (`worker` | `scheduler`), `NODE_CONCURRENCY`,

@@ -149,10 +149,9 @@ async fn one_run(
 
     let cpu_before = redis_cpu_s(&mut conn).await?;
     let exe = std::env::current_exe()?;
-    // A profiler around the worker (`scripts/order-symbols.sh` runs it under callgrind).
     let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
     let mut wrapper = wrapper.split_whitespace();
-    let mut worker = match wrapper.next() {
+    let mut command = match wrapper.next() {
         Some(program) => {
             let mut command = Command::new(program);
             command.args(wrapper).arg(exe);
@@ -160,7 +159,7 @@ async fn one_run(
         }
         None => Command::new(exe),
     };
-    let mut worker = worker
+    let mut worker = command
         .args([
             "bench",
             "queue-worker",

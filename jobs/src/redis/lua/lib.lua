@@ -197,7 +197,7 @@ local function fetch(base, now, max, lease, promote)
     return {}
   end
   -- A string: Redis 7.0 formats every number argument of redis.call with "%.17g", which cost
-  -- about 1 µs per leased job (a fifth of a 50-job call); "%d" once is exact and cheap.
+  -- about 1 µs per leased job; "%d" once per call is exact and cheap.
   local deadline = string.format("%d", now + lease)
   local zargs = {}
   for i, env in ipairs(envs) do
