@@ -379,6 +379,30 @@ async fn a_chunk_flushed_elsewhere_is_not_live_and_outlives_deleting_the_build(f
     );
 }
 
+/// A chunk the flush sealed in the database while the object store was down (its row keeps
+/// the bytes, with their CRC32) is no longer a live copy: dropping the live copy after the
+/// flip must leave those bytes for the archive.
+async fn deleting_the_live_copy_keeps_a_chunk_sealed_in_the_database(f: &Fixture) {
+    appended(f, 0, &bytes(C, 9)).await;
+    f.db()
+        .execute(
+            "UPDATE build_trace_chunks SET crc32 = 7, lock_version = lock_version + 1 \
+             WHERE build_id = 42 AND chunk_index = 0",
+        )
+        .await;
+    f.store.delete_chunk(B, 0).await.unwrap();
+    assert_eq!(
+        f.db()
+            .scalar_i64(
+                "SELECT CAST(length(raw_data) AS BIGINT) FROM build_trace_chunks \
+                 WHERE build_id = 42 AND chunk_index = 0"
+            )
+            .await,
+        Some(C as i64),
+        "the sealed bytes stay"
+    );
+}
+
 async fn a_chunk_to_start_that_exists_in_another_store_refuses_the_whole_append(f: &Fixture) {
     appended(f, 0, &bytes(C - 2, 8)).await;
     f.db()
@@ -607,5 +631,6 @@ on_every_sql_store!(
     chunk_rows_are_database_rows_sized_as_their_bytes,
     every_write_of_a_live_chunk_bumps_its_lock_version,
     a_chunk_flushed_elsewhere_is_not_live_and_outlives_deleting_the_build,
+    deleting_the_live_copy_keeps_a_chunk_sealed_in_the_database,
     a_chunk_to_start_that_exists_in_another_store_refuses_the_whole_append,
 );

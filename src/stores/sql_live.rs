@@ -13,7 +13,8 @@
 //!    alone; `last_activity` reads it.
 //! 3. `read_chunk` / `delete_chunk`: a chunk is live while its row's `data_store` is `database`
 //!    and `raw_data` is set; deleting clears `raw_data` (the row and its `size` stay: the flush
-//!    flips `data_store` and keeps the metadata).
+//!    flips `data_store` and keeps the metadata). A row the flush sealed (`crc32` set: flushed
+//!    to the database while the object store was down) is not a live copy: deleting leaves it.
 //! 4. `delete_build`: deletes the build's `database` chunk rows, resets its length to 0 and
 //!    its watch mark, and closes the trace (for good: the flag is a column of the build's own
 //!    row, which stays as the build's record). Called once the log is archived: by then a
@@ -156,7 +157,7 @@ const SQLITE: Statements = Statements {
     delete_chunk: "UPDATE build_trace_chunks SET raw_data = NULL, \
          lock_version = lock_version + 1, updated_at = $3 \
          WHERE build_id = $1 AND chunk_index = $2 AND data_store = 'database' \
-         AND raw_data IS NOT NULL",
+         AND raw_data IS NOT NULL AND crc32 IS NULL",
     delete_build_chunks: "DELETE FROM build_trace_chunks \
          WHERE build_id = $1 AND data_store = 'database'",
     reset_length: "UPDATE builds SET trace_length = 0, trace_closed = 1, \

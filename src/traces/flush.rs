@@ -114,14 +114,20 @@ impl FlushService {
             .await?
             .into_iter()
             .find(|r| r.chunk_index == index);
-        if row.is_none() && self.live.data_store() == DataStore::Redis {
-            // A live chunk has no row (appends write none): create it at lock_version 0, unless
-            // the log was archived (rows and live bytes deleted): a row would outlive it.
+        if row.is_none() {
+            // A live chunk without a row (Redis appends write none; a SQL store's chunks are
+            // their rows): create it at lock_version 0, unless there is no live chunk either
+            // (the log was archived: rows and live bytes deleted; a row would outlive it).
             if self.live.read_chunk(build_id, index).await?.is_none() {
                 return Ok(FlushOutcome::Missing);
             }
             self.meta
-                .ensure_chunks(build_id, &[index], DataStore::Redis, self.clock.now_ms())
+                .ensure_chunks(
+                    build_id,
+                    &[index],
+                    self.live.data_store(),
+                    self.clock.now_ms(),
+                )
                 .await?;
             row = self
                 .meta
@@ -133,21 +139,14 @@ impl FlushService {
         let Some(row) = row else {
             return Ok(FlushOutcome::Missing);
         };
-        if self.live.data_store() == DataStore::Redis
-            && row.data_store == DataStore::Database
-            && row.crc32.is_some()
+        if row.data_store == DataStore::Object
+            || (row.data_store == DataStore::Database && row.crc32.is_some())
         {
-            // Flushed to the database during an outage: the archive moves it on. A flush that
-            // crashed between its flip and deleting the live copy left that copy in Redis:
-            // drop it, as for a chunk in the object store (memory stays bounded while the
-            // store is down).
+            // In the object store, or sealed in the database during an outage (the archive
+            // moves it on). A flush that crashed between its flip and deleting the live copy
+            // left that copy behind: drop it (Redis memory stays bounded while the store is
+            // down).
             self.live.delete_chunk(build_id, index).await?;
-            return Ok(FlushOutcome::AlreadyFlushed);
-        }
-        if row.data_store == DataStore::Object {
-            if self.live.data_store() == DataStore::Redis {
-                self.live.delete_chunk(build_id, index).await?;
-            }
             return Ok(FlushOutcome::AlreadyFlushed);
         }
         let Some(data) = self.live.read_chunk(build_id, index).await? else {
@@ -189,9 +188,7 @@ impl FlushService {
         if !self.meta.flip_chunk(&flip, self.clock.now_ms()).await? {
             return self.lost_flip(build_id, index).await;
         }
-        if self.live.data_store() == DataStore::Redis {
-            self.live.delete_chunk(build_id, index).await?;
-        }
+        self.live.delete_chunk(build_id, index).await?;
         metrics::counter!("buildlogs_trace_chunks_flushed_total").increment(1);
         Ok(FlushOutcome::Flushed { size, crc32 })
     }
@@ -233,9 +230,7 @@ impl FlushService {
             .find(|r| r.chunk_index == index);
         match row {
             Some(row) if row.data_store == DataStore::Object => {
-                if self.live.data_store() == DataStore::Redis {
-                    self.live.delete_chunk(build_id, index).await?;
-                }
+                self.live.delete_chunk(build_id, index).await?;
                 Ok(FlushOutcome::AlreadyFlushed)
             }
             None => {
@@ -274,9 +269,7 @@ impl FlushService {
                 index,
             });
         }
-        if self.live.data_store() == DataStore::Redis {
-            self.live.delete_chunk(build_id, index).await?;
-        }
+        self.live.delete_chunk(build_id, index).await?;
         metrics::counter!("buildlogs_trace_chunks_flushed_to_database_total").increment(1);
         Ok(FlushOutcome::FlushedToDatabase { size, crc32 })
     }

@@ -83,8 +83,8 @@ pub enum LiveStoreError {
 
 #[async_trait]
 pub trait LiveChunkStore: Send + Sync + 'static {
-    /// Where it keeps bytes: `Redis`, or `Database` (the embedded stack's SQL store, which
-    /// writes its own chunk rows). Flushes and reads branch on it.
+    /// Where it keeps bytes: `Redis`, or `Database` (the embedded stack's SQL store, whose
+    /// chunks are their own rows). The store a chunk row created for a live chunk names.
     fn data_store(&self) -> DataStore;
 
     /// Appends `data` at trace offset `offset` if that is the current length.
@@ -108,7 +108,10 @@ pub trait LiveChunkStore: Send + Sync + 'static {
         chunk_index: u64,
     ) -> Result<Option<Vec<u8>>, LiveStoreError>;
 
-    /// Drops a chunk's live copy (after it was flushed elsewhere).
+    /// Drops a chunk's live copy once its row says where its bytes are now (flipped to the
+    /// object store, or sealed in the database during an outage). Does nothing when there is
+    /// none: a store whose live chunks are their rows (SQL) has no copy apart from a flipped or
+    /// sealed row, and keeps a sealed row's bytes. Idempotent.
     async fn delete_chunk(&self, build: i64, chunk_index: u64) -> Result<(), LiveStoreError>;
 
     /// Drops everything live of a build, its length included (after archiving). It stays
