@@ -14,7 +14,7 @@ use crate::jobs::Job;
 use crate::jobs::broker::{Broker, BrokerError, QueueStats};
 use crate::traces::breaker::OBJECT_STORE_BREAKER;
 use crate::traces::jobs::ArchiveTrace;
-use crate::traces::metadata::{BreakerStore, MetadataError, MetadataStore};
+use crate::traces::metadata::{BreakerStore, CursorStore, MetadataError, TraceMetadataStore};
 use crate::traces::recovery::{RECOVERY_CURSOR, RecoveryConfig};
 
 /// Stale traces counted at most; past it a view says "more than".
@@ -102,14 +102,15 @@ pub struct RecoveryView {
 /// Counted with the default staleness: the web role does not read
 /// `BUILDLOGS_RECOVERY_STALE_MINUTES`.
 pub async fn recovery(
-    meta: &dyn MetadataStore,
+    cursors: &dyn CursorStore,
+    traces: &dyn TraceMetadataStore,
     now_ms: i64,
 ) -> Result<RecoveryView, MetadataError> {
-    let cursor = meta.cursor(RECOVERY_CURSOR).await?;
-    let last_step_ms = meta.cursor_updated_at(RECOVERY_CURSOR).await?;
+    let cursor = cursors.cursor(RECOVERY_CURSOR).await?;
+    let last_step_ms = cursors.cursor_updated_at(RECOVERY_CURSOR).await?;
     let stale_after_ms =
         i64::try_from(RecoveryConfig::default().stale_after.as_millis()).unwrap_or(i64::MAX);
-    let stale = meta
+    let stale = traces
         .stale_traces(
             0,
             now_ms.saturating_sub(stale_after_ms),

@@ -24,7 +24,7 @@ use buildlogs::traces::jobs::ArchiveTrace;
 use buildlogs::traces::jobs::WalkStaleTraces;
 use buildlogs::traces::model::{BuildStatus, DataStore, NewArtifact};
 use buildlogs::traces::recovery::{
-    RECOVERY_CURSOR, RecoveryConfig, StaleTraceWalk, Step, TraceRecovery,
+    RECOVERY_CURSOR, RecoveryConfig, RecoveryMetadata, StaleTraceWalk, Step, TraceRecovery,
 };
 use support::app::TestApp;
 use support::runtime;
@@ -339,7 +339,7 @@ async fn drain_archives(app: &TestApp) -> Vec<i64> {
 
 fn recovery(app: &TestApp, batch: u32, capacity: u32) -> TraceRecovery {
     TraceRecovery::new(
-        app.parts.meta.clone(),
+        RecoveryMetadata::from_one(&app.parts.meta),
         JobClient::new(app.broker.clone(), Arc::new(SystemClock)),
         Arc::new(SystemClock),
         RecoveryConfig {

@@ -481,7 +481,7 @@ pub(super) async fn breaker(State(state): State<AppState>) -> Result<Json<Value>
 )]
 pub(super) async fn recovery(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let now = now_ms(&state);
-    let view = status::recovery(state.meta.as_ref(), now)
+    let view = status::recovery(state.meta.as_ref(), state.meta.as_ref(), now)
         .await
         .map_err(|e| failed("reading stale-trace recovery", e))?;
     let schedule = state

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use super::breaker::OBJECT_STORE_BREAKER;
 use super::jobs::{ArchiveTrace, WalkStaleTraces};
-use super::metadata::{MetadataError, MetadataStore};
+use super::metadata::{
+    BreakerStore, CursorStore, MetadataError, MetadataStore, TraceMetadataStore,
+};
 use crate::jobs::broker::{BrokerError, EnqueueOutcome};
 use crate::jobs::limited_capacity::{LimitedCapacityWork, perform_with_capacity};
 use crate::jobs::{Clock, Job, JobClient, JobError};
@@ -94,8 +96,28 @@ pub enum Step {
     Done,
 }
 
+/// The metadata recovery uses: the stale traces, its walk's cursor, and the object store's
+/// breaker (a walk waits while the store is down). One `Arc<dyn MetadataStore>` serves as all
+/// three ([`RecoveryMetadata::from_one`]).
+#[derive(Clone)]
+pub struct RecoveryMetadata {
+    pub traces: Arc<dyn TraceMetadataStore>,
+    pub cursors: Arc<dyn CursorStore>,
+    pub breakers: Arc<dyn BreakerStore>,
+}
+
+impl RecoveryMetadata {
+    pub fn from_one(meta: &Arc<dyn MetadataStore>) -> Self {
+        Self {
+            traces: meta.clone(),
+            cursors: meta.clone(),
+            breakers: meta.clone(),
+        }
+    }
+}
+
 pub struct TraceRecovery {
-    meta: Arc<dyn MetadataStore>,
+    meta: RecoveryMetadata,
     jobs: JobClient,
     clock: Arc<dyn Clock>,
     config: RecoveryConfig,
@@ -103,7 +125,7 @@ pub struct TraceRecovery {
 
 impl TraceRecovery {
     pub fn new(
-        meta: Arc<dyn MetadataStore>,
+        meta: RecoveryMetadata,
         jobs: JobClient,
         clock: Arc<dyn Clock>,
         config: RecoveryConfig,
@@ -144,9 +166,15 @@ impl TraceRecovery {
         if self.storage_down().await? {
             return Ok((Step::StorageDown, backlog));
         }
-        let cursor = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0);
+        let cursor = self
+            .meta
+            .cursors
+            .cursor(RECOVERY_CURSOR)
+            .await?
+            .unwrap_or(0);
         let ids = self
             .meta
+            .traces
             .stale_traces(
                 cursor,
                 self.stale_before(),
@@ -156,7 +184,10 @@ impl TraceRecovery {
             .await?;
         let now = self.clock.now_ms();
         let Some(&last) = ids.last() else {
-            self.meta.set_cursor(RECOVERY_CURSOR, 0, now).await?;
+            self.meta
+                .cursors
+                .set_cursor(RECOVERY_CURSOR, 0, now)
+                .await?;
             metrics::gauge!("buildlogs_recovery_cursor").set(0.0);
             return Ok((Step::Done, backlog));
         };
@@ -176,7 +207,10 @@ impl TraceRecovery {
         } else {
             last
         };
-        self.meta.set_cursor(RECOVERY_CURSOR, next, now).await?;
+        self.meta
+            .cursors
+            .set_cursor(RECOVERY_CURSOR, next, now)
+            .await?;
         metrics::counter!("buildlogs_recovery_enqueued_total").increment(enqueued);
         metrics::gauge!("buildlogs_recovery_cursor").set(next as f64);
         tracing::info!(
@@ -215,13 +249,20 @@ impl TraceRecovery {
     /// Whether the walk goes on: it is under way (the cursor is past 0) and the object store
     /// is up. Two point reads.
     pub async fn walk_goes_on(&self) -> Result<bool, RecoveryError> {
-        let under_way = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0) > 0;
+        let under_way = self
+            .meta
+            .cursors
+            .cursor(RECOVERY_CURSOR)
+            .await?
+            .unwrap_or(0)
+            > 0;
         Ok(under_way && !self.storage_down().await?)
     }
 
     async fn storage_down(&self) -> Result<bool, RecoveryError> {
         Ok(self
             .meta
+            .breakers
             .breaker(OBJECT_STORE_BREAKER)
             .await?
             .is_some_and(|b| b.open))
@@ -232,7 +273,13 @@ impl TraceRecovery {
     /// walk has ended already). Returns the first step taken, if any, and how many walkers it
     /// enqueued (0 or 1).
     pub async fn start(self: &Arc<Self>) -> Result<(Option<Step>, u64), RecoveryError> {
-        let between_walks = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0) == 0;
+        let between_walks = self
+            .meta
+            .cursors
+            .cursor(RECOVERY_CURSOR)
+            .await?
+            .unwrap_or(0)
+            == 0;
         let first = if between_walks {
             Some(self.step_when_room().await?)
         } else {
@@ -254,13 +301,19 @@ impl TraceRecovery {
     /// What a run would enqueue now, without enqueuing or moving the cursor: the stale build
     /// ids from the cursor on, at most `max`, read batch by batch.
     pub async fn dry_run(&self, max: u64) -> Result<Vec<i64>, RecoveryError> {
-        let mut cursor = self.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0);
+        let mut cursor = self
+            .meta
+            .cursors
+            .cursor(RECOVERY_CURSOR)
+            .await?
+            .unwrap_or(0);
         let before = self.stale_before();
         let mut ids = Vec::new();
         while (ids.len() as u64) < max {
             let want = (max - ids.len() as u64).min(u64::from(self.config.batch)) as u32;
             let batch = self
                 .meta
+                .traces
                 .stale_traces(cursor, before, ArchiveTrace::options().max_attempts, want)
                 .await?;
             let Some(&last) = batch.last() else { break };

@@ -9,7 +9,7 @@ use anyhow::Context;
 use buildlogs::config::Settings;
 use buildlogs::jobs::{Clock, JobClient, SystemClock};
 use buildlogs::traces::jobs::RecoverStaleTraces;
-use buildlogs::traces::recovery::{RECOVERY_CURSOR, TraceRecovery};
+use buildlogs::traces::recovery::{RECOVERY_CURSOR, RecoveryMetadata, TraceRecovery};
 
 use crate::roles::OutageArgs;
 
@@ -37,7 +37,12 @@ pub async fn run(settings: &Settings, args: RecoverArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = args.outage.handler_config().recovery;
-    let recovery = TraceRecovery::new(stack.meta.clone(), jobs, clock, config.clone());
+    let recovery = TraceRecovery::new(
+        RecoveryMetadata::from_one(&stack.meta),
+        jobs,
+        clock,
+        config.clone(),
+    );
     let cursor = stack.meta.cursor(RECOVERY_CURSOR).await?.unwrap_or(0);
     let (capacity, backlog) = recovery.archive_queue().await?;
     let ids = recovery.dry_run(args.max).await?;

@@ -84,7 +84,7 @@ async fn outage(stack: &buildlogs::config::Stack, now: i64) -> anyhow::Result<()
             change.reason.as_deref().unwrap_or("no reason recorded")
         );
     }
-    let recovery = status::recovery(stack.meta.as_ref(), now).await?;
+    let recovery = status::recovery(stack.meta.as_ref(), stack.meta.as_ref(), now).await?;
     let stale = if recovery.stale_more {
         format!("over {STALE_COUNT_MAX}")
     } else {

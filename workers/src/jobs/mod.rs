@@ -18,7 +18,7 @@ use buildlogs::traces::archive::ArchiveService;
 use buildlogs::traces::breaker::{BreakerConfig, ObjectStoreBreaker};
 use buildlogs::traces::expiry::{ArtifactExpiry, ExpiryConfig};
 use buildlogs::traces::flush::FlushService;
-use buildlogs::traces::recovery::{RecoveryConfig, TraceRecovery};
+use buildlogs::traces::recovery::{RecoveryConfig, RecoveryMetadata, TraceRecovery};
 use buildlogs::traces::service::TraceService;
 use buildlogs::traces::stuck::{StuckBuilds, StuckConfig};
 
@@ -66,7 +66,7 @@ pub fn workers(
     ));
     let jobs = JobClient::new(stack.broker.clone(), clock.clone());
     let recovery = Arc::new(TraceRecovery::new(
-        stack.meta.clone(),
+        RecoveryMetadata::from_one(&stack.meta),
         jobs.clone(),
         clock.clone(),
         config.recovery.clone(),
