@@ -16,8 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The s3s-fs version the tests use (0.17 needs rustc 1.96).
-pub const VERSION: &str = "0.14.1";
+/// The s3s-fs version the tests, `.ci/run` and the soak use (0.17 needs rustc 1.96): pinned once,
+/// in `scripts/s3s-fs.version`.
+pub const VERSION: &str = include_str!("../../scripts/s3s-fs.version").trim_ascii();
 
 /// How long a freshly started s3s-fs gets to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);

@@ -7,9 +7,10 @@ use buildlogs::jobs::broker::{Ack, NewJob};
 use buildlogs::jobs::redis::RedisBroker;
 use buildlogs::jobs::{Broker, Envelope};
 
-fn redis_url() -> String {
-    std::env::var("BUILDLOGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+#[path = "../../jobs/tests/support/redis_keys.rs"]
+mod redis_keys;
+
+use redis_keys::{START_REDIS, redis_url};
 
 struct Cli {
     prefix: String,
@@ -39,7 +40,7 @@ impl Cli {
     async fn broker(&self) -> RedisBroker {
         RedisBroker::connect(&redis_url(), &self.prefix)
             .await
-            .unwrap()
+            .expect(START_REDIS)
     }
 }
 

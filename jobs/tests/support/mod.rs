@@ -12,7 +12,7 @@ mod redis_keys;
 pub mod runtime;
 pub mod wait;
 
-pub use redis_keys::{delete_prefix, redis_keys_with_ttl, redis_url, unique_prefix};
+pub use redis_keys::{START_REDIS, delete_prefix, redis_keys_with_ttl, redis_url, unique_prefix};
 
 /// A broker under test plus whatever must live as long as it (temp dir, key prefix).
 pub struct TestBroker {
@@ -37,7 +37,7 @@ impl TestBroker {
         let prefix = unique_prefix(test);
         let broker = RedisBroker::connect(&redis_url(), &prefix)
             .await
-            .expect("Redis at BUILDLOGS_TEST_REDIS_URL (default redis://127.0.0.1:6379): start redis-server, or run bash .ci/run, which does");
+            .expect(START_REDIS);
         Self {
             broker: Arc::new(broker),
             kind: "redis",

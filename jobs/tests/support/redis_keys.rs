@@ -2,6 +2,10 @@
 //! Shared by the job system's tests and the library's (`tests/support`, by `#[path]`).
 #![allow(dead_code)]
 
+/// What a test that cannot reach Redis says.
+pub const START_REDIS: &str = "Redis at BUILDLOGS_TEST_REDIS_URL (default redis://127.0.0.1:6379): \
+     start redis-server, or run bash .ci/run, which does";
+
 pub fn redis_url() -> String {
     std::env::var("BUILDLOGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }

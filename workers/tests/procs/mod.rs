@@ -18,12 +18,16 @@ pub mod checks;
 pub mod runner;
 pub mod s3;
 
+#[path = "../../../jobs/tests/support/redis_keys.rs"]
+pub mod redis_keys;
 #[path = "../../../tests/support/s3s_fs.rs"]
 pub mod s3s_fs;
 #[path = "../../../tests/support/sql.rs"]
 pub mod sql;
 #[path = "../../../jobs/tests/support/wait.rs"]
 pub mod wait;
+
+pub use redis_keys::{START_REDIS, redis_url};
 
 pub use wait::wait_for_value;
 
@@ -41,10 +45,6 @@ use redis::aio::ConnectionManager;
 use runner::{ADMIN, Runner};
 use s3::S3Server;
 use sql::TestPostgres;
-
-pub fn redis_url() -> String {
-    std::env::var("BUILDLOGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// A child process, SIGKILLed and reaped when dropped.
 pub struct Proc {
@@ -102,7 +102,7 @@ impl Fleet {
         let prefix = format!("blt:{test}:{}", ulid::Ulid::new());
         let redis = buildlogs::jobs::redis::connection(&redis_url())
             .await
-            .expect("redis at BUILDLOGS_TEST_REDIS_URL");
+            .expect(START_REDIS);
         Self {
             pg: TestPostgres::new(test).await,
             keys: Keys::new(&prefix),

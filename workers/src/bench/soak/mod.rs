@@ -105,7 +105,7 @@ pub struct SoakArgs {
     database_url: String,
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
-    /// The S3-compatible server (default: where `.ci/run` installs s3s-fs 0.14.1).
+    /// The S3-compatible server (default: where `.ci/run` installs s3s-fs).
     #[arg(long, env = "BUILDLOGS_S3S_FS_BIN")]
     s3s_fs: Option<PathBuf>,
     /// Keep the processes' logs (their path is printed); otherwise a failed run prints their
@@ -373,10 +373,14 @@ async fn drive(
     Ok(r.print())
 }
 
+/// The s3s-fs version `.ci/run` and the tests install (the one pin).
+const S3S_FS_VERSION: &str = include_str!("../../../../scripts/s3s-fs.version").trim_ascii();
+
+/// Where `.ci/run` and the tests install s3s-fs.
 fn default_s3s_fs() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from(".cargo"));
-    home.join("s3s-fs-0.14.1/bin/s3s-fs")
+    home.join(format!("s3s-fs-{S3S_FS_VERSION}/bin/s3s-fs"))
 }
