@@ -142,6 +142,16 @@ impl TraceRecovery {
         &self.config
     }
 
+    /// Where the walk stands: 0 between walks.
+    async fn cursor(&self) -> Result<i64, RecoveryError> {
+        Ok(self
+            .meta
+            .cursors
+            .cursor(RECOVERY_CURSOR)
+            .await?
+            .unwrap_or(0))
+    }
+
     fn stale_before(&self) -> i64 {
         self.clock.now_ms() - self.config.stale_after.as_millis() as i64
     }
@@ -166,12 +176,7 @@ impl TraceRecovery {
         if self.storage_down().await? {
             return Ok((Step::StorageDown, backlog));
         }
-        let cursor = self
-            .meta
-            .cursors
-            .cursor(RECOVERY_CURSOR)
-            .await?
-            .unwrap_or(0);
+        let cursor = self.cursor().await?;
         let ids = self
             .meta
             .traces
@@ -249,13 +254,7 @@ impl TraceRecovery {
     /// Whether the walk goes on: it is under way (the cursor is past 0) and the object store
     /// is up. Two point reads.
     pub async fn walk_goes_on(&self) -> Result<bool, RecoveryError> {
-        let under_way = self
-            .meta
-            .cursors
-            .cursor(RECOVERY_CURSOR)
-            .await?
-            .unwrap_or(0)
-            > 0;
+        let under_way = self.cursor().await? > 0;
         Ok(under_way && !self.storage_down().await?)
     }
 
@@ -273,13 +272,7 @@ impl TraceRecovery {
     /// walk has ended already). Returns the first step taken, if any, and how many walkers it
     /// enqueued (0 or 1).
     pub async fn start(self: &Arc<Self>) -> Result<(Option<Step>, u64), RecoveryError> {
-        let between_walks = self
-            .meta
-            .cursors
-            .cursor(RECOVERY_CURSOR)
-            .await?
-            .unwrap_or(0)
-            == 0;
+        let between_walks = self.cursor().await? == 0;
         let first = if between_walks {
             Some(self.step_when_room().await?)
         } else {
@@ -301,12 +294,7 @@ impl TraceRecovery {
     /// What a run would enqueue now, without enqueuing or moving the cursor: the stale build
     /// ids from the cursor on, at most `max`, read batch by batch.
     pub async fn dry_run(&self, max: u64) -> Result<Vec<i64>, RecoveryError> {
-        let mut cursor = self
-            .meta
-            .cursors
-            .cursor(RECOVERY_CURSOR)
-            .await?
-            .unwrap_or(0);
+        let mut cursor = self.cursor().await?;
         let before = self.stale_before();
         let mut ids = Vec::new();
         while (ids.len() as u64) < max {
