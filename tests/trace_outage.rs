@@ -240,6 +240,51 @@ async fn the_breaker_is_shared_and_closing_it_releases_waiting_archives(app: &Te
     );
 }
 
+/// The process that closes the breaker releases the waiting archives at once, retries that
+/// release while the queue is unreachable, and releases once more after a sync interval or two:
+/// a process that had not yet read the close may have snoozed an archive (for the snooze's
+/// five minutes) after the first release.
+async fn archives_snoozed_after_the_close_are_released_by_a_later_probe_tick(app: &TestApp) {
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let closer = breaker(app, Arc::new(clock.clone()), 1);
+    closer.record_failure(&"connection refused").await;
+    assert!(closer.is_open_locally());
+    let jobs = JobClient::new(app.broker.clone(), Arc::new(clock.clone()));
+    let due = || async {
+        app.broker
+            .fetch(ArchiveTrace::NAME, 10, LEASE, clock.now_ms())
+            .await
+            .unwrap()
+            .len()
+    };
+    jobs.enqueue_in(&ArchiveTrace { build_id: 1 }, Duration::from_secs(3_600))
+        .await
+        .unwrap();
+    closer.tick(app.parts.store.as_ref(), &jobs).await;
+    assert!(!closer.is_open_locally(), "the probe worked: closed");
+    assert_eq!(due().await, 1, "released at the close");
+
+    jobs.enqueue_in(&ArchiveTrace { build_id: 2 }, Duration::from_secs(300))
+        .await
+        .unwrap();
+    closer.tick(app.parts.store.as_ref(), &jobs).await;
+    assert_eq!(due().await, 0, "the others may not have seen the close yet");
+    clock.advance_ms(2_000);
+    closer.tick(app.parts.store.as_ref(), &jobs).await;
+    assert_eq!(
+        due().await,
+        1,
+        "the snooze that came after the close, released"
+    );
+
+    jobs.enqueue_in(&ArchiveTrace { build_id: 3 }, Duration::from_secs(300))
+        .await
+        .unwrap();
+    clock.advance_ms(60_000);
+    closer.tick(app.parts.store.as_ref(), &jobs).await;
+    assert_eq!(due().await, 0, "once more, not for ever");
+}
+
 /// Failures too few to open the breaker still send archives into their backoff: once the
 /// store answered and then stayed quiet, they are released (once); a store still failing, or
 /// one that never answered, releases nothing.
@@ -612,6 +657,7 @@ on_both_stacks!(
     a_late_archive_keeps_every_flushed_byte_and_checks_the_runners_checksum,
     an_outage_sends_flushes_to_the_database_and_the_archive_waits_for_storage,
     the_breaker_is_shared_and_closing_it_releases_waiting_archives,
+    archives_snoozed_after_the_close_are_released_by_a_later_probe_tick,
     a_blip_that_never_opened_the_breaker_releases_waiting_archives_once_quiet,
     recovery_enqueues_stale_traces_in_batches_under_the_archive_capacity,
     a_recovery_walk_drains_the_backlog_with_a_bounded_queue_one_step_per_job,

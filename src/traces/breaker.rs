@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::jobs::{ArchiveTrace, FlushTraceChunk};
 use super::metadata::{BreakerRecord, BreakerStore};
 use super::objects::ObjectStorage;
+use crate::jobs::broker::BrokerError;
 use crate::jobs::{Clock, Job, JobClient};
 
 /// The breaker's row in `circuit_breakers`.
@@ -86,6 +87,13 @@ pub struct ObjectStoreBreaker {
     answered_since_failure: AtomicBool,
     /// When this process last saw a failure (ms).
     last_failure_ms: AtomicI64,
+    /// This process closed the breaker and has not yet released the waiting jobs (the release
+    /// failed: the queue was unreachable); the probe loop retries it.
+    release_owed: AtomicBool,
+    /// When to release once more after a close (ms; `i64::MAX`: no). Until the other processes
+    /// read the close (within their sync interval) their archives still snooze, after the
+    /// release at the close.
+    release_again_at_ms: AtomicI64,
 }
 
 impl ObjectStoreBreaker {
@@ -100,6 +108,8 @@ impl ObjectStoreBreaker {
             release_due: AtomicBool::new(false),
             answered_since_failure: AtomicBool::new(false),
             last_failure_ms: AtomicI64::new(i64::MIN),
+            release_owed: AtomicBool::new(false),
+            release_again_at_ms: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -214,34 +224,60 @@ impl ObjectStoreBreaker {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.config.probe_interval) => {}
             }
-            if !self.is_open().await {
-                if let Err(e) = self.release_if_recovered(&jobs).await {
-                    tracing::warn!(error = %e, "could not release the waiting jobs; they run at their own time");
-                }
-                continue;
-            }
-            if !self.probe(store.as_ref()).await {
-                continue;
+            self.tick(store.as_ref(), &jobs).await;
+        }
+    }
+
+    /// One probe interval's work: while open, a probe, and the close when it works; then the
+    /// releases owed (after a close: at once, retried until the queue answers, and once more
+    /// after the other processes have seen the close; after a blip: once quiet).
+    pub async fn tick(&self, store: &dyn ObjectStorage, jobs: &JobClient) {
+        if self.is_open().await {
+            if !self.probe(store).await {
+                return;
             }
             self.set(false, None).await;
-            match release_waiting(&jobs).await {
-                Ok(released) => {
-                    tracing::info!(released, "released the jobs waiting for the object store")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not release the waiting jobs; they run at their own time")
-                }
+            self.owe_releases();
+        }
+        if let Err(e) = self.pay_releases(jobs).await {
+            tracing::warn!(error = %e, "could not release the waiting jobs; retrying at the next probe");
+        }
+    }
+
+    /// After this process closed the breaker: a release now and one more later.
+    fn owe_releases(&self) {
+        self.release_owed.store(true, Ordering::Relaxed);
+        let later = self.config.sync_interval.saturating_mul(2).as_millis() as i64;
+        self.release_again_at_ms
+            .store(self.clock.now_ms().saturating_add(later), Ordering::Relaxed);
+    }
+
+    async fn pay_releases(&self, jobs: &JobClient) -> Result<(), BrokerError> {
+        if self.release_owed.load(Ordering::Relaxed) {
+            let released = release_waiting(jobs).await?;
+            self.release_owed.store(false, Ordering::Relaxed);
+            tracing::info!(released, "released the jobs waiting for the object store");
+        }
+        if self.clock.now_ms() >= self.release_again_at_ms.load(Ordering::Relaxed) {
+            let released = release_waiting(jobs).await?;
+            self.release_again_at_ms.store(i64::MAX, Ordering::Relaxed);
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "released jobs that waited for the object store after it closed"
+                );
             }
         }
+        if !self.is_open_locally() {
+            self.release_if_recovered(jobs).await?;
+        }
+        Ok(())
     }
 
     /// After failures that left the breaker closed: once the store answered and then went
     /// [`BreakerConfig::quiet_before_release`] without a failure, releases the waiting archives
     /// and flushes, once (`Some(released)`); otherwise does nothing (`None`).
-    pub async fn release_if_recovered(
-        &self,
-        jobs: &JobClient,
-    ) -> Result<Option<u64>, crate::jobs::broker::BrokerError> {
+    pub async fn release_if_recovered(&self, jobs: &JobClient) -> Result<Option<u64>, BrokerError> {
         let quiet = self.config.quiet_before_release.as_millis() as i64;
         let since_failure = self
             .clock
@@ -254,7 +290,14 @@ impl ObjectStoreBreaker {
         {
             return Ok(None);
         }
-        let released = release_waiting(jobs).await?;
+        let released = match release_waiting(jobs).await {
+            Ok(released) => released,
+            Err(e) => {
+                // Still owed: the next probe interval tries again.
+                self.release_due.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         tracing::info!(
             released,
             "the object store answers again after failures: released the jobs waiting for it"
@@ -262,15 +305,19 @@ impl ObjectStoreBreaker {
         Ok(Some(released))
     }
 
-    /// Closes the breaker by hand (tests, operators): what a successful probe does.
-    pub async fn close(&self, jobs: &JobClient) -> Result<u64, crate::jobs::broker::BrokerError> {
+    /// Closes the breaker by hand (tests, operators): what a successful probe does. Returns
+    /// how many waiting jobs it released; the probe loop releases once more later.
+    pub async fn close(&self, jobs: &JobClient) -> Result<u64, BrokerError> {
         self.set(false, None).await;
-        release_waiting(jobs).await
+        self.owe_releases();
+        let released = release_waiting(jobs).await?;
+        self.release_owed.store(false, Ordering::Relaxed);
+        Ok(released)
     }
 }
 
 /// Makes every archive and flush waiting in the queue (snoozed or backing off) due now.
-pub async fn release_waiting(jobs: &JobClient) -> Result<u64, crate::jobs::broker::BrokerError> {
+pub async fn release_waiting(jobs: &JobClient) -> Result<u64, BrokerError> {
     let mut total = 0;
     for queue in [ArchiveTrace::NAME, FlushTraceChunk::NAME] {
         loop {
