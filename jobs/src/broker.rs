@@ -217,14 +217,22 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Settles `acks`, then leases up to `max` jobs: the worker's steady state in one call.
     /// The acks are applied even when no job is fetched.
+    ///
+    /// `ahead`: up to that many more jobs for the worker to start as its slots free (it runs
+    /// short jobs faster than round trips bring them), leased only when the queue has no global
+    /// limit: a job waiting in a worker would hold a slot of the limit that another worker could
+    /// run. With a limit, at most `max` within it, as [`fetch`](Self::fetch). The default
+    /// acks, then fetches, and leases nothing ahead (a broker may always hand out fewer).
     async fn ack_and_fetch(
         &self,
         queue: &str,
         acks: Vec<Ack>,
         max: usize,
+        ahead: usize,
         lease: Duration,
         now_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
+        let _ = ahead;
         if !acks.is_empty() {
             self.ack(queue, acks, now_ms).await?;
         }

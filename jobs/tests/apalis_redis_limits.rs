@@ -237,7 +237,7 @@ async fn broker_script_usec_per_job(
         done += leased.len();
         let acks = leased.into_iter().map(complete).collect();
         leased = broker
-            .ack_and_fetch(&queue, acks, BATCH, LEASE, T0)
+            .ack_and_fetch(&queue, acks, BATCH, 0, LEASE, T0)
             .await
             .unwrap();
         assert!(!leased.is_empty(), "backlog ran dry at {done}");

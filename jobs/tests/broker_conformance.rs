@@ -172,6 +172,47 @@ async fn global_limit_caps_leased_jobs_and_changes_at_runtime(b: &TestBroker) {
     assert_eq!(b.broker.stats(Q, T0).await.unwrap().limit, None);
 }
 
+/// A worker running short jobs leases `ahead` more, but only from a queue without a global
+/// limit: with one, a job waiting in a worker would hold a slot another worker could run.
+async fn jobs_are_leased_ahead_only_without_a_global_limit(b: &TestBroker) {
+    b.broker
+        .enqueue((0..20).map(|i| job(&i.to_string())).collect(), T0)
+        .await
+        .unwrap();
+    let first = b
+        .broker
+        .ack_and_fetch(Q, Vec::new(), 2, 3, LEASE, T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(&first),
+        ["0", "1", "2", "3", "4"],
+        "max + ahead, in order"
+    );
+    b.broker.set_limit(Q, Some(8)).await.unwrap();
+    let acks = vec![Ack::Complete {
+        lease: first[0].lease.clone(),
+    }];
+    let limited = b
+        .broker
+        .ack_and_fetch(Q, acks, 2, 3, LEASE, T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        limited.len(),
+        2,
+        "with a limit, only max (4 + 2 running of 8)"
+    );
+    let last = b
+        .broker
+        .ack_and_fetch(Q, Vec::new(), 5, 3, LEASE, T0)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 2, "and within the limit (6 running of 8)");
+    let s = b.broker.stats(Q, T0).await.unwrap();
+    assert_eq!((s.running, s.processed, s.ready), (8, 1, 11));
+}
+
 async fn complete_removes_the_job_and_counts_it(b: &TestBroker) {
     b.broker.enqueue(vec![job("x")], T0).await.unwrap();
     let d = b.broker.fetch(Q, 1, LEASE, T0).await.unwrap().remove(0);
@@ -991,6 +1032,7 @@ on_both_brokers!(
     scheduled_job_waits_for_its_time,
     released_scheduled_jobs_are_due_at_once_earliest_first,
     global_limit_caps_leased_jobs_and_changes_at_runtime,
+    jobs_are_leased_ahead_only_without_a_global_limit,
     complete_removes_the_job_and_counts_it,
     retry_is_scheduled_and_the_next_delivery_is_the_next_attempt,
     scheduled_jobs_are_listed_next_first_with_their_last_error,

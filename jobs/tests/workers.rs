@@ -252,6 +252,48 @@ async fn local_concurrency_is_never_exceeded(b: &TestBroker) {
     assert_eq!(seen.peak(), 3);
 }
 
+/// Samples the queue's leased jobs (the broker's `running`: running, or fetched and waiting to
+/// start) every millisecond until `done` holds; returns the most seen.
+async fn peak_leased_until(
+    b: &TestBroker,
+    done: impl Fn(&buildlogs_jobs::QueueStats) -> bool,
+) -> u64 {
+    let deadline = std::time::Instant::now() + SECS;
+    let mut peak = 0;
+    loop {
+        let s = stats(b).await;
+        peak = peak.max(s.running);
+        if done(&s) {
+            return peak;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {s:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn short_jobs_are_fetched_ahead_never_run_past_the_concurrency_and_go_back(b: &TestBroker) {
+    let (probe, seen) = Probe::<Work>::new(|_, _| Behaviour::Succeed);
+    client(b)
+        .enqueue_bulk(&(0..10_000).map(|n| Work { n }).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let (stop, done) = start(workers(&b.broker, config(3)).register(probe));
+    let peak = peak_leased_until(b, |s| s.processed >= 300).await;
+    stop.cancel();
+    done.await.unwrap();
+    // The worker holds at most 6 (3 running, 3 ahead); the broker also counts finished jobs
+    // whose acks are on their way (riding on the next fetch, or sent after the linger).
+    assert!(
+        (4..=12).contains(&peak),
+        "leased ahead, and bounded: {peak}"
+    );
+    assert!(seen.peak() <= 3, "ran {} at once", seen.peak());
+    let s = stats(b).await;
+    assert_eq!(s.running, 0, "what was fetched ahead went back on shutdown");
+    assert_eq!(s.ready + s.processed, 10_000);
+    assert_eq!(seen.runs().len() as u64, s.processed, "each ran once");
+}
+
 async fn global_limit_holds_across_worker_sets_and_changes_at_runtime(b: &TestBroker) {
     let (probe, seen) =
         Probe::<Work>::new(|_, _| Behaviour::SleepThenSucceed(Duration::from_millis(30)));
@@ -406,6 +448,7 @@ on_both_brokers!(
     undecodable_payload_goes_to_the_dead_set,
     shutdown_finishes_short_jobs_and_hands_long_ones_back,
     local_concurrency_is_never_exceeded,
+    short_jobs_are_fetched_ahead_never_run_past_the_concurrency_and_go_back,
     global_limit_holds_across_worker_sets_and_changes_at_runtime,
     limited_capacity_worker_keeps_max_running_busy_until_work_runs_out,
 );

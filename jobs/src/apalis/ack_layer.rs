@@ -115,6 +115,7 @@ impl Slot {
             return;
         };
         let shared = &self.shared;
+        shared.run_ended(Some(took));
         metrics::record_run(shared.queue, took);
         let result = match error {
             None => Ok(()),
@@ -129,6 +130,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
+            self.shared.run_ended(None);
             self.shared.release_detached(vec![lease]);
         }
     }

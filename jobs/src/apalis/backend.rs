@@ -7,6 +7,11 @@
 //!    fewer: global limit, empty queue), and at capacity the worker parks until a run frees a
 //!    slot. Fetches run on their own tokio task, so a fetch holding
 //!    broker resources (SQLite's write lock) completes even while apalis is not polling.
+//!    Fetching ahead: while runs average under [`BrokerBackendConfig::fetch_ahead_under`], a
+//!    worker that could run jobs faster than round trips bring them leases up to its
+//!    concurrency more (only from a queue without a global limit: see
+//!    [`Broker::ack_and_fetch`]). They wait in the buffer, leases renewed, and start as runs
+//!    end; never more than the concurrency run at once, and a fetch waits for a free slot.
 //! 2. Acks ride on fetches: each fetch is `ack_and_fetch` with the acks of the runs that ended
 //!    since the last one (see [`acks`](super::acks) for the linger and the retries).
 //! 3. Decode the JSON payload into `J`. An undecodable payload is acked `Dead` and never
@@ -71,6 +76,9 @@ pub struct BrokerBackendConfig {
     pub stats_interval: Option<Duration>,
     /// Bounds of the dead set, applied by housekeeping.
     pub dead_set: DeadSetBounds,
+    /// While runs average under this, fetch up to `concurrency` more jobs ahead (module docs);
+    /// `Duration::ZERO`: never.
+    pub fetch_ahead_under: Duration,
 }
 
 impl Default for BrokerBackendConfig {
@@ -83,9 +91,14 @@ impl Default for BrokerBackendConfig {
             housekeeping_interval: Some(Duration::from_secs(5)),
             stats_interval: None,
             dead_set: DeadSetBounds::default(),
+            fetch_ahead_under: FETCH_AHEAD_UNDER,
         }
     }
 }
+
+/// Runs shorter than this on average are shorter than a round trip to the broker or a few: a
+/// job fetched ahead then waits about one run for its slot.
+pub const FETCH_AHEAD_UNDER: Duration = Duration::from_millis(1);
 
 /// Emitted through apalis' event listeners (`Event::Custom`) when the broker misbehaves; the
 /// worker keeps running.
@@ -106,6 +119,13 @@ enum FetchError {
     Broker(#[from] BrokerError),
     #[error("fetch task ended abnormally: {0}")]
     Crashed(String),
+}
+
+/// What one fetch asks for: `max` for free slots, `ahead` more to start as runs end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    max: usize,
+    ahead: usize,
 }
 
 /// What one fetch produced: the decodable tasks, and how many deliveries came in all.
@@ -182,10 +202,24 @@ impl<J: Job> BrokerBackend<J> {
         self
     }
 
-    fn free_slots(&self) -> usize {
-        self.config
-            .concurrency
-            .saturating_sub(self.shared.held_count() + self.requested)
+    /// What a fetch would ask for now: nothing unless a slot is free (held deliveries, those
+    /// waiting in the buffer included, and the fetch in flight count).
+    fn want(&self) -> Want {
+        let c = self.config.concurrency;
+        let leased = self.shared.held_count() + self.requested;
+        let max = c.saturating_sub(leased);
+        let short_runs = self
+            .shared
+            .run_average()
+            .is_some_and(|avg| avg < self.config.fetch_ahead_under);
+        // With a free slot, `leased + max` is `c`: ahead brings it to at most `2c`.
+        let ahead = if max > 0 && short_runs { c } else { 0 };
+        Want { max, ahead }
+    }
+
+    /// Whether a buffered task may start: fewer than `concurrency` run.
+    fn can_start(&self) -> bool {
+        self.shared.running() < self.config.concurrency
     }
 
     /// Starts housekeeping and the ack linger task, once.
@@ -268,12 +302,12 @@ impl<J: Job> BrokerBackend<J> {
         Poll::Ready(())
     }
 
-    /// Starts a fetch of up to `max` jobs on its own task: a fetch holds broker resources (with
-    /// SQLite, maybe the write lock), so it must make progress even while apalis does not poll
-    /// the backend (while the service is not ready, or while running jobs drain on shutdown).
-    fn start_fetch(&mut self, max: usize) {
-        let fetch = tokio::spawn(fetch_batch::<J>(self.shared.clone(), max));
-        self.requested = max;
+    /// Starts a fetch on its own task: a fetch holds broker resources (with SQLite, maybe the
+    /// write lock), so it must make progress even while apalis does not poll the backend (while
+    /// the service is not ready, or while running jobs drain on shutdown).
+    fn start_fetch(&mut self, want: Want) {
+        let fetch = tokio::spawn(fetch_batch::<J>(self.shared.clone(), want));
+        self.requested = want.max + want.ahead;
         self.fetching = Some(
             async move {
                 match fetch.await {
@@ -286,15 +320,22 @@ impl<J: Job> BrokerBackend<J> {
     }
 }
 
-/// Leases up to `max` jobs (settling the pending acks in the same call), decodes them into
+/// Leases what `want` asks for (settling the pending acks in the same call), decodes them into
 /// tasks (holding their slots), and buries the undecodable ones.
-fn fetch_batch<J: Job>(shared: Arc<Shared>, max: usize) -> FetchFuture<J> {
+fn fetch_batch<J: Job>(shared: Arc<Shared>, want: Want) -> FetchFuture<J> {
     async move {
         let now = shared.clock.now_ms();
         let acks = shared.acks.take();
         let fetched = shared
             .broker
-            .ack_and_fetch(shared.queue, acks.clone(), max, shared.options.lease, now)
+            .ack_and_fetch(
+                shared.queue,
+                acks.clone(),
+                want.max,
+                want.ahead,
+                shared.options.lease,
+                now,
+            )
             .await;
         let deliveries = match fetched {
             Ok(d) => d,
@@ -349,6 +390,16 @@ fn to_task<J>(job: J, delivery: Delivery, now_ms: i64) -> Task<J> {
         .build()
 }
 
+impl<J: Job> BrokerBackend<J> {
+    /// Something for apalis to take: a task that may start, a free slot to fetch for, or a
+    /// fetch in flight to land.
+    fn has_work(&self) -> bool {
+        (self.can_start() && !self.buffer.is_empty())
+            || self.want().max > 0
+            || self.fetching.is_some()
+    }
+}
+
 impl<J: Job> Backend for BrokerBackend<J> {
     type Task = Task<J>;
     type Error = Infallible;
@@ -361,16 +412,17 @@ impl<J: Job> Backend for BrokerBackend<J> {
         self.start_background();
         // Lands a fetch that is done; one still running does not block buffered tasks.
         let _ = self.poll_fetch(cx, worker);
-        if !self.buffer.is_empty() || self.free_slots() > 0 || self.fetching.is_some() {
+        if self.has_work() {
             return Poll::Ready(Ok(()));
         }
         // At capacity: a run that ends wakes us (register, then check again). Meanwhile the
-        // acks of runs that ended cannot wait for a fetch.
+        // acks of runs that ended cannot wait for a fetch, unless jobs fetched ahead wait to
+        // start: runs are short, a fetch follows them (and the linger bounds the wait).
         self.shared.slot_waker.register(cx.waker());
-        if self.free_slots() > 0 {
+        if self.has_work() {
             return Poll::Ready(Ok(()));
         }
-        if !self.shared.acks.is_empty() {
+        if self.buffer.is_empty() && !self.shared.acks.is_empty() {
             self.shared.acks.flush_now();
         }
         Poll::Pending
@@ -383,7 +435,10 @@ impl<J: Job> Backend for BrokerBackend<J> {
     ) -> Poll<Option<Result<Task<J>, Infallible>>> {
         self.start_background();
         loop {
-            if let Some(task) = self.buffer.pop_front() {
+            if self.can_start()
+                && let Some(task) = self.buffer.pop_front()
+            {
+                self.shared.run_started();
                 return Poll::Ready(Some(Ok(task)));
             }
             if self.fetching.is_some() {
@@ -394,15 +449,17 @@ impl<J: Job> Backend for BrokerBackend<J> {
                 ready!(pause.as_mut().poll(cx));
                 self.pause = None;
             }
-            let free = self.free_slots();
-            if free == 0 {
+            let want = self.want();
+            if want.max == 0 {
+                // Every slot held (running, or fetched and waiting to start): a run that ends
+                // wakes us.
                 self.shared.slot_waker.register(cx.waker());
-                if self.free_slots() == 0 {
+                if !self.has_work() {
                     return Poll::Pending;
                 }
                 continue;
             }
-            self.start_fetch(free);
+            self.start_fetch(want);
         }
     }
 
@@ -479,5 +536,57 @@ impl<J: Job> BackendConfig for BrokerBackend<J> {
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> AckLayer {
         AckLayer::new(self.shared.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::sqlite::SqliteBroker;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Quick;
+
+    impl Job for Quick {
+        const NAME: &'static str = "quick";
+    }
+
+    async fn backend(config: BrokerBackendConfig) -> (BrokerBackend<Quick>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let broker = Arc::new(SqliteBroker::connect(&url).await.unwrap());
+        (
+            BrokerBackend::with_config(broker, Arc::new(SystemClock), config),
+            dir,
+        )
+    }
+
+    #[tokio::test]
+    async fn fetches_ahead_only_while_runs_average_under_the_threshold() {
+        let config = BrokerBackendConfig {
+            concurrency: 4,
+            ..BrokerBackendConfig::default()
+        };
+        let (b, _dir) = backend(config.clone()).await;
+        assert_eq!(b.want(), Want { max: 4, ahead: 0 }, "no run ended yet");
+        for _ in 0..20 {
+            b.shared.run_ended(Some(Duration::from_micros(50)));
+        }
+        assert_eq!(b.want(), Want { max: 4, ahead: 4 }, "short runs");
+        for _ in 0..40 {
+            b.shared.run_ended(Some(Duration::from_millis(5)));
+        }
+        assert_eq!(b.want(), Want { max: 4, ahead: 0 }, "runs grew longer");
+
+        let (off, _dir) = backend(BrokerBackendConfig {
+            fetch_ahead_under: Duration::ZERO,
+            ..config
+        })
+        .await;
+        off.shared.run_ended(Some(Duration::from_nanos(1)));
+        assert_eq!(off.want(), Want { max: 4, ahead: 0 }, "turned off");
     }
 }

@@ -1,7 +1,9 @@
 //! The state one queue's backend, its ack layer and its background tasks share.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
 
@@ -19,6 +21,10 @@ pub struct Shared {
     /// Deliveries leased by this worker whose run has not ended (fetched or running), by
     /// `(id, attempt)`: they hold the worker's slots and their leases are renewed.
     held: Mutex<HashMap<(String, u32), Lease>>,
+    /// Deliveries handed to apalis whose run has not ended: at most the concurrency.
+    running: AtomicUsize,
+    /// How long runs take: a moving average (ns), `u64::MAX` before the first run ends.
+    run_average_ns: AtomicU64,
     /// The worker's task while it waits for a free slot.
     pub slot_waker: AtomicWaker,
     pub acks: AckBuffer,
@@ -39,6 +45,8 @@ impl Shared {
             queue,
             options,
             held: Mutex::default(),
+            running: AtomicUsize::new(0),
+            run_average_ns: AtomicU64::new(u64::MAX),
             slot_waker: AtomicWaker::new(),
             acks: AckBuffer::default(),
             handoffs,
@@ -56,6 +64,43 @@ impl Shared {
 
     pub fn held_count(&self) -> usize {
         self.held().len()
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// A delivery is handed to apalis to run.
+    pub fn run_started(&self) {
+        self.running.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A run ended (or its future was dropped): it counts in the average when it took `took`.
+    /// Call before [`finish`](Self::finish) or [`release`](Self::release), which wake the worker.
+    pub fn run_ended(&self, took: Option<Duration>) {
+        // Saturating: a count that cannot go below zero.
+        let _ = self
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if let Some(took) = took {
+            let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            // Only the backend's ack layers write it; a lost update between two of them costs
+            // one sample.
+            let average = match self.run_average_ns.load(Ordering::Acquire) {
+                u64::MAX => sample,
+                // An exponential moving average over about the last eight runs.
+                old => old - old / 8 + sample / 8,
+            };
+            self.run_average_ns.store(average, Ordering::Release);
+        }
+    }
+
+    /// The recent runs' average duration, `None` before the first run ended.
+    pub fn run_average(&self) -> Option<Duration> {
+        match self.run_average_ns.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
     }
 
     pub fn held_leases(&self) -> Vec<Lease> {

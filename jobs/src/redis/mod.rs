@@ -261,6 +261,7 @@ impl Broker for RedisBroker {
             .arg(max)
             .arg(lease.as_millis() as u64)
             .arg(PROMOTE_BATCH)
+            .arg(0)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(deliveries(queue, stored, now_ms, lease)?)
@@ -282,6 +283,7 @@ impl Broker for RedisBroker {
         queue: &str,
         acks: Vec<Ack>,
         max: usize,
+        ahead: usize,
         lease: Duration,
         now_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
@@ -289,7 +291,8 @@ impl Broker for RedisBroker {
         inv.arg(now_ms)
             .arg(max)
             .arg(lease.as_millis() as u64)
-            .arg(PROMOTE_BATCH);
+            .arg(PROMOTE_BATCH)
+            .arg(ahead);
         push_acks(&mut inv, queue, &acks)?;
         let stored: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
         deliveries(queue, stored, now_ms, lease)

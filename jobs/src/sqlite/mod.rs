@@ -131,6 +131,80 @@ impl SqliteBroker {
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, BrokerError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+
+    /// A fetch: promotes due scheduled jobs, then leases up to `max` within the queue's limit,
+    /// or `max + ahead` when it has none (see [`Broker::ack_and_fetch`]).
+    async fn lease_jobs(
+        &self,
+        queue: &str,
+        max: usize,
+        ahead: usize,
+        lease: Duration,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let mut tx = self.begin().await?;
+        let tail: i64 = sqlx::query_scalar(q::READY_TAIL)
+            .bind(queue)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(q::PROMOTE_DUE)
+            .bind(queue)
+            .bind(now_ms)
+            .bind(tail)
+            .bind(PROMOTE_BATCH)
+            .execute(&mut *tx)
+            .await?;
+        let mut max = int(max);
+        let limit: Option<Option<i64>> = sqlx::query_scalar(q::GET_LIMIT)
+            .bind(queue)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(limit) = limit.flatten() {
+            let running: i64 = sqlx::query_scalar(q::RUNNING_COUNT)
+                .bind(queue)
+                .fetch_one(&mut *tx)
+                .await?;
+            max = max.min(limit - running);
+        } else {
+            max = max.saturating_add(int(ahead));
+        }
+        let lease_until_ms = now_ms.saturating_add(millis(lease));
+        let mut rows: Vec<JobRow> = Vec::new();
+        if max > 0 {
+            rows = sqlx::query_as(q::LEASE)
+                .bind(queue)
+                .bind(max)
+                .bind(lease_until_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+            rows.sort_by_key(|row| row.seq);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let envelope = row.into_envelope()?;
+            if envelope.dedup_mode.releases_on_start() {
+                sqlx::query(q::RELEASE_KEY)
+                    .bind(queue)
+                    .bind(&envelope.dedup_key)
+                    .bind(&envelope.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // SQLite identifies a delivery by (id, attempt); the token is unused.
+            let lease = Lease {
+                id: envelope.id.clone(),
+                attempt: envelope.attempt,
+                token: String::new(),
+            };
+            out.push(Delivery {
+                envelope,
+                lease,
+                lease_until_ms,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
 }
 
 /// A `jobs` row as read back: the envelope plus what the dead set and fetch ordering need.
@@ -481,66 +555,20 @@ impl Broker for SqliteBroker {
         lease: Duration,
         now_ms: i64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let mut tx = self.begin().await?;
-        let tail: i64 = sqlx::query_scalar(q::READY_TAIL)
-            .bind(queue)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(q::PROMOTE_DUE)
-            .bind(queue)
-            .bind(now_ms)
-            .bind(tail)
-            .bind(PROMOTE_BATCH)
-            .execute(&mut *tx)
-            .await?;
-        let mut max = int(max);
-        let limit: Option<Option<i64>> = sqlx::query_scalar(q::GET_LIMIT)
-            .bind(queue)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(limit) = limit.flatten() {
-            let running: i64 = sqlx::query_scalar(q::RUNNING_COUNT)
-                .bind(queue)
-                .fetch_one(&mut *tx)
-                .await?;
-            max = max.min(limit - running);
-        }
-        let lease_until_ms = now_ms.saturating_add(millis(lease));
-        let mut rows: Vec<JobRow> = Vec::new();
-        if max > 0 {
-            rows = sqlx::query_as(q::LEASE)
-                .bind(queue)
-                .bind(max)
-                .bind(lease_until_ms)
-                .fetch_all(&mut *tx)
-                .await?;
-            rows.sort_by_key(|row| row.seq);
-        }
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let envelope = row.into_envelope()?;
-            if envelope.dedup_mode.releases_on_start() {
-                sqlx::query(q::RELEASE_KEY)
-                    .bind(queue)
-                    .bind(&envelope.dedup_key)
-                    .bind(&envelope.id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // SQLite identifies a delivery by (id, attempt); the token is unused.
-            let lease = Lease {
-                id: envelope.id.clone(),
-                attempt: envelope.attempt,
-                token: String::new(),
-            };
-            out.push(Delivery {
-                envelope,
-                lease,
-                lease_until_ms,
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.lease_jobs(queue, max, 0, lease, now_ms).await
+    }
+
+    async fn ack_and_fetch(
+        &self,
+        queue: &str,
+        acks: Vec<Ack>,
+        max: usize,
+        ahead: usize,
+        lease: Duration,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        self.ack(queue, acks, now_ms).await?;
+        self.lease_jobs(queue, max, ahead, lease, now_ms).await
     }
 
     async fn ack(&self, queue: &str, acks: Vec<Ack>, now_ms: i64) -> Result<(), BrokerError> {

@@ -173,10 +173,12 @@ local function ack_all(base, now, args, first)
 end
 
 -- Leases up to `max` due jobs within the queue's global concurrency limit, after promoting at
--- most `promote` due scheduled jobs. Returns the leased envelopes as stored.
+-- most `promote` due scheduled jobs; without a limit, `ahead` more (jobs a worker starts as its
+-- slots free; with a limit they would hold slots another worker could run). Returns the leased
+-- envelopes as stored.
 -- Cost: O(promoted + leased); nothing scans the backlog, and a job without dedup costs one
 -- ZADD member and no parsing.
-local function fetch(base, now, max, lease, promote)
+local function fetch(base, now, max, lease, promote, ahead)
   local due = redis.call("ZRANGEBYSCORE", base .. "scheduled", "-inf", now, "LIMIT", 0, promote)
   if #due > 0 then
     variadic("RPUSH", base .. "ready", due)
@@ -188,6 +190,8 @@ local function fetch(base, now, max, lease, promote)
     if free < max then
       max = free
     end
+  else
+    max = max + ahead
   end
   if max <= 0 then
     return {}
