@@ -39,6 +39,10 @@ pub struct WorkerArgs {
     /// Seconds in-flight jobs get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "BUILDLOGS_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
+    /// While a job type's runs average under this many milliseconds, each fetch also leases up
+    /// to the concurrency more of its jobs, to start as runs end (0: never).
+    #[arg(long, env = "BUILDLOGS_FETCH_AHEAD_UNDER_MS", default_value_t = 1)]
+    pub fetch_ahead_under_ms: u64,
     #[command(flatten)]
     pub outage: OutageArgs,
     #[command(flatten)]
@@ -399,6 +403,7 @@ async fn run_worker(
     let tuning = WorkerConfig {
         concurrency: args.concurrency,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        fetch_ahead_under: Duration::from_millis(args.fetch_ahead_under_ms),
         ..WorkerConfig::default()
     };
     let (workers, breaker) =

@@ -18,7 +18,7 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{BrokerBackend, BrokerBackendConfig};
+use super::backend::{BrokerBackend, BrokerBackendConfig, FETCH_AHEAD_UNDER};
 use super::guards::{CatchPanicLayer, TimeoutLayer};
 use super::handler::HandlerService;
 use super::handoffs::Handoffs;
@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     pub reap_interval: Duration,
     pub stats_interval: Duration,
     pub dead_set: DeadSetBounds,
+    /// While a job type's runs average under this, its worker fetches ahead (see
+    /// [`BrokerBackendConfig::fetch_ahead_under`]); `Duration::ZERO`: never.
+    pub fetch_ahead_under: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -55,6 +58,7 @@ impl Default for WorkerConfig {
             reap_interval: Duration::from_secs(5),
             stats_interval: Duration::from_secs(5),
             dead_set: DeadSetBounds::default(),
+            fetch_ahead_under: FETCH_AHEAD_UNDER,
         }
     }
 }
@@ -106,6 +110,7 @@ impl Workers {
             housekeeping_interval: Some(self.config.reap_interval),
             stats_interval: Some(self.config.stats_interval),
             dead_set: self.config.dead_set,
+            fetch_ahead_under: self.config.fetch_ahead_under,
             ..BrokerBackendConfig::default()
         };
         let handler = Arc::new(handler);
