@@ -17,7 +17,7 @@ use buildlogs_jobs::{
 use serde::{Deserialize, Serialize};
 use support::TestBroker;
 use support::runtime::{Behaviour, Probe, config, start, workers};
-use support::wait::wait_for;
+use support::wait::{wait_for, wait_for_value};
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -258,17 +258,15 @@ async fn peak_leased_until(
     b: &TestBroker,
     done: impl Fn(&buildlogs_jobs::QueueStats) -> bool,
 ) -> u64 {
-    let deadline = std::time::Instant::now() + SECS;
-    let mut peak = 0;
-    loop {
+    let peak = AtomicU64::new(0);
+    let every = Duration::from_millis(1);
+    wait_for_value("the queue to get there", SECS, every, || async {
         let s = stats(b).await;
-        peak = peak.max(s.running);
-        if done(&s) {
-            return peak;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out: {s:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+        peak.fetch_max(s.running, Ordering::SeqCst);
+        done(&s).then_some(())
+    })
+    .await;
+    peak.load(Ordering::SeqCst)
 }
 
 async fn short_jobs_are_fetched_ahead_never_run_past_the_concurrency_and_go_back(b: &TestBroker) {

@@ -252,10 +252,18 @@ impl ObjectStoreBreaker {
             .store(self.clock.now_ms().saturating_add(later), Ordering::Relaxed);
     }
 
+    /// The release owed at a close, if it is still owed: how many jobs it released.
+    async fn release_at_close(&self, jobs: &JobClient) -> Result<Option<u64>, BrokerError> {
+        if !self.release_owed.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let released = release_waiting(jobs).await?;
+        self.release_owed.store(false, Ordering::Relaxed);
+        Ok(Some(released))
+    }
+
     async fn pay_releases(&self, jobs: &JobClient) -> Result<(), BrokerError> {
-        if self.release_owed.load(Ordering::Relaxed) {
-            let released = release_waiting(jobs).await?;
-            self.release_owed.store(false, Ordering::Relaxed);
+        if let Some(released) = self.release_at_close(jobs).await? {
             tracing::info!(released, "released the jobs waiting for the object store");
         }
         if self.clock.now_ms() >= self.release_again_at_ms.load(Ordering::Relaxed) {
@@ -310,9 +318,7 @@ impl ObjectStoreBreaker {
     pub async fn close(&self, jobs: &JobClient) -> Result<u64, BrokerError> {
         self.set(false, None).await;
         self.owe_releases();
-        let released = release_waiting(jobs).await?;
-        self.release_owed.store(false, Ordering::Relaxed);
-        Ok(released)
+        Ok(self.release_at_close(jobs).await?.unwrap_or(0))
     }
 }
 

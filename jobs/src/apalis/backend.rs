@@ -222,6 +222,14 @@ impl<J: Job> BrokerBackend<J> {
         self.shared.running() < self.config.concurrency
     }
 
+    /// Something for apalis to take: a task that may start, a free slot to fetch for, or a
+    /// fetch in flight to land.
+    fn has_work(&self) -> bool {
+        (self.can_start() && !self.buffer.is_empty())
+            || self.want().max > 0
+            || self.fetching.is_some()
+    }
+
     /// Starts housekeeping and the ack linger task, once.
     fn start_background(&mut self) {
         if self.background.is_some() {
@@ -388,16 +396,6 @@ fn to_task<J>(job: J, delivery: Delivery, now_ms: i64) -> Task<J> {
         .data(ctx)
         .data(Receipt(delivery.lease))
         .build()
-}
-
-impl<J: Job> BrokerBackend<J> {
-    /// Something for apalis to take: a task that may start, a free slot to fetch for, or a
-    /// fetch in flight to land.
-    fn has_work(&self) -> bool {
-        (self.can_start() && !self.buffer.is_empty())
-            || self.want().max > 0
-            || self.fetching.is_some()
-    }
 }
 
 impl<J: Job> Backend for BrokerBackend<J> {
